@@ -1,0 +1,1 @@
+"""Shared pieces: table I/O, errors, metrics, model files, progress lines."""

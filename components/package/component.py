@@ -1,0 +1,27 @@
+"""KFP component: package (BentoML model + service -> Bento archive)."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Model, Output
+
+from components._image import COMPONENTS_IMAGE
+
+
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
+def package_model(
+    model: Input[Model],
+    schema: Input[Artifact],
+    bento: Output[Model],
+    model_name: str = "",
+):
+    """Save the model to the BentoML store, build a Bento with the typed service, export it.
+
+    Args:
+        model: Model from tune (its sha256 is checked before packaging).
+        schema: Column roles; serving validates requests against them.
+        bento: The exported Bento archive; metadata carries bento_tag and model_tag.
+        model_name: BentoML model and Bento name; empty derives automl-<target>.
+    """
+    from components.package.package import run
+
+    packaged = run(model.path, dict(model.metadata), schema.path, bento.path, model_name)
+    bento.metadata.update({"bento_tag": packaged.bento_tag, "model_tag": packaged.model_tag})

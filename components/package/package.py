@@ -1,0 +1,96 @@
+"""Packaging: the fitted pipeline into the BentoML model store, a Bento, and its archive."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from components.common.io import write_json
+from components.common.model_io import MODEL_FILE, load_model
+
+SERVING_DIR = Path(__file__).resolve().parent.parent / "serving"
+SERVICE = "service:AutoMLService"
+SERVICE_FILES = ["service.py", "automl_io.py"]
+# What the service imports; pinned to the versions that trained the model so it unpickles the same.
+RUNTIME_PACKAGES = ["scikit-learn", "pandas", "numpy", "joblib", "pyarrow"]
+
+
+@dataclass
+class Packaged:
+    model_tag: str
+    bento_tag: str
+    archive: Path
+
+
+def model_name_for(target: str) -> str:
+    """A BentoML-safe model name derived from the target column."""
+    slug = re.sub(r"[^a-z0-9]+", "-", target.lower()).strip("-") or "model"
+    return f"automl-{slug}"[:60]
+
+
+def runtime_requirements() -> list[str]:
+    return [f"{p}=={importlib_metadata.version(p)}" for p in RUNTIME_PACKAGES]
+
+
+def package(
+    model_dir: str | Path,
+    sha256: str,
+    schema: dict[str, Any],
+    model_info: dict[str, Any],
+    archive_path: str | Path,
+    name: str = "",
+) -> Packaged:
+    """Save the model to the BentoML store, build a Bento around it and export the archive."""
+    import bentoml
+
+    load_model(model_dir, sha256)  # refuse to package anything but our own, intact output
+    name = name or model_name_for(schema["target"])
+    labels = {
+        "task": schema["task"],
+        "family": str(model_info.get("family", "")),
+        "project": "kfp-automl",
+    }
+    with bentoml.models.create(
+        name,
+        labels=labels,
+        metadata={"sha256": sha256, "target": schema["target"], **model_info},
+    ) as stored:
+        shutil.copyfile(Path(model_dir) / MODEL_FILE, stored.path_of(MODEL_FILE))
+        write_json(stored.path_of("schema.json"), schema)
+    bento = bentoml.bentos.build(
+        SERVICE,
+        name=name,
+        labels=labels,
+        description=f"kfp-automl {schema['task']} model for target {schema['target']!r}",
+        build_ctx=str(SERVING_DIR),
+        include=SERVICE_FILES,
+        python={"packages": runtime_requirements()},
+        args={"model_tag": str(stored.tag)},
+    )
+    archive_path = Path(archive_path)
+    archive_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=archive_path.parent, prefix=".export-") as tmp:
+        written = bentoml.export_bento(bento.tag, str(Path(tmp) / "bento.bento"))
+        os.replace(written, archive_path)
+    return Packaged(str(stored.tag), str(bento.tag), archive_path)
+
+
+def run(
+    model_dir: str, model_info: dict[str, Any], schema_path: str, archive_path: str, name: str = ""
+) -> Packaged:
+    """Package the tuned model (hash from `model_info`) into a Bento archive at `archive_path`."""
+    from components.common.io import read_json
+    from components.common.progress import say
+
+    info = {k: v for k, v in model_info.items() if k != "sha256"}
+    packaged = package(
+        model_dir, model_info.get("sha256", ""), read_json(schema_path), info, archive_path, name
+    )
+    say("package", f"Bento {packaged.bento_tag} (model {packaged.model_tag})")
+    return packaged

@@ -1,0 +1,250 @@
+"""Model families: each owns its search space and its estimator, next to each other.
+
+A space maps parameter names to small domain objects. `suggest` is the one
+place where they become Optuna suggestions (Ray Tune's OptunaSearch drives
+them define-by-run), so a family never imports a search library itself.
+Every family also names a cheap starting configuration, tried first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    ExtraTreesRegressor,
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from components.common.errors import UserError
+
+
+@dataclass(frozen=True)
+class Float:
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Int:
+    low: int
+    high: int
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple
+
+
+Domain = Float | Int | Choice
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    scale_numeric: bool
+    space: Callable[[int, str], dict[str, Domain]]  # (n_rows, task) -> domains
+    initial: dict[str, Any]  # a cheap, sensible first configuration
+    make: Callable[[str, dict[str, Any], int], Any]  # (task, params, seed) -> estimator
+
+
+def _linear(task, p, seed):
+    if task == "classification":
+        return LogisticRegression(C=p["C"], max_iter=2000, random_state=seed)
+    return Ridge(alpha=p["alpha"], random_state=seed)
+
+
+def _linear_space(n_rows, task):
+    if task == "classification":
+        return {"C": Float(1e-3, 1e2, log=True)}
+    return {"alpha": Float(1e-3, 1e3, log=True)}
+
+
+def _forest_space(n_rows, task):
+    return {
+        "n_estimators": Int(30, 300 if n_rows < 50_000 else 150, log=True),
+        "min_samples_leaf": Int(1, 32, log=True),
+        "max_features": Float(0.1, 1.0),
+    }
+
+
+def _forest(cls_clf, cls_reg):
+    def make(task, p, seed):
+        cls = cls_clf if task == "classification" else cls_reg
+        return cls(
+            n_estimators=p["n_estimators"],
+            min_samples_leaf=p["min_samples_leaf"],
+            max_features=p["max_features"],
+            n_jobs=1,
+            random_state=seed,
+        )
+
+    return make
+
+
+def _hgb_space(n_rows, task):
+    return {
+        "learning_rate": Float(0.01, 0.3, log=True),
+        "max_iter": Int(30, 500, log=True),
+        "max_leaf_nodes": Int(4, 64, log=True),
+        "min_samples_leaf": Int(5, 100, log=True),
+        "l2_regularization": Float(1e-6, 10.0, log=True),
+    }
+
+
+def _hgb(task, p, seed):
+    cls = (
+        HistGradientBoostingClassifier
+        if task == "classification"
+        else HistGradientBoostingRegressor
+    )
+    return cls(
+        learning_rate=p["learning_rate"],
+        max_iter=p["max_iter"],
+        max_leaf_nodes=p["max_leaf_nodes"],
+        min_samples_leaf=p["min_samples_leaf"],
+        l2_regularization=p["l2_regularization"],
+        random_state=seed,
+    )
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in [
+        Family("linear", True, _linear_space, {"C": 1.0, "alpha": 1.0}, _linear),
+        Family(
+            "random_forest",
+            False,
+            _forest_space,
+            {"n_estimators": 50, "min_samples_leaf": 2, "max_features": 0.5},
+            _forest(RandomForestClassifier, RandomForestRegressor),
+        ),
+        Family(
+            "extra_trees",
+            False,
+            _forest_space,
+            {"n_estimators": 50, "min_samples_leaf": 2, "max_features": 0.5},
+            _forest(ExtraTreesClassifier, ExtraTreesRegressor),
+        ),
+        Family(
+            "hist_gb",
+            False,
+            _hgb_space,
+            {
+                "learning_rate": 0.1,
+                "max_iter": 100,
+                "max_leaf_nodes": 31,
+                "min_samples_leaf": 20,
+                "l2_regularization": 1e-6,
+            },
+            _hgb,
+        ),
+    ]
+}
+
+
+def select_families(names: str | list[str] = "") -> list[Family]:
+    """Families by comma-separated names; empty means all of them."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names:
+        return list(FAMILIES.values())
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        raise UserError(f"unknown model family {unknown[0]!r}; choose from {', '.join(FAMILIES)}")
+    return [FAMILIES[n] for n in names]
+
+
+def family_params(config: dict[str, Any]) -> dict[str, Any]:
+    """The family's own parameters from a flat search config ({'family': f, 'f.p': v})."""
+    prefix = f"{config['family']}."
+    return {k[len(prefix) :]: v for k, v in config.items() if k.startswith(prefix)}
+
+
+def flat_config(family: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"family": family, **{f"{family}.{k}": v for k, v in params.items()}}
+
+
+def initial_configs(families: list[Family], n_rows: int, task: str) -> list[dict[str, Any]]:
+    """Each family's cheap starting point, restricted to the parameters its space searches."""
+    return [flat_config(f.name, {k: f.initial[k] for k in f.space(n_rows, task)}) for f in families]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Define-by-run search space for Optuna: pick a family, then its parameters.
+
+    A picklable callable (Ray Tune checkpoints the searcher with it).
+    """
+
+    families: tuple[str, ...]
+    n_rows: int
+    task: str
+
+    def __call__(self, trial) -> None:
+        suggest(trial, self.families, self.n_rows, self.task)
+
+
+def suggest(trial, families: tuple[str, ...], n_rows: int, task: str) -> None:
+    name = trial.suggest_categorical("family", list(families))
+    for param, dom in FAMILIES[name].space(n_rows, task).items():
+        key = f"{name}.{param}"
+        if isinstance(dom, Float):
+            trial.suggest_float(key, dom.low, dom.high, log=dom.log)
+        elif isinstance(dom, Int):
+            trial.suggest_int(key, dom.low, dom.high, log=dom.log)
+        else:
+            trial.suggest_categorical(key, list(dom.options))
+
+
+def preprocessor(schema: dict[str, Any], scale_numeric: bool) -> ColumnTransformer:
+    """Imputation, one-hot encoding and (optionally) scaling, fitted with the model."""
+    numeric = [f["name"] for f in schema["features"] if f["kind"] == "numeric"]
+    categorical = [f["name"] for f in schema["features"] if f["kind"] == "categorical"]
+    num_steps = [SimpleImputer(strategy="median", add_indicator=True)]
+    if scale_numeric:
+        num_steps.append(StandardScaler())
+    transformers = []
+    if numeric:
+        transformers.append(("numeric", make_pipeline(*num_steps), numeric))
+    if categorical:
+        transformers.append(
+            (
+                "categorical",
+                make_pipeline(
+                    SimpleImputer(strategy="constant", fill_value="(missing)"),
+                    OneHotEncoder(
+                        handle_unknown="infrequent_if_exist",
+                        min_frequency=5,
+                        max_categories=32,
+                        sparse_output=False,
+                    ),
+                ),
+                categorical,
+            )
+        )
+    return ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
+
+
+def build_model(schema: dict[str, Any], config: dict[str, Any], seed: int = 0) -> Pipeline:
+    """One sklearn Pipeline: preprocessing + the family's estimator with `config`'s parameters."""
+    family = FAMILIES[config["family"]]
+    params = {**family.initial, **family_params(config)}
+    return Pipeline(
+        [
+            ("preprocess", preprocessor(schema, family.scale_numeric)),
+            ("model", family.make(schema["task"], params, seed)),
+        ]
+    )

@@ -1,0 +1,88 @@
+"""Finding packaged models: a Bento tag in the local BentoML store, or a .bento archive."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.common.errors import UserError
+
+
+@dataclass
+class PackagedModel:
+    model: Any
+    schema: dict[str, Any]
+    model_tag: str
+    bento_tag: str
+
+
+def _archive_tag(path: Path) -> str:
+    """name:version of the Bento inside a .bento archive, from its bento.yaml."""
+    import tarfile
+
+    import yaml
+
+    try:
+        with tarfile.open(path) as tar:
+            member = next(m for m in tar.getmembers() if m.name.lstrip("./") == "bento.yaml")
+            info = yaml.safe_load(tar.extractfile(member))
+        return f"{info['name']}:{info['version']}"
+    except (tarfile.TarError, StopIteration, TypeError, KeyError, yaml.YAMLError) as exc:
+        raise UserError(f"{path} is not a Bento archive: {exc or 'no bento.yaml'}") from None
+
+
+def resolve_bento(ref: str):
+    """Return the Bento for `ref`: a tag in the store, or an archive (imported into the store once)."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    path = Path(ref)
+    if ref.endswith(".bento") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"Bento archive not found: {ref}")
+        tag = _archive_tag(path)
+        try:
+            return bentoml.get(tag)
+        except NotFound:
+            pass
+        try:
+            return bentoml.import_bento(str(path))
+        except BentoMLException as exc:
+            raise UserError(f"cannot import Bento archive {ref}: {exc}") from None
+    try:
+        return bentoml.get(ref)
+    except (NotFound, BentoMLException, ValueError):
+        raise UserError(
+            f"no Bento {ref!r} in the BentoML store ({bentoml_home()}); "
+            "run `kfp-automl run` first or pass a .bento archive"
+        ) from None
+
+
+def bentoml_home() -> str:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return str(BentoMLContainer.bentoml_home.get())
+
+
+def load_packaged_model(ref: str) -> PackagedModel:
+    """The fitted pipeline and schema inside a Bento, loaded only after the hash check."""
+    import bentoml
+
+    from components.common.model_io import load_model
+
+    bento = resolve_bento(ref)
+    model_tag = (bento.info.args or {}).get("model_tag")
+    if not model_tag:
+        raise UserError(
+            f"Bento {bento.tag} names no model_tag argument; it was not built by kfp-automl"
+        )
+    stored = bentoml.models.get(model_tag)
+    if "sha256" not in stored.info.metadata:
+        raise UserError(
+            f"model {stored.tag} was not written by kfp-automl (no sha256 in its metadata)"
+        )
+    schema = json.loads(Path(stored.path_of("schema.json")).read_text())
+    model = load_model(stored.path, stored.info.metadata["sha256"])
+    return PackagedModel(model, schema, str(stored.tag), str(bento.tag))

@@ -1,0 +1,243 @@
+"""The `kfp-automl` command line.
+
+User mistakes (bad path, unknown column, bad flag) end with one line
+`error: ...` on stderr and exit code 2, before any Ray or BentoML work.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from components import __version__
+from components.common.errors import PipelineFailed, UserError
+
+DEFAULT_OUTPUT = "automl-output"
+
+
+def _fmt_seconds(s: float) -> str:
+    m, sec = divmod(int(round(s)), 60)
+    return f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kfp-automl")
+def cli() -> None:
+    """Tabular AutoML on Kubeflow Pipelines, runnable on one machine."""
+
+
+@cli.command()
+@click.option(
+    "--data",
+    default="",
+    help="Table to learn from: CSV, TSV, Parquet or JSON Lines, path or URL. Default: the built-in churn table.",
+)
+@click.option(
+    "--target", default="", help="Column to predict. Default with the built-in table: churn."
+)
+@click.option(
+    "--task",
+    type=click.Choice(["auto", "classification", "regression"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--metric",
+    default="",
+    help="Metric to optimise (default: roc_auc for binary, f1_macro for multiclass, rmse for regression).",
+)
+@click.option(
+    "--families",
+    default="",
+    help="Comma-separated model families (default: all of linear, random_forest, extra_trees, hist_gb).",
+)
+@click.option(
+    "--time-budget",
+    "time_budget",
+    type=click.IntRange(min=5),
+    default=60,
+    show_default=True,
+    help="Seconds for the model search.",
+)
+@click.option(
+    "--max-trials",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Stop the search after this many trials (0: time budget only).",
+)
+@click.option(
+    "--output",
+    "output",
+    type=click.Path(file_okay=False),
+    default=DEFAULT_OUTPUT,
+    show_default=True,
+    help="Directory for summary.json, report, leaderboard and Bento archive.",
+)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option(
+    "--model-name", default="", help="BentoML model/Bento name (default: automl-<target>)."
+)
+@click.option(
+    "--ray-address", default="", help="Join this Ray cluster instead of starting Ray locally."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Show every log line, not just progress.")
+def run(
+    data,
+    target,
+    task,
+    metric,
+    families,
+    time_budget,
+    max_trials,
+    output,
+    seed,
+    model_name,
+    ray_address,
+    verbose,
+):
+    """Run the training pipeline locally (kfp.local, no cluster, no Docker)."""
+    from components.common.io import DEFAULT_DATASET, DEFAULT_TARGET, read_table
+    from components.common.metrics import resolve_metric
+    from components.prepare.prepare import validate
+    from components.tune.families import select_families
+    from pipelines.local_run import run_pipeline
+
+    if not data:
+        if target and target != DEFAULT_TARGET:
+            raise UserError(
+                f"--target {target!r} needs --data; the built-in table's target is {DEFAULT_TARGET!r}"
+            )
+        data, target = str(DEFAULT_DATASET), DEFAULT_TARGET
+    elif not target:
+        raise UserError("--target is required with --data")
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output {output!r} exists and is not a directory")
+    # Validate everything up front: a user mistake must not cost a Ray start or leave outputs behind.
+    click.echo(f"checking {data}")
+    df = read_table(data)
+    rows, resolved, _ = validate(df, target, task)
+    n_classes = int(rows[target].nunique()) if resolved == "classification" else 0
+    chosen = resolve_metric(metric, resolved, n_classes)
+    select_families(families)
+    click.echo(
+        f"{resolved} on {target!r}: {len(df)} rows, {df.shape[1] - 1} columns; metric {chosen.name}; "
+        f"search budget {time_budget}s"
+    )
+    if data != str(DEFAULT_DATASET) and "://" not in data:
+        data = str(Path(data).resolve())
+    params = dict(
+        data=data,
+        target=target,
+        task=task,
+        metric=chosen.name,
+        families=families,
+        time_budget_s=time_budget,
+        max_trials=max_trials,
+        seed=seed,
+        ray_address=ray_address,
+        model_name=model_name,
+    )
+    s = run_pipeline(params, out, verbose=verbose)
+    click.echo("")
+    click.echo(
+        f"done in {_fmt_seconds(s['elapsed_s'])}: {s['task']} on {s['target']!r}, {s['n_trials']} trials"
+    )
+    click.echo(
+        f"  best model   {s['best_model']}  {s['metric']}: validation {s['cv_score']:.4f}, test {s['test_score']:.4f}"
+    )
+    click.echo(f"  leaderboard  {s['leaderboard_csv']}")
+    click.echo(f"  report       {s['report_html']}")
+    click.echo(f"  bento        {s['bento_tag']}  ({s['bento_archive']})")
+    click.echo(f"  summary      {out.resolve() / 'summary.json'}")
+    click.echo(f"next: kfp-automl serve --model {s['bento_tag']}")
+
+
+@cli.command()
+@click.option(
+    "--model", "model", required=True, help="Bento tag (name:version or name) or a .bento archive."
+)
+@click.option("--data", required=True, help="Table to score (CSV, TSV, Parquet or JSON Lines).")
+@click.option(
+    "--output",
+    required=True,
+    help="Where to write the input columns plus prediction (and proba_<class>).",
+)
+def predict(model, data, output):
+    """Score a table with a packaged model (batch)."""
+    from components.common.io import read_table, table_format
+    from pipelines.bentos import load_packaged_model
+    from pipelines.scoring import score_table, write_table
+
+    table_format(output)  # a bad output name fails before any work
+    df = read_table(data)
+    packaged = load_packaged_model(model)
+    result = score_table(df, packaged)
+    write_table(result, output)
+    click.echo(f"wrote {len(result)} predictions to {output} (model {packaged.model_tag})")
+
+
+@cli.command()
+@click.option(
+    "--model", "model", required=True, help="Bento tag (name:version or name) or a .bento archive."
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; 0.0.0.0 exposes the service to the network.",
+)
+def serve(model, port, host):
+    """Serve a packaged model over HTTP with BentoML (POST /predict)."""
+    from pipelines.bentos import resolve_bento
+
+    bento = resolve_bento(model)
+    bentoml_bin = Path(sys.executable).with_name("bentoml")
+    cmd = [str(bentoml_bin), "serve", str(bento.tag), "--host", host, "--port", str(port)]
+    click.echo(f"serving {bento.tag} on http://{host}:{port} (POST /predict); Ctrl-C stops it")
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)
+
+
+@cli.command(name="compile")
+@click.option(
+    "--output-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory for the YAML files (default: pipelines/compiled/).",
+)
+def compile_cmd(output_dir):
+    """Compile the pipelines to KFP IR YAML for a Kubeflow cluster."""
+    from pipelines.compile import COMPILED_DIR, compile_all
+
+    for path in compile_all(output_dir or COMPILED_DIR):
+        click.echo(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: maps user errors to `error: ...` and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="kfp-automl", standalone_mode=False)
+    except (UserError, click.UsageError) as exc:
+        message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
+        click.echo(f"error: {message}", err=True)
+        return 2
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except PipelineFailed as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("aborted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

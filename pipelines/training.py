@@ -1,0 +1,88 @@
+"""The training pipeline: prepare -> tune -> evaluate -> package."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
+
+from components.evaluate.component import evaluate_model
+from components.package.component import package_model
+from components.prepare.component import prepare_data
+from components.tune.component import tune_models
+
+PIPELINE_NAME = "kfp-automl-training"
+
+
+class Outputs(NamedTuple):
+    schema: Artifact
+    model: Model
+    leaderboard: Dataset
+    metrics: Metrics
+    report: HTML
+    bento: Model
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Tabular AutoML: prepare a table, search models with Ray Tune, evaluate, package a Bento.",
+)
+def training(
+    data: str = "",
+    target: str = "",
+    task: str = "auto",
+    metric: str = "",
+    families: str = "",
+    time_budget_s: int = 60,
+    max_trials: int = 0,
+    seed: int = 42,
+    ray_address: str = "",
+    model_name: str = "",
+) -> Outputs:
+    """Train and package a model for `target` in `data`.
+
+    Args:
+        data: Table path or fsspec URL; empty uses the built-in churn demo table.
+        target: Target column (empty with empty data: the demo table's target).
+        task: auto, classification or regression.
+        metric: Metric to optimise; empty picks the task's default.
+        families: Comma-separated model families to search; empty searches all.
+        time_budget_s: Wall-clock budget of the search.
+        max_trials: Trial cap (0: only the time budget stops the search).
+        seed: Seed for the split, the search and the models.
+        ray_address: Ray cluster to join; empty starts Ray inside the tune step.
+        model_name: Name of the BentoML model and Bento; empty derives it from the target.
+    """
+    prep = prepare_data(data=data, target=target, task=task, seed=seed).set_display_name("prepare")
+    tune = tune_models(
+        train=prep.outputs["train"],
+        valid=prep.outputs["valid"],
+        schema=prep.outputs["schema"],
+        metric=metric,
+        families=families,
+        time_budget_s=time_budget_s,
+        max_trials=max_trials,
+        seed=seed,
+        ray_address=ray_address,
+    ).set_display_name("tune")
+    tune.set_cpu_request("2").set_memory_request("4G").set_memory_limit("8G")
+    evaluation = evaluate_model(
+        model=tune.outputs["model"],
+        test=prep.outputs["test"],
+        schema=prep.outputs["schema"],
+        leaderboard=tune.outputs["leaderboard"],
+        metric=metric,
+    ).set_display_name("evaluate")
+    pkg = package_model(
+        model=tune.outputs["model"],
+        schema=prep.outputs["schema"],
+        model_name=model_name,
+    ).set_display_name("package")
+    pkg.after(evaluation)
+    return Outputs(
+        schema=prep.outputs["schema"],
+        model=tune.outputs["model"],
+        leaderboard=tune.outputs["leaderboard"],
+        metrics=evaluation.outputs["metrics"],
+        report=evaluation.outputs["report"],
+        bento=pkg.outputs["bento"],
+    )

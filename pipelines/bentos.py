@@ -29,8 +29,10 @@ def _archive_tag(path: Path) -> str:
             member = next(m for m in tar.getmembers() if m.name.lstrip("./") == "bento.yaml")
             info = yaml.safe_load(tar.extractfile(member))
         return f"{info['name']}:{info['version']}"
-    except (tarfile.TarError, StopIteration, TypeError, KeyError, yaml.YAMLError) as exc:
-        raise UserError(f"{path} is not a Bento archive: {exc or 'no bento.yaml'}") from None
+    except tarfile.TarError:
+        raise UserError(f"{path} is not a Bento archive (not a readable tar file)") from None
+    except (StopIteration, TypeError, KeyError, yaml.YAMLError):
+        raise UserError(f"{path} is not a Bento archive (no valid bento.yaml inside)") from None
 
 
 def resolve_bento(ref: str):

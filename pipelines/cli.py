@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="kfp-automl", standalone_mode=False)
     except (UserError, click.UsageError) as exc:
         message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
-        click.echo(f"error: {message}", err=True)
+        click.echo("error: " + "; ".join(message.splitlines()), err=True)
         return 2
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)

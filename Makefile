@@ -1,0 +1,55 @@
+# kfp-automl: the front door. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+RUN_ARGS ?=
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test test-quick lint format compile bench images clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kfp-automl needs Python >= 3.11; set PYTHON=python3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv and install the project with its dev tools
+
+run: $(STAMP) ## Run the training pipeline locally on the built-in churn table (RUN_ARGS="--time-budget 120 ...")
+	$(BIN)/kfp-automl run $(RUN_ARGS)
+
+test: $(STAMP) ## Run every test (unit, components, whole pipeline, real bentoml serve)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-quick: $(STAMP) ## Run the fast tests only (no Ray, no servers, no pipeline runs)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## Format and fix with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+compile: $(STAMP) ## Compile pipelines to pipelines/compiled/*.yaml
+	$(BIN)/kfp-automl compile
+
+bench: $(STAMP) ## Benchmarks: default run wall clock and peak memory (writes bench-output/)
+	$(BIN)/python -m tests.bench.run_bench
+
+images: ## Build the components image (needs docker, podman or buildah)
+	@tool=$$(command -v docker || command -v podman || command -v buildah); \
+	if [ -z "$$tool" ]; then echo "no container engine found: install docker, podman or buildah to build images/"; exit 1; fi; \
+	version=$$(grep -E '^__version__' components/__init__.py | cut -d'"' -f2); \
+	$$tool build -f images/components.Dockerfile -t ghcr.io/kfp-automl/components:$$version .
+
+clean: ## Remove the venv, caches and local outputs
+	rm -rf $(VENV) automl-output bench-output .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,154 @@
+"""Each component's python_func called with artifacts in a tmp dir (no KFP backend).
+
+These start a real local Ray (tune) and write to a real BentoML store (package).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model
+
+from components.evaluate.component import evaluate_model
+from components.package.component import package_model
+from components.prepare.component import prepare_data
+from components.tune.component import tune_models
+
+pytestmark = pytest.mark.slow
+
+
+def _art(cls, tmp: Path, name: str):
+    return cls(name=name, uri=str(tmp / name), metadata={})
+
+
+def _run_chain(tmp: Path, data: str, target: str, task: str = "auto", metric: str = ""):
+    arts = {n: _art(Dataset, tmp, n) for n in ("train", "valid", "test", "leaderboard")}
+    arts["schema"] = _art(Artifact, tmp, "schema")
+    arts["model"] = _art(Model, tmp, "model")
+    prepare_data.python_func(
+        data=data,
+        target=target,
+        task=task,
+        train=arts["train"],
+        valid=arts["valid"],
+        test=arts["test"],
+        schema=arts["schema"],
+    )
+    tune_models.python_func(
+        train=arts["train"],
+        valid=arts["valid"],
+        schema=arts["schema"],
+        model=arts["model"],
+        leaderboard=arts["leaderboard"],
+        metric=metric,
+        time_budget_s=60,
+        max_trials=6,
+    )
+    return arts
+
+
+def test_classification_chain(tmp_path, small_churn_csv):
+    arts = _run_chain(tmp_path, str(small_churn_csv), "churn")
+    schema = json.loads(Path(arts["schema"].path).read_text())
+    assert schema["task"] == "classification" and schema["classes"] == ["No", "Yes"]
+    assert (
+        arts["train"].metadata["rows"]
+        + arts["valid"].metadata["rows"]
+        + arts["test"].metadata["rows"]
+        == 403
+    )
+
+    board = pd.read_csv(arts["leaderboard"].path)
+    assert len(board) == 6
+    assert set(board["family"]) <= {"linear", "random_forest", "extra_trees", "hist_gb"}
+    # the four cheap starting points run first, one per family
+    assert board["family"].nunique() >= 3
+    ok = board[board["status"] == "ok"]
+    assert ok["score"].between(0, 1).all()
+    assert list(ok["score"]) == sorted(ok["score"], reverse=True)  # best first (roc_auc: max)
+    meta = arts["model"].metadata
+    assert meta["metric"] == "roc_auc" and meta["family"] == ok.iloc[0]["family"]
+    assert len(meta["sha256"]) == 64
+
+    metrics, cls_metrics, report = (
+        _art(Metrics, tmp_path, "metrics"),
+        _art(ClassificationMetrics, tmp_path, "cls"),
+        _art(HTML, tmp_path, "report"),
+    )
+    evaluate_model.python_func(
+        model=arts["model"],
+        test=arts["test"],
+        schema=arts["schema"],
+        leaderboard=arts["leaderboard"],
+        metrics=metrics,
+        classification_metrics=cls_metrics,
+        report=report,
+    )
+    assert {"accuracy", "roc_auc", "log_loss", "f1"} <= set(metrics.metadata)
+    assert 0.5 < metrics.metadata["roc_auc"] <= 1.0
+    cm = cls_metrics.metadata["confusionMatrix"]
+    assert [c["displayName"] for c in cm["annotationSpecs"]] == ["No", "Yes"]
+    assert sum(map(sum, (r["row"] for r in cm["rows"]))) == arts["test"].metadata["rows"]
+    assert len(cls_metrics.metadata["confidenceMetrics"]) > 2
+    html = Path(report.path).read_text()
+    assert "Confusion matrix" in html and "Leaderboard" in html
+
+    bento = _art(Model, tmp_path, "bento")
+    package_model.python_func(model=arts["model"], schema=arts["schema"], bento=bento)
+    assert bento.metadata["bento_tag"].startswith("automl-churn:")
+    assert Path(bento.path).stat().st_size > 10_000
+
+    from pipelines.bentos import load_packaged_model
+
+    packaged = load_packaged_model(bento.path)
+    assert packaged.schema == schema
+
+
+def test_regression_chain(tmp_path):
+    from sklearn.datasets import load_diabetes  # ships with scikit-learn, no download
+
+    df = load_diabetes(as_frame=True).frame
+    df["sex"] = df["sex"].map(lambda v: "a" if v > 0 else "b")  # one categorical column
+    path = tmp_path / "diabetes.parquet"
+    df.to_parquet(path)
+    arts = _run_chain(tmp_path, str(path), "target")
+    assert json.loads(Path(arts["schema"].path).read_text())["task"] == "regression"
+    assert arts["model"].metadata["metric"] == "rmse"
+    board = pd.read_csv(arts["leaderboard"].path)
+    ok = board[board["status"] == "ok"]
+    assert list(ok["score"]) == sorted(ok["score"])  # rmse: lower first
+    metrics, cls_metrics, report = (
+        _art(Metrics, tmp_path, "metrics"),
+        _art(ClassificationMetrics, tmp_path, "cls"),
+        _art(HTML, tmp_path, "report"),
+    )
+    evaluate_model.python_func(
+        model=arts["model"],
+        test=arts["test"],
+        schema=arts["schema"],
+        leaderboard=arts["leaderboard"],
+        metrics=metrics,
+        classification_metrics=cls_metrics,
+        report=report,
+    )
+    assert {"rmse", "mae", "r2"} == set(metrics.metadata) - {"primary_metric"}
+    assert metrics.metadata["r2"] > 0.2  # diabetes is learnable; a broken pipeline scores ~0
+    assert "confusionMatrix" not in cls_metrics.metadata
+
+
+def test_package_refuses_a_tampered_model(tmp_path):
+    from sklearn.dummy import DummyClassifier
+
+    from components.common.model_io import ModelIntegrityError, save_model
+    from components.package.package import package
+
+    sha = save_model(DummyClassifier().fit([[0], [1]], [0, 1]), tmp_path)
+    model_file = tmp_path / "model.joblib"
+    model_file.write_bytes(model_file.read_bytes() + b"\0")
+    schema = {"target": "y", "task": "classification", "features": []}
+    with pytest.raises(ModelIntegrityError):
+        package(tmp_path, sha, schema, {}, tmp_path / "out.bento")
+    assert not (tmp_path / "out.bento").exists()

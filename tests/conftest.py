@@ -1,0 +1,38 @@
+"""Shared fixtures. Every test session gets its own BentoML store (BENTOML_HOME)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+def pytest_configure(config):
+    # Before anything imports bentoml: keep the user's ~/bentoml out of the tests.
+    os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="kfp-automl-test-bentoml-")
+
+
+@pytest.fixture(scope="session")
+def churn_df():
+    from components.common.io import DEFAULT_DATASET, read_table
+
+    return read_table(DEFAULT_DATASET)
+
+
+@pytest.fixture(scope="session")
+def small_churn_csv(churn_df, tmp_path_factory) -> Path:
+    """400 rows of the built-in churn table (stratified), with its missing values kept."""
+    from sklearn.model_selection import train_test_split
+
+    small, _ = train_test_split(
+        churn_df, train_size=400, stratify=churn_df["churn"], random_state=0
+    )
+    missing = churn_df[churn_df["total_charges"].isna()].head(3)
+    import pandas as pd
+
+    small = pd.concat([small, missing], ignore_index=True)
+    path = tmp_path_factory.mktemp("data") / "small_churn.csv"
+    small.to_csv(path, index=False)
+    return path

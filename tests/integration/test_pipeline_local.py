@@ -1,0 +1,189 @@
+"""The whole training pipeline through kfp.local, then batch and online scoring.
+
+Real parts only: `kfp-automl run` (kfp.local SubprocessRunner, local Ray,
+BentoML store), `kfp-automl predict`, and `kfp-automl serve` (a real
+`bentoml serve` on 127.0.0.1) answering POST /predict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CLI = [sys.executable, "-m", "pipelines.cli"]
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(small_churn_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    proc = subprocess.run(
+        [
+            *CLI,
+            "run",
+            "--data",
+            str(small_churn_csv),
+            "--target",
+            "churn",
+            "--time-budget",
+            "40",
+            "--max-trials",
+            "8",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "summary.json").read_text()), proc.stdout
+
+
+def test_summary_has_every_field(pipeline_run):
+    out, s, _ = pipeline_run
+    required = {
+        "task",
+        "metric",
+        "best_model",
+        "cv_score",
+        "test_score",
+        "test_metrics",
+        "n_trials",
+        "bento_tag",
+        "bento_archive",
+        "report_html",
+        "elapsed_s",
+    }
+    assert required <= set(s)
+    assert s["task"] == "classification" and s["metric"] == "roc_auc"
+    assert s["best_model"] in {"linear", "random_forest", "extra_trees", "hist_gb"}
+    assert 0.5 < s["cv_score"] <= 1 and 0.5 < s["test_score"] <= 1
+    assert s["test_metrics"]["roc_auc"] == s["test_score"]
+    assert 1 <= s["n_trials"] <= 8
+    for key in ("bento_archive", "report_html", "leaderboard_csv", "schema_json"):
+        assert Path(s[key]).is_file() and Path(s[key]).parent == out
+    assert len(pd.read_csv(s["leaderboard_csv"])) <= 8
+
+
+def test_progress_output_shows_steps_and_trials(pipeline_run):
+    _, s, stdout = pipeline_run
+    for step in ("prepare", "tune", "evaluate", "package"):
+        assert f"step {step} done" in stdout
+    assert "trials done" in stdout and "best roc_auc=" in stdout
+    assert s["bento_tag"] in stdout and s["report_html"] in stdout
+    assert "Got executor_input" not in stdout  # kfp's own chatter stays in run.log
+
+
+def test_dashboard_artifacts_are_in_the_executor_output(pipeline_run):
+    out, _, _ = pipeline_run
+    [executor_output] = out.glob("pipeline_root/*/evaluate-model/executor_output.json")
+    artifacts = json.loads(executor_output.read_text())["artifacts"]
+    cls = artifacts["classification_metrics"]["artifacts"][0]["metadata"]
+    assert {"confusionMatrix", "confidenceMetrics"} <= set(cls)
+    assert "roc_auc" in artifacts["metrics"]["artifacts"][0]["metadata"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    rows = df.to_dict("records")
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+        for r in rows
+    ]
+
+
+def test_served_bento_matches_batch_predict(pipeline_run, small_churn_csv, tmp_path):
+    _, s, _ = pipeline_run
+    rows = pd.read_csv(small_churn_csv).tail(25)  # includes rows with a missing total_charges
+    assert rows["total_charges"].isna().any()
+    inp, pred_path = tmp_path / "rows.csv", tmp_path / "pred.csv"
+    rows.to_csv(inp, index=False)
+    proc = subprocess.run(
+        [
+            *CLI,
+            "predict",
+            "--model",
+            s["bento_archive"],
+            "--data",
+            str(inp),
+            "--output",
+            str(pred_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    batch = pd.read_csv(pred_path)
+    assert list(batch.columns[-3:]) == ["prediction", "proba_No", "proba_Yes"]
+    assert np.allclose(batch["proba_No"] + batch["proba_Yes"], 1)
+
+    port = _free_port()
+    server = subprocess.Popen(
+        [*CLI, "serve", "--model", s["bento_tag"], "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("bentoml serve did not become ready in 120 s")
+        features = rows.drop(columns=["churn"])
+        r = httpx.post(f"{base}/predict", json={"records": _records(features)}, timeout=60)
+        assert r.status_code == 200, r.text
+        online = r.json()
+        assert online["predictions"] == batch["prediction"].tolist()
+        assert np.allclose(
+            [p["Yes"] for p in online["probabilities"]], batch["proba_Yes"], atol=1e-9
+        )
+
+        bad = _records(features.head(1))
+        bad[0]["tenure"] = "ten"
+        r = httpx.post(f"{base}/predict", json={"records": bad}, timeout=30)
+        assert r.status_code == 400 and "tenure" in r.text
+        del bad[0]["tenure"]
+        r = httpx.post(f"{base}/predict", json={"records": bad}, timeout=30)
+        assert r.status_code == 400 and "tenure" in r.text
+        # the server is still healthy after bad requests
+        assert (
+            httpx.post(
+                f"{base}/predict", json={"records": _records(features.head(2))}, timeout=30
+            ).status_code
+            == 200
+        )
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)

@@ -1,0 +1,47 @@
+"""The committed pipeline YAML is what the code compiles to, and names one pinned image."""
+
+from __future__ import annotations
+
+import yaml
+
+from components import __version__
+from components._image import COMPONENTS_IMAGE
+from pipelines.compile import COMPILED_DIR, PIPELINES, compile_pipeline
+
+
+def test_committed_yaml_is_up_to_date(tmp_path):
+    for name in PIPELINES:
+        fresh = compile_pipeline(name, tmp_path / f"{name}.yaml").read_text()
+        committed = (COMPILED_DIR / f"{name}.yaml").read_text()
+        assert fresh == committed, f"pipelines/compiled/{name}.yaml is stale: run `make compile`"
+
+
+def test_every_step_runs_the_versioned_project_image():
+    spec = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    assert len(executors) == 4
+    for name, ex in executors.items():
+        container = ex["container"]
+        assert container["image"] == COMPONENTS_IMAGE, name
+        assert (
+            container["image"].endswith(f":{__version__}") and ":latest" not in container["image"]
+        )
+        text = " ".join(container["command"] + container.get("args", []))
+        assert "pip install" not in text, f"{name} installs packages at run time"
+
+
+def test_pipeline_wiring_and_defaults():
+    spec = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"prepare-data", "tune-models", "evaluate-model", "package-model"}
+    assert tasks["tune-models"]["dependentTasks"] == ["prepare-data"]
+    assert set(tasks["package-model"]["dependentTasks"]) == {
+        "evaluate-model",
+        "prepare-data",
+        "tune-models",
+    }
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["time_budget_s"]["defaultValue"] == 60
+    assert params["data"]["defaultValue"] == ""  # no data path baked in at compile time
+    outputs = spec["root"]["outputDefinitions"]["artifacts"]
+    assert {"bento", "metrics", "report", "leaderboard", "model", "schema"} == set(outputs)

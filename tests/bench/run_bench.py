@@ -9,6 +9,7 @@ Everything is measured side by side in one run and reported as ratios
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -44,10 +45,8 @@ class PeakMemory(threading.Thread):
             except psutil.Error:
                 break
             for p in procs:
-                try:
+                with contextlib.suppress(psutil.Error):
                     total += p.memory_full_info().pss
-                except psutil.Error:
-                    pass
             self.peak = max(self.peak, total)
             self.stop.wait(self.every_s)
 

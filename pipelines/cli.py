@@ -7,6 +7,7 @@ User mistakes (bad path, unknown column, bad flag) end with one line
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,6 +17,14 @@ from components import __version__
 from components.common.errors import PipelineFailed, UserError
 
 DEFAULT_OUTPUT = "automl-output"
+
+
+def _prog() -> str:
+    """How the user can call this CLI again: `kfp-automl` if on PATH, else the venv's script."""
+    if shutil.which("kfp-automl"):
+        return "kfp-automl"
+    script = Path(sys.executable).with_name("kfp-automl")
+    return os.path.relpath(script) if script.exists() else "kfp-automl"
 
 
 def _fmt_seconds(s: float) -> str:
@@ -57,10 +66,10 @@ def cli() -> None:
 @click.option(
     "--time-budget",
     "time_budget",
-    type=click.IntRange(min=5),
+    type=click.IntRange(min=10),
     default=60,
     show_default=True,
-    help="Seconds for the model search.",
+    help="Wall-clock seconds for the tune step (Ray start included).",
 )
 @click.option(
     "--max-trials",
@@ -154,7 +163,7 @@ def run(
     click.echo(f"  report       {s['report_html']}")
     click.echo(f"  bento        {s['bento_tag']}  ({s['bento_archive']})")
     click.echo(f"  summary      {out.resolve() / 'summary.json'}")
-    click.echo(f"next: kfp-automl serve --model {s['bento_tag']}")
+    click.echo(f"next: {_prog()} serve --model {s['bento_tag']}")
 
 
 @cli.command()

@@ -80,7 +80,7 @@ class ConsoleFilter(io.TextIOBase):
                 self.failed_step = step
             if not self.verbose:
                 self.console.write(
-                    f"step {step} {'done' if status == 'success' else status} in {took:.1f}s\n"
+                    f"step {step} {'done' if status == 'success' else 'failed'} in {took:.1f}s\n"
                 )
         self.console.flush()
 
@@ -118,7 +118,9 @@ def run_pipeline(params: dict[str, Any], output_dir: Path, verbose: bool = False
             kind, message = filt.last_exception or (type(exc).__name__, str(exc))
             if kind == "UserError":
                 raise UserError(message) from None
-            step = filt.failed_step or "pipeline"
+            # with raise_on_error kfp raises "Task '...' finished with status FAILURE" instead of logging it
+            m = _FINISHED.search(_ANSI.sub("", str(exc)))
+            step = filt.failed_step or (STEP_NAMES.get(m.group(1), m.group(1)) if m else "pipeline")
             raise PipelineFailed(
                 f"step {step} failed: {kind}: {message} (full log: {log_path})"
             ) from None

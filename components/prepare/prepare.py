@@ -141,6 +141,10 @@ def validate(df: pd.DataFrame, target: str, task: str = "auto") -> tuple[pd.Data
         raise UserError(
             f"only {len(data)} rows have a value for target {target!r}; at least {MIN_ROWS} are needed"
         )
+    if task == "regression" and not ptypes.is_numeric_dtype(data[target]):
+        as_number = pd.to_numeric(data[target], errors="coerce")
+        if as_number.notna().all():  # numbers stored as text
+            data[target] = as_number
     y = data[target]
     resolved = infer_task(y, task)
     if resolved == "classification":

@@ -110,7 +110,11 @@ def records_to_frame(records: list[Any], schema: dict[str, Any]) -> pd.DataFrame
             if kinds[name] == "numeric":
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise RecordError(i, name, f"expected a number or null, got {value!r}")
-                if isinstance(value, float) and not math.isfinite(value):
+                try:
+                    finite = math.isfinite(value)
+                except OverflowError:  # an integer too large for a float
+                    finite = False
+                if not finite:
                     raise RecordError(i, name, "expected a finite number")
             elif not isinstance(value, str | int | float | bool):
                 raise RecordError(i, name, f"expected a string or null, got {type(value).__name__}")

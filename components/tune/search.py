@@ -197,9 +197,13 @@ def run_search(
             ray.shutdown()
     ok = board[board["status"] == "ok"]
     if ok.empty:
+        errors = board[board["status"] == "error"]
+        if len(errors):
+            raise RuntimeError(
+                f"all {len(errors)} finished trials failed; first error: {errors.iloc[0]['error']}"
+            )
         raise RuntimeError(
-            f"no trial finished within the time budget of {time_budget_s:.0f}s; "
-            "raise --time-budget (see run.log for trial errors)"
+            f"no trial finished within the time budget of {time_budget_s:.0f}s; raise --time-budget"
         )
     best = ok.iloc[0]
     best_config = {
@@ -207,6 +211,13 @@ def run_search(
         **{f"{best['family']}.{k}": v for k, v in json.loads(best["params"]).items()},
     }
     return SearchResult(board, best_config, float(best["score"]), time.monotonic() - started)
+
+
+def _first_line(error: BaseException) -> str:
+    """The innermost exception's first line (Ray wraps trial errors in its own)."""
+    cause = getattr(error, "cause", None) or error.__cause__ or error
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"[:300]
 
 
 def leaderboard(results, metric: Metric, started_wall: float) -> pd.DataFrame:
@@ -227,6 +238,7 @@ def leaderboard(results, metric: Metric, started_wall: float) -> pd.DataFrame:
                 else float("nan"),
                 "status": "ok" if ok else ("error" if r.error is not None else "stopped"),
                 "params": json.dumps(family_params(config), sort_keys=True) if config else "{}",
+                "error": _first_line(r.error) if r.error is not None else "",
             }
         )
     board = pd.DataFrame(

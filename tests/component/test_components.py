@@ -152,3 +152,39 @@ def test_package_refuses_a_tampered_model(tmp_path):
     with pytest.raises(ModelIntegrityError):
         package(tmp_path, sha, schema, {}, tmp_path / "out.bento")
     assert not (tmp_path / "out.bento").exists()
+
+
+def test_search_puts_the_data_in_ray_once(monkeypatch, small_churn_csv):
+    """The training frame reaches Ray's object store once, however many trials run."""
+    import ray
+
+    from components.common.io import read_table
+    from components.common.metrics import resolve_metric
+    from components.prepare.prepare import prepare
+    from components.tune.families import select_families
+    from components.tune.search import run_search
+
+    prepared = prepare(read_table(small_churn_csv), "churn")
+    puts = []
+    real_put = ray.put
+
+    def spy(value, *args, **kwargs):
+        puts.append(value)
+        return real_put(value, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "put", spy)
+    result = run_search(
+        prepared.train,
+        prepared.valid,
+        prepared.schema,
+        resolve_metric("", "classification", 2),
+        select_families(""),
+        time_budget_s=60,
+        max_trials=6,
+    )
+    assert (result.leaderboard["status"] == "ok").sum() == 6
+    frames = [
+        v for v in puts if isinstance(v, tuple) and any(isinstance(x, pd.DataFrame) for x in v)
+    ]
+    assert len(frames) == 1
+    assert frames[0][0].shape == (len(prepared.train), len(prepared.schema["features"]))

@@ -25,6 +25,7 @@ from components.tune.families import (
     SearchSpace,
     build_model,
     family_params,
+    flat_config,
     initial_configs,
 )
 
@@ -115,7 +116,7 @@ def _start_ray(ray_address: str) -> bool:
         ray.init(address=ray_address, logging_level="WARNING")
         return True
     ray.init(
-        num_cpus=os.cpu_count() or 1,
+        num_cpus=len(os.sched_getaffinity(0)),  # the CPUs this process may use (containers)
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         object_store_memory=256 * 1024 * 1024,
@@ -143,7 +144,7 @@ def run_search(
     from ray.tune.search.optuna import OptunaSearch
 
     target, task = schema["target"], schema["task"]
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     say("tune", f"starting Ray ({ray_address or 'local, 127.0.0.1'})")
     we_started = _start_ray(ray_address)
     try:
@@ -189,9 +190,7 @@ def run_search(
             # ResultGrid warns for every trial that it cannot read them; its metrics come from memory.
             logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
             results = tuner.fit()
-            board = leaderboard(
-                results, metric, started_wall=time.time() - (time.monotonic() - started)
-            )
+            board = leaderboard(results, metric, started_wall)
     finally:
         if we_started:
             ray.shutdown()
@@ -206,10 +205,7 @@ def run_search(
             f"no trial finished within the time budget of {time_budget_s:.0f}s; raise --time-budget"
         )
     best = ok.iloc[0]
-    best_config = {
-        "family": best["family"],
-        **{f"{best['family']}.{k}": v for k, v in json.loads(best["params"]).items()},
-    }
+    best_config = flat_config(best["family"], json.loads(best["params"]))
     return SearchResult(board, best_config, float(best["score"]), time.monotonic() - started)
 
 

@@ -50,6 +50,24 @@ def _run_chain(tmp: Path, data: str, target: str, task: str = "auto", metric: st
     return arts
 
 
+def _evaluate(tmp: Path, arts: dict):
+    metrics, cls_metrics, report = (
+        _art(Metrics, tmp, "metrics"),
+        _art(ClassificationMetrics, tmp, "cls"),
+        _art(HTML, tmp, "report"),
+    )
+    evaluate_model.python_func(
+        model=arts["model"],
+        test=arts["test"],
+        schema=arts["schema"],
+        leaderboard=arts["leaderboard"],
+        metrics=metrics,
+        classification_metrics=cls_metrics,
+        report=report,
+    )
+    return metrics, cls_metrics, report
+
+
 def test_classification_chain(tmp_path, small_churn_csv):
     arts = _run_chain(tmp_path, str(small_churn_csv), "churn")
     schema = json.loads(Path(arts["schema"].path).read_text())
@@ -73,20 +91,7 @@ def test_classification_chain(tmp_path, small_churn_csv):
     assert meta["metric"] == "roc_auc" and meta["family"] == ok.iloc[0]["family"]
     assert len(meta["sha256"]) == 64
 
-    metrics, cls_metrics, report = (
-        _art(Metrics, tmp_path, "metrics"),
-        _art(ClassificationMetrics, tmp_path, "cls"),
-        _art(HTML, tmp_path, "report"),
-    )
-    evaluate_model.python_func(
-        model=arts["model"],
-        test=arts["test"],
-        schema=arts["schema"],
-        leaderboard=arts["leaderboard"],
-        metrics=metrics,
-        classification_metrics=cls_metrics,
-        report=report,
-    )
+    metrics, cls_metrics, report = _evaluate(tmp_path, arts)
     assert {"accuracy", "roc_auc", "log_loss", "f1"} <= set(metrics.metadata)
     assert 0.5 < metrics.metadata["roc_auc"] <= 1.0
     cm = cls_metrics.metadata["confusionMatrix"]
@@ -120,20 +125,7 @@ def test_regression_chain(tmp_path):
     board = pd.read_csv(arts["leaderboard"].path)
     ok = board[board["status"] == "ok"]
     assert list(ok["score"]) == sorted(ok["score"])  # rmse: lower first
-    metrics, cls_metrics, report = (
-        _art(Metrics, tmp_path, "metrics"),
-        _art(ClassificationMetrics, tmp_path, "cls"),
-        _art(HTML, tmp_path, "report"),
-    )
-    evaluate_model.python_func(
-        model=arts["model"],
-        test=arts["test"],
-        schema=arts["schema"],
-        leaderboard=arts["leaderboard"],
-        metrics=metrics,
-        classification_metrics=cls_metrics,
-        report=report,
-    )
+    metrics, cls_metrics, report = _evaluate(tmp_path, arts)
     assert {"rmse", "mae", "r2"} == set(metrics.metadata) - {"primary_metric"}
     assert metrics.metadata["r2"] > 0.2  # diabetes is learnable; a broken pipeline scores ~0
     assert "confusionMatrix" not in cls_metrics.metadata

@@ -15,6 +15,7 @@ PIPELINE_NAME = "kfp-automl-training"
 
 class Outputs(NamedTuple):
     schema: Artifact
+    profile: Artifact
     model: Model
     leaderboard: Dataset
     metrics: Metrics
@@ -75,11 +76,14 @@ def training(
     pkg = package_model(
         model=tune.outputs["model"],
         schema=prep.outputs["schema"],
+        profile=prep.outputs["profile"],
+        test=prep.outputs["test"],
         model_name=model_name,
     ).set_display_name("package")
     pkg.after(evaluation)
     return Outputs(
         schema=prep.outputs["schema"],
+        profile=prep.outputs["profile"],
         model=tune.outputs["model"],
         leaderboard=tune.outputs["leaderboard"],
         metrics=evaluation.outputs["metrics"],

@@ -44,4 +44,6 @@ def test_pipeline_wiring_and_defaults():
     assert params["time_budget_s"]["defaultValue"] == 60
     assert params["data"]["defaultValue"] == ""  # no data path baked in at compile time
     outputs = spec["root"]["outputDefinitions"]["artifacts"]
-    assert {"bento", "metrics", "report", "leaderboard", "model", "schema"} == set(outputs)
+    assert {"bento", "metrics", "report", "leaderboard", "model", "schema", "profile"} == set(
+        outputs
+    )

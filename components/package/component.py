@@ -1,7 +1,7 @@
 """KFP component: package (BentoML model + service -> Bento archive)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Input, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 from components._image import COMPONENTS_IMAGE
 
@@ -10,6 +10,8 @@ from components._image import COMPONENTS_IMAGE
 def package_model(
     model: Input[Model],
     schema: Input[Artifact],
+    profile: Input[Artifact],
+    test: Input[Dataset],
     bento: Output[Model],
     model_name: str = "",
 ):
@@ -18,10 +20,20 @@ def package_model(
     Args:
         model: Model from tune (its sha256 is checked before packaging).
         schema: Column roles; serving validates requests against them.
+        profile: Reference profile from prepare; serving counts requests into its bins.
+        test: Holdout rows; the model's predictions on them are the prediction-drift reference.
         bento: The exported Bento archive; metadata carries bento_tag and model_tag.
         model_name: BentoML model and Bento name; empty derives automl-<target>.
     """
     from components.package.package import run
 
-    packaged = run(model.path, dict(model.metadata), schema.path, bento.path, model_name)
+    packaged = run(
+        model.path,
+        dict(model.metadata),
+        schema.path,
+        bento.path,
+        model_name,
+        profile.path,
+        test.path,
+    )
     bento.metadata.update({"bento_tag": packaged.bento_tag, "model_tag": packaged.model_tag})

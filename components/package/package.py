@@ -11,14 +11,17 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from components.common.io import write_json
 from components.common.model_io import MODEL_FILE, load_model
+from components.common.profile import add_prediction_profile
 
 SERVING_DIR = Path(__file__).resolve().parent.parent / "serving"
 SERVICE = "service:AutoMLService"
-SERVICE_FILES = ["service.py", "automl_io.py"]
+SERVICE_FILES = ["service.py", "automl_io.py", "monitoring.py"]
 # What the service imports; pinned to the versions that trained the model so it unpickles the same.
-RUNTIME_PACKAGES = ["scikit-learn", "pandas", "numpy", "joblib", "pyarrow"]
+RUNTIME_PACKAGES = ["scikit-learn", "pandas", "numpy", "joblib", "pyarrow", "prometheus-client"]
 
 
 @dataclass
@@ -45,11 +48,20 @@ def package(
     model_info: dict[str, Any],
     archive_path: str | Path,
     name: str = "",
+    profile: dict[str, Any] | None = None,
+    holdout: pd.DataFrame | None = None,
 ) -> Packaged:
-    """Save the model to the BentoML store, build a Bento around it and export the archive."""
+    """Save the model to the BentoML store, build a Bento around it and export the archive.
+
+    With a reference `profile` and `holdout` rows, the model's predictions on them
+    complete the profile (prediction drift) that the service's metrics use.
+    """
     import bentoml
 
-    load_model(model_dir, sha256)  # refuse to package anything but our own, intact output
+    model = load_model(model_dir, sha256)  # refuse to package anything but our own, intact output
+    if profile is not None and holdout is not None:
+        preds = model.predict(holdout.drop(columns=[schema["target"]]))
+        profile = add_prediction_profile(profile, preds, schema["task"], schema.get("classes"))
     name = name or model_name_for(schema["target"])
     labels = {
         "task": schema["task"],
@@ -59,10 +71,17 @@ def package(
     with bentoml.models.create(
         name,
         labels=labels,
-        metadata={"sha256": sha256, "target": schema["target"], **model_info},
+        metadata={
+            "sha256": sha256,
+            "target": schema["target"],
+            "data_fingerprint": schema.get("data_fingerprint", ""),
+            **model_info,
+        },
     ) as stored:
         shutil.copyfile(Path(model_dir) / MODEL_FILE, stored.path_of(MODEL_FILE))
         write_json(stored.path_of("schema.json"), schema)
+        if profile is not None:
+            write_json(stored.path_of("profile.json"), profile)
     bento = bentoml.bentos.build(
         SERVICE,
         name=name,
@@ -82,15 +101,24 @@ def package(
 
 
 def run(
-    model_dir: str, model_info: dict[str, Any], schema_path: str, archive_path: str, name: str = ""
+    model_dir: str,
+    model_info: dict[str, Any],
+    schema_path: str,
+    archive_path: str,
+    name: str = "",
+    profile_path: str = "",
+    holdout_path: str = "",
 ) -> Packaged:
     """Package the tuned model (hash from `model_info`) into a Bento archive at `archive_path`."""
     from components.common.io import read_json
     from components.common.progress import say
 
     info = {k: v for k, v in model_info.items() if k != "sha256"}
+    profile = read_json(profile_path) if profile_path else None
+    holdout = pd.read_parquet(holdout_path) if holdout_path else None
+    schema = read_json(schema_path)
     packaged = package(
-        model_dir, model_info.get("sha256", ""), read_json(schema_path), info, archive_path, name
+        model_dir, model_info.get("sha256", ""), schema, info, archive_path, name, profile, holdout
     )
     say("package", f"Bento {packaged.bento_tag} (model {packaged.model_tag})")
     return packaged

@@ -14,6 +14,7 @@ def prepare_data(
     valid: Output[Dataset],
     test: Output[Dataset],
     schema: Output[Artifact],
+    profile: Output[Artifact],
     task: str = "auto",
     seed: int = 42,
     valid_fraction: float = 0.15,
@@ -28,6 +29,7 @@ def prepare_data(
         valid: Validation rows used to compare trials (Parquet).
         test: Holdout rows used only by evaluation (Parquet).
         schema: Column roles, dtypes, categories and ranges (JSON).
+        profile: Reference bins, shares and calibrated drift thresholds per feature (JSON).
         task: "auto", "classification" or "regression".
         seed: Seed of the split.
         valid_fraction: Share of rows for validation.
@@ -42,6 +44,7 @@ def prepare_data(
         valid.path,
         test.path,
         schema.path,
+        profile.path,
         task,
         seed,
         valid_fraction,
@@ -49,4 +52,10 @@ def prepare_data(
     )
     for art, key in ((train, "train"), (valid, "valid"), (test, "test")):
         art.metadata["rows"] = result["rows"][key]
-    schema.metadata.update({"task": result["task"], "target": result["target"]})
+    schema.metadata.update(
+        {
+            "task": result["task"],
+            "target": result["target"],
+            "data_fingerprint": result["data_fingerprint"],
+        }
+    )

@@ -215,7 +215,10 @@ def prepare(
     test_fraction: float = 0.15,
 ) -> Prepared:
     """Validate, describe and split `df`; return the splits and their schema."""
+    from components.common.profile import fingerprint
+
     n_input = len(df)
+    data_fingerprint = fingerprint(df)
     data, resolved, n_missing_target = validate(df, target, task)
     features, dropped = describe_features(data, target)
     keep = [f["name"] for f in features] + [target]
@@ -225,6 +228,7 @@ def prepare(
         "version": SCHEMA_VERSION,
         "target": target,
         "task": resolved,
+        "data_fingerprint": data_fingerprint,
         "features": features,
         "dropped": dropped,
         "rows": {
@@ -247,12 +251,13 @@ def run(
     valid_path: str,
     test_path: str,
     schema_path: str,
+    profile_path: str,
     task: str = "auto",
     seed: int = 42,
     valid_fraction: float = 0.15,
     test_fraction: float = 0.15,
 ) -> dict[str, Any]:
-    """Read `data`, prepare it and write the three splits (Parquet) and the schema (JSON).
+    """Read `data`, prepare it; write the splits (Parquet), the schema and the reference profile (JSON).
 
     An empty `data` means the built-in demo table (and its target when `target` is empty).
     Returns the schema.
@@ -264,6 +269,7 @@ def run(
         write_json,
         write_parquet,
     )
+    from components.common.profile import build_profile
     from components.common.progress import say
 
     if not data:
@@ -278,6 +284,7 @@ def run(
     ):
         write_parquet(path, frame)
     write_json(schema_path, prepared.schema)
+    write_json(profile_path, build_profile(prepared.train, prepared.schema))
     s = prepared.schema
     rows = s["rows"]
     say(

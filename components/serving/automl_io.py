@@ -28,8 +28,10 @@ class ModelIntegrityError(RuntimeError):
 class RecordError(ValueError):
     """A request record the model cannot score; names the record and the field."""
 
-    def __init__(self, index: int | None, field: str | None, problem: str):
-        self.index, self.field, self.problem = index, field, problem
+    def __init__(
+        self, index: int | None, field: str | None, problem: str, reason: str = "wrong_type"
+    ):
+        self.index, self.field, self.problem, self.reason = index, field, problem, reason
         where = []
         if index is not None:
             where.append(f"record {index}")
@@ -38,7 +40,12 @@ class RecordError(ValueError):
         super().__init__(f"{', '.join(where)}: {problem}" if where else problem)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"record": self.index, "field": self.field, "problem": self.problem}
+        return {
+            "record": self.index,
+            "field": self.field,
+            "problem": self.problem,
+            "reason": self.reason,
+        }
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -71,7 +78,10 @@ def coerce_frame(df: pd.DataFrame, schema: dict[str, Any]) -> pd.DataFrame:
     missing = [f["name"] for f in _features(schema) if f["name"] not in df.columns]
     if missing:
         raise RecordError(
-            None, missing[0], f"required column is missing ({len(missing)} missing in all)"
+            None,
+            missing[0],
+            f"required column is missing ({len(missing)} missing in all)",
+            "missing_field",
         )
     out = {}
     for f in _features(schema):
@@ -90,10 +100,15 @@ def coerce_frame(df: pd.DataFrame, schema: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(out, index=df.index)
 
 
-def records_to_frame(records: list[Any], schema: dict[str, Any]) -> pd.DataFrame:
-    """Validate JSON records (one dict per row) and build the model's input frame."""
+def records_to_frame(
+    records: list[Any], schema: dict[str, Any], unknown_fields: str = "ignore"
+) -> pd.DataFrame:
+    """Validate JSON records (one dict per row) and build the model's input frame.
+
+    `unknown_fields` is "ignore" (extra fields are dropped) or "reject".
+    """
     if not records:
-        raise RecordError(None, None, "'records' is empty: send at least one record")
+        raise RecordError(None, None, "'records' is empty: send at least one record", "empty")
     names = [f["name"] for f in _features(schema)]
     kinds = {f["name"]: f["kind"] for f in _features(schema)}
     for i, rec in enumerate(records):
@@ -101,9 +116,16 @@ def records_to_frame(records: list[Any], schema: dict[str, Any]) -> pd.DataFrame
             raise RecordError(
                 i, None, f"expected an object of field values, got {type(rec).__name__}"
             )
+        if unknown_fields == "reject" and len(rec.keys() - kinds.keys()):
+            extra = sorted(rec.keys() - kinds.keys())[0]
+            raise RecordError(
+                i, extra, "unknown field (this service rejects them)", "unknown_field"
+            )
         for name in names:
             if name not in rec:
-                raise RecordError(i, name, "required field is missing (send null if unknown)")
+                raise RecordError(
+                    i, name, "required field is missing (send null if unknown)", "missing_field"
+                )
             value = rec[name]
             if value is None:
                 continue
@@ -115,7 +137,7 @@ def records_to_frame(records: list[Any], schema: dict[str, Any]) -> pd.DataFrame
                 except OverflowError:  # an integer too large for a float
                     finite = False
                 if not finite:
-                    raise RecordError(i, name, "expected a finite number")
+                    raise RecordError(i, name, "expected a finite number", "non_finite")
             elif not isinstance(value, str | int | float | bool):
                 raise RecordError(i, name, f"expected a string or null, got {type(value).__name__}")
     frame = pd.DataFrame.from_records(records, columns=names)

@@ -111,7 +111,41 @@ def _records(df: pd.DataFrame) -> list[dict]:
     ]
 
 
-def test_served_bento_matches_batch_predict(pipeline_run, small_churn_csv, tmp_path):
+@pytest.fixture(scope="module")
+def server(pipeline_run):
+    """`kfp-automl serve` (a real `bentoml serve`) on a free 127.0.0.1 port."""
+    _, s, _ = pipeline_run
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--model", s["bento_tag"], "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        else:
+            pytest.fail("bentoml serve did not become ready in 120 s")
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_served_bento_matches_batch_predict(pipeline_run, small_churn_csv, tmp_path, server):
     _, s, _ = pipeline_run
     rows = pd.read_csv(small_churn_csv).tail(25)  # includes rows with a missing total_charges
     assert rows["total_charges"].isna().any()
@@ -137,53 +171,100 @@ def test_served_bento_matches_batch_predict(pipeline_run, small_churn_csv, tmp_p
     assert list(batch.columns[-3:]) == ["prediction", "proba_No", "proba_Yes"]
     assert np.allclose(batch["proba_No"] + batch["proba_Yes"], 1)
 
-    port = _free_port()
-    server = subprocess.Popen(
-        [*CLI, "serve", "--model", s["bento_tag"], "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert server.poll() is None, server.stdout.read()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("bentoml serve did not become ready in 120 s")
-        features = rows.drop(columns=["churn"])
-        r = httpx.post(f"{base}/predict", json={"records": _records(features)}, timeout=60)
-        assert r.status_code == 200, r.text
-        online = r.json()
-        assert online["predictions"] == batch["prediction"].tolist()
-        assert np.allclose(
-            [p["Yes"] for p in online["probabilities"]], batch["proba_Yes"], atol=1e-9
+    features = rows.drop(columns=["churn"])
+    r = httpx.post(f"{server}/predict", json={"records": _records(features)}, timeout=60)
+    assert r.status_code == 200, r.text
+    online = r.json()
+    assert online["predictions"] == batch["prediction"].tolist()
+    assert np.allclose([p["Yes"] for p in online["probabilities"]], batch["proba_Yes"], atol=1e-9)
+
+
+def _one_record(small_churn_csv) -> dict:
+    return _records(pd.read_csv(small_churn_csv).drop(columns=["churn"]).head(1))[0]
+
+
+def _bad_requests(rec: dict) -> list:
+    """(description, request kwargs, status, reason, field named in the answer)"""
+    text = {**rec, "tenure": "ten"}
+    gone = {k: v for k, v in rec.items() if k != "tenure"}
+    return [
+        ("text for a number", {"json": {"records": [rec, text]}}, 400, "wrong_type", "tenure"),
+        ("missing field", {"json": {"records": [gone]}}, 400, "missing_field", "tenure"),
+        ("empty records", {"json": {"records": []}}, 400, "empty", None),
+        (
+            "pickle",
+            {
+                "content": b"\x80\x04K\x01.",
+                "headers": {"content-type": "application/python-pickle"},
+            },
+            415,
+            "unsupported_media_type",
+            None,
+        ),
+        ("form post", {"data": {"records": "x"}}, 415, "unsupported_media_type", None),
+        (
+            "not json",
+            {"content": b"{records", "headers": {"content-type": "application/json"}},
+            400,
+            "bad_json",
+            None,
+        ),
+        ("no records key", {"json": {"rows": [rec]}}, 400, "bad_json", "records"),
+        ("9 MB body", {"json": {"records": [rec], "pad": "x" * 9_000_000}}, 413, "too_large", None),
+    ]
+
+
+def _rejected(base: str) -> dict[str, float]:
+    out = {}
+    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith("automl_requests_rejected_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            out[reason] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_bad_requests_get_4xx_naming_the_problem_and_are_counted(server, small_churn_csv):
+    rec = _one_record(small_churn_csv)
+    for desc, kwargs, status, reason, field in _bad_requests(rec):
+        before = _rejected(server)
+        r = httpx.post(f"{server}/predict", timeout=60, **kwargs)
+        assert r.status_code == status, (desc, r.status_code, r.text[:300])
+        if field:
+            assert field in r.text, desc
+        if status != 400 or reason != "bad_json":
+            assert r.json()["error"]["reason"] == reason, desc
+        assert _rejected(server)[reason] == before[reason] + 1, desc
+    # still healthy, and a good request still scores
+    assert httpx.get(f"{server}/livez", timeout=5).status_code == 200
+    assert httpx.post(f"{server}/predict", json={"records": [rec]}, timeout=30).status_code == 200
+
+
+def test_metrics_count_records_into_reference_bins(server, small_churn_csv):
+    rec = _one_record(small_churn_csv)
+
+    def scrape() -> str:
+        return httpx.get(f"{server}/metrics", timeout=10).text
+
+    def value(text: str, prefix: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
         )
 
-        bad = _records(features.head(1))
-        bad[0]["tenure"] = "ten"
-        r = httpx.post(f"{base}/predict", json={"records": bad}, timeout=30)
-        assert r.status_code == 400 and "tenure" in r.text
-        del bad[0]["tenure"]
-        r = httpx.post(f"{base}/predict", json={"records": bad}, timeout=30)
-        assert r.status_code == 400 and "tenure" in r.text
-        # the server is still healthy after bad requests
-        assert (
-            httpx.post(
-                f"{base}/predict", json={"records": _records(features.head(2))}, timeout=30
-            ).status_code
-            == 200
-        )
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+    before = scrape()
+    assert (
+        httpx.post(f"{server}/predict", json={"records": [rec] * 7}, timeout=30).status_code == 200
+    )
+    after = scrape()
+    assert value(after, "automl_records_total") - value(before, "automl_records_total") == 7
+    tenure = 'automl_feature_bin_total{bin="'
+    grew = value(after, tenure) - value(before, tenure)
+    assert grew == 7 * 20  # 19 features and the prediction, one bin each per record
+    for name in (
+        "automl_model_info",
+        "automl_drift_threshold",
+        "automl_feature_reference_share",
+        "automl_inference_duration_seconds_bucket",
+        "automl_batch_size_records_bucket",
+    ):
+        assert name in after, name
+    assert len(after.splitlines()) == len(scrape().splitlines())  # no new series from traffic

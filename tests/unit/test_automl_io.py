@@ -100,7 +100,22 @@ def test_records_to_frame_rejects(records, index, field, match):
         records_to_frame(records, SCHEMA)
     err = info.value
     assert (err.index, err.field) == (index, field)
-    assert err.as_dict() == {"record": index, "field": field, "problem": err.problem}
+    assert err.as_dict() == {
+        "record": index,
+        "field": field,
+        "problem": err.problem,
+        "reason": err.reason,
+    }
+    expected_reason = (
+        "missing_field"
+        if "missing" in match
+        else "non_finite"
+        if "finite" in match
+        else "wrong_type"
+    )
+    if not records:
+        expected_reason = "empty"
+    assert err.reason == expected_reason
     json.dumps(err.as_dict())  # becomes the body of a 400 answer
 
 

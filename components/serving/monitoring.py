@@ -1,0 +1,275 @@
+"""Reference bins, drift statistics and the service's Prometheus metrics.
+
+Shipped inside every Bento next to service.py (numpy + pandas only at import
+time; prometheus_client is imported when a Monitor is created, inside the
+BentoML worker, after it has switched prometheus_client to multiprocess mode).
+
+The service only counts: each scored record adds one to a counter per feature
+and reference bin (`automl_feature_bin_total`). The windowed shares, PSI and
+Jensen-Shannon divergence are Prometheus recording rules over those counters
+(manifests/monitoring/prometheus-rules.yaml), so they stay correct however many
+workers or replicas serve the model, and a request costs O(features x batch).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+EPS = 1e-4  # shares are clamped to this before logs, here and in the recording rules
+N_NUMERIC_BINS = 10
+MAX_CATEGORY_BINS = 20
+PREDICTION = "__prediction__"
+MISSING, OTHER = "missing", "other"
+REJECT_REASONS = (
+    "missing_field",
+    "wrong_type",
+    "unknown_field",
+    "non_finite",
+    "empty",
+    "too_large",
+    "unsupported_media_type",
+    "bad_json",
+)
+
+
+# ---- reference bins -------------------------------------------------------------------------
+
+
+def numeric_spec(values: pd.Series, n_bins: int = N_NUMERIC_BINS) -> dict[str, Any]:
+    """Quantile bins of the non-missing values, plus a `missing` bin."""
+    v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    v = v[~np.isnan(v)]
+    qs = np.linspace(0, 1, n_bins + 1)[1:-1]
+    edges = np.unique(np.quantile(v, qs, method="lower")) if len(v) else np.array([])
+    labels = [f"b{i}" for i in range(len(edges) + 1)] + [MISSING]
+    return {
+        "kind": "numeric",
+        "edges": edges.tolist(),
+        "bins": labels,
+        "min": float(v.min()) if len(v) else None,
+        "max": float(v.max()) if len(v) else None,
+    }
+
+
+def categorical_spec(values: pd.Series, max_bins: int = MAX_CATEGORY_BINS) -> dict[str, Any]:
+    """One bin per frequent category (most frequent first), `other`, and `missing`."""
+    counts = values.dropna().astype(str).value_counts()
+    cats = counts.index[:max_bins].tolist()
+    return {
+        "kind": "categorical",
+        "categories": cats,
+        "bins": [f"c{i}" for i in range(len(cats))] + [OTHER, MISSING],
+    }
+
+
+def bin_index(values: pd.Series, spec: dict[str, Any]) -> np.ndarray:
+    """The bin of every value (an index into spec['bins']); vectorised, no Python loop per row."""
+    n_bins = len(spec["bins"])
+    if spec["kind"] == "numeric":
+        v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+        idx = np.searchsorted(np.asarray(spec["edges"], dtype=float), v, side="right")
+        idx[np.isnan(v)] = n_bins - 1
+        return idx
+    lookup = {c: i for i, c in enumerate(spec["categories"])}
+    s = pd.Series(values).astype(object)
+    missing = s.isna().to_numpy()
+    idx = s.astype(str).map(lookup).to_numpy(dtype=float, na_value=np.nan)
+    idx = np.where(np.isnan(idx), n_bins - 2, idx).astype(int)  # unseen -> other
+    idx[missing] = n_bins - 1
+    return idx
+
+
+def bin_shares(values: pd.Series, spec: dict[str, Any]) -> np.ndarray:
+    counts = np.bincount(bin_index(values, spec), minlength=len(spec["bins"]))
+    return counts / max(1, counts.sum())
+
+
+# ---- drift statistics (the same formulas as the recording rules) ----------------------------
+
+
+def psi(p: np.ndarray, q: np.ndarray) -> float:
+    """Population stability index of shares p (recent) against q (reference)."""
+    p, q = np.maximum(p, EPS), np.maximum(q, EPS)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def js(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence (natural log) of shares p and q."""
+    p, q = np.maximum(p, EPS), np.maximum(q, EPS)
+    m = (p + q) / 2
+    return float(0.5 * np.sum(p * np.log(p / m)) + 0.5 * np.sum(q * np.log(q / m)))
+
+
+STATISTICS = {"psi": psi, "js": js}
+
+
+def calibrate(
+    values: pd.Series,
+    spec: dict[str, Any],
+    reference: np.ndarray,
+    window: int,
+    n_chunks: int = 200,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Alert thresholds from the statistic's spread over reference-sized windows.
+
+    Draws `n_chunks` windows of `window` rows from the reference itself (no drift
+    by construction) and sets each threshold to the 99th percentile plus three
+    standard deviations of the statistic over them.
+    """
+    idx = bin_index(values, spec)
+    rng = np.random.default_rng(seed)
+    n_bins = len(spec["bins"])
+    out = {}
+    stats = {name: [] for name in STATISTICS}
+    for _ in range(n_chunks):
+        chunk = rng.choice(idx, size=window, replace=len(idx) < window)
+        shares = np.bincount(chunk, minlength=n_bins) / window
+        for name, fn in STATISTICS.items():
+            stats[name].append(fn(shares, reference))
+    for name, values_ in stats.items():
+        arr = np.asarray(values_)
+        out[name] = round(float(np.quantile(arr, 0.99) + 3 * arr.std()), 6)
+    return out
+
+
+# ---- the live service's metrics -------------------------------------------------------------
+
+
+class Monitor:
+    """Prometheus metrics of one served model: bins, data quality, latency, rejections."""
+
+    def __init__(
+        self,
+        profile: dict[str, Any] | None,
+        model: str,
+        version: str,
+        info: dict[str, str] | None = None,
+        registry=None,
+    ):
+        import prometheus_client as pc
+
+        kw = {"registry": registry} if registry is not None else {}
+        base = ["model", "version"]
+        self.profile = profile or {"features": {}}
+        self.ids = (model, version)
+        self.records = pc.Counter("automl_records", "Records scored", base, **kw)
+        self.rejected_total = pc.Counter(
+            "automl_requests_rejected", "Requests rejected for bad input", [*base, "reason"], **kw
+        )
+        self.bins = pc.Counter(
+            "automl_feature_bin",
+            "Scored records per feature and reference bin",
+            [*base, "feature", "bin"],
+            **kw,
+        )
+        self.missing = pc.Counter(
+            "automl_feature_missing", "Missing values", [*base, "feature"], **kw
+        )
+        self.out_of_range = pc.Counter(
+            "automl_feature_out_of_range",
+            "Numeric values outside the training range",
+            [*base, "feature"],
+            **kw,
+        )
+        self.unseen = pc.Counter(
+            "automl_feature_unseen_category",
+            "Categories not seen in training",
+            [*base, "feature"],
+            **kw,
+        )
+        self.inference = pc.Histogram(
+            "automl_inference_duration_seconds",
+            "Model inference time per request batch",
+            base,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            **kw,
+        )
+        self.batch = pc.Histogram(
+            "automl_batch_size_records",
+            "Records per scored batch",
+            base,
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+            **kw,
+        )
+        gauge = {"multiprocess_mode": "max", **kw}  # the same value in every worker
+        share = pc.Gauge(
+            "automl_feature_reference_share",
+            "Share of the reference data per bin",
+            [*base, "feature", "bin"],
+            **gauge,
+        )
+        threshold = pc.Gauge(
+            "automl_drift_threshold",
+            "Calibrated alert threshold",
+            [*base, "feature", "statistic"],
+            **gauge,
+        )
+        info = dict(info or {})
+        model_info = pc.Gauge(
+            "automl_model_info", "The served model", [*base, *sorted(info)], **gauge
+        )
+        model_info.labels(*self.ids, *[info[k] for k in sorted(info)]).set(1)
+        self.records.labels(*self.ids)
+        for reason in REJECT_REASONS:
+            self.rejected_total.labels(*self.ids, reason)
+        self._children: dict[str, tuple[dict, list]] = {}
+        for feature, spec in self.profile["features"].items():
+            children = [self.bins.labels(*self.ids, feature, b) for b in spec["bins"]]
+            self._children[feature] = (spec, children)
+            for b, s in zip(spec["bins"], spec["shares"], strict=True):
+                share.labels(*self.ids, feature, b).set(s)
+            for stat, value in spec.get("thresholds", {}).items():
+                threshold.labels(*self.ids, feature, stat).set(value)
+            if feature != PREDICTION:
+                kind_metric = self.out_of_range if spec["kind"] == "numeric" else self.unseen
+                for metric in (self.missing, kind_metric):
+                    metric.labels(*self.ids, feature)
+
+    def rejected(self, reason: str) -> None:
+        self.rejected_total.labels(
+            *self.ids, reason if reason in REJECT_REASONS else "bad_json"
+        ).inc()
+
+    @contextmanager
+    def timed(self, n_records: int) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.inference.labels(*self.ids).observe(time.perf_counter() - start)
+        self.batch.labels(*self.ids).observe(n_records)
+
+    def observe(self, X: pd.DataFrame, predictions) -> None:
+        """Count one scored batch: bins per feature, missing, out-of-range and unseen values."""
+        self.records.labels(*self.ids).inc(len(X))
+        for feature, (spec, children) in self._children.items():
+            values = pd.Series(predictions) if feature == PREDICTION else X[feature]
+            idx = bin_index(values, spec)
+            counts = np.bincount(idx, minlength=len(children))
+            for child, c in zip(children, counts, strict=True):
+                if c:
+                    child.inc(int(c))
+            if feature == PREDICTION:
+                continue
+            n_missing = int(counts[-1])
+            if n_missing:
+                self.missing.labels(*self.ids, feature).inc(n_missing)
+            if spec["kind"] == "numeric" and spec.get("min") is not None:
+                v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+                outside = int(np.sum((v < spec["min"]) | (v > spec["max"])))
+                if outside:
+                    self.out_of_range.labels(*self.ids, feature).inc(outside)
+            elif spec["kind"] == "categorical" and counts[-2]:
+                # `other` holds unseen categories, and rare training ones when there were many
+                known = spec.get("known")
+                if known is None:
+                    unseen = int(counts[-2])
+                else:
+                    unseen = int((~values.dropna().astype(str).isin(known)).sum())
+                if unseen:
+                    self.unseen.labels(*self.ids, feature).inc(unseen)

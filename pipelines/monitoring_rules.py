@@ -1,0 +1,402 @@
+"""Prometheus rules for served models: drift recording rules and alerts.
+
+`render_rules()` returns a Prometheus rules file (YAML) over the metrics the
+Bento service exports (`automl_*`) and the request metrics BentoML exports
+itself (`bentoml_service_request_*`). The committed copy is
+manifests/monitoring/prometheus-rules.yaml; refresh it with
+
+    python -m pipelines.monitoring_rules --output manifests/monitoring/prometheus-rules.yaml
+
+Recording rules (group `automl-drift`), labels model, version, feature (and bin):
+
+    automl:feature_bin_records:increase_window  records per bin in the window
+    automl:feature_records:increase_window      records in the window (sum over the feature's bins)
+    automl:feature_bin_share:window             p, the window's share per bin (none without records)
+    automl:feature_reference_share:max          q, the reference share per bin (one copy per replica
+                                                set: every replica exports the same gauge)
+    automl:feature_psi:window                   PSI = sum over bins of (p - q) * ln(p / q)
+    automl:feature_js:window                    Jensen-Shannon divergence of p and q (natural log)
+
+`window` in a name stands for the window given to `render_rules` (default 10m);
+the names do not change with it, so alerts, dashboards and the retraining
+trigger can name the series without knowing the window. In PSI and JS both p
+and q are clamped to at least `EPS`, so ln never sees 0: thresholds
+calibrated from the reference data must clamp the same way.
+
+Alerts (group `automl-alerts`), each with `for: alert_for`:
+
+    AutomlFeatureDrift      warning   PSI of a feature above its automl_drift_threshold{statistic="psi"},
+                                      with at least min_records records in the window; action=retrain
+    AutomlPredictionDrift   critical  the same for feature="__prediction__"; action=retrain
+    AutomlHighLatencyP99    warning   p99 of POST /predict over the window above latency_p99_s
+    AutomlHighErrorRate     critical  share of POST /predict answered 5xx above error_ratio
+    AutomlHighRejectedRate  warning   automl_requests_rejected_total / POST /predict requests
+                                      above rejected_ratio
+
+BentoML labels its request metrics with `service_name` and `service_version`
+(the Bento's name and version), `runner_name` (the service class's name,
+"kfp-automl"), `endpoint` and `http_response_code`. The package step names
+the Bento after the model, so the request alerts copy service_name into
+`model` and service_version into `version`: for them `version` is the Bento's
+version. The rejected-requests ratio divides by all requests to the model
+(every Bento version), because the service's `version` label and BentoML's
+service_version need not be the same string.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+EPS = 1e-4  # floor of p and q in PSI and JS
+PREDICTION_FEATURE = "__prediction__"
+SERVICE_NAME = "kfp-automl"  # @bentoml.service(name=...) in components/serving/service.py
+ENDPOINT = "/predict"
+DRIFT_GROUP = "automl-drift"
+ALERT_GROUP = "automl-alerts"
+
+BIN_RECORDS = "automl:feature_bin_records:increase_window"
+RECORDS = "automl:feature_records:increase_window"
+SHARE = "automl:feature_bin_share:window"
+REFERENCE_SHARE = "automl:feature_reference_share:max"
+PSI = "automl:feature_psi:window"
+JS = "automl:feature_js:window"
+
+_MVF = "model, version, feature"
+_MVFB = "model, version, feature, bin"
+_SERVICE = f'runner_name="{SERVICE_NAME}", endpoint="{ENDPOINT}"'
+# Prometheus durations: units in this order, each at most once ("1h30m", "90s", "500ms").
+_DURATION = re.compile(
+    r"(?:([0-9]+)y)?(?:([0-9]+)w)?(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?(?:([0-9]+)ms)?"
+)
+
+
+class _PromQL(str):
+    """An expression; written as a YAML literal block when it spans several lines."""
+
+
+def _represent_promql(dumper: yaml.SafeDumper, data: _PromQL) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", str(data), style=style)
+
+
+yaml.SafeDumper.add_representer(_PromQL, _represent_promql)  # only ever sees _PromQL
+
+
+def _expr(text: str) -> _PromQL:
+    lines = [line.rstrip() for line in textwrap.dedent(text).strip().splitlines()]
+    return _PromQL("\n".join(lines))
+
+
+def _duration_ms(name: str, value: object) -> int:
+    match = _DURATION.fullmatch(value) if isinstance(value, str) and value else None
+    if match is None:
+        raise ValueError(
+            f"{name} must be a Prometheus duration such as 10m, 1h30m or 90s, got {value!r}"
+        )
+    units_ms = (365 * 86_400_000, 7 * 86_400_000, 86_400_000, 3_600_000, 60_000, 1000, 1)
+    return sum(int(n) * unit for n, unit in zip(match.groups(), units_ms, strict=True) if n)
+
+
+def _check_ratio(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_arguments(
+    window: str,
+    alert_for: str,
+    min_records: int,
+    latency_p99_s: float,
+    error_ratio: float,
+    rejected_ratio: float,
+) -> None:
+    if _duration_ms("window", window) == 0:
+        raise ValueError(f"window must be longer than 0, got {window!r}")
+    _duration_ms("alert_for", alert_for)
+    if isinstance(min_records, bool) or not isinstance(min_records, int) or min_records < 1:
+        raise ValueError(f"min_records must be an integer >= 1, got {min_records!r}")
+    if (
+        isinstance(latency_p99_s, bool)
+        or not isinstance(latency_p99_s, int | float)
+        or not 0 < latency_p99_s < math.inf
+    ):
+        raise ValueError(f"latency_p99_s must be a number of seconds > 0, got {latency_p99_s!r}")
+    _check_ratio("error_ratio", error_ratio)
+    _check_ratio("rejected_ratio", rejected_ratio)
+
+
+def _drift_rules(window: str) -> list[dict[str, Any]]:
+    p = f"clamp_min({SHARE}, {EPS!r})"
+    q = f"clamp_min({REFERENCE_SHARE}, {EPS!r})"
+    on = f"on ({_MVFB})"
+    return [
+        {
+            "record": BIN_RECORDS,
+            "expr": _expr(f"sum by ({_MVFB}) (increase(automl_feature_bin_total[{window}]))"),
+        },
+        {"record": RECORDS, "expr": _expr(f"sum by ({_MVF}) ({BIN_RECORDS})")},
+        {
+            "record": SHARE,
+            "expr": _expr(f"""
+                {BIN_RECORDS}
+                  / ignoring (bin) group_left ()
+                ({RECORDS} > 0)
+            """),
+        },
+        {
+            "record": REFERENCE_SHARE,
+            "expr": _expr(f"max by ({_MVFB}) (automl_feature_reference_share)"),
+        },
+        {
+            "record": PSI,
+            "expr": _expr(f"""
+                sum by ({_MVF}) (
+                    (
+                        {p}
+                      - {on}
+                        {q}
+                    )
+                  * {on}
+                    ln(
+                        {p}
+                      / {on}
+                        {q}
+                    )
+                )
+            """),
+        },
+        {
+            "record": JS,
+            "expr": _expr(f"""
+                0.5 * sum by ({_MVF}) (
+                    {p}
+                  * {on}
+                    ln(
+                        2 * {p}
+                      / {on}
+                        ({p} + {on} {q})
+                    )
+                  + {on}
+                    {q}
+                  * {on}
+                    ln(
+                        2 * {q}
+                      / {on}
+                        ({p} + {on} {q})
+                    )
+                )
+            """),
+        },
+    ]
+
+
+def _drift_alert(
+    name: str, feature_match: str, severity: str, summary: str, window: str, min_records: int
+) -> dict[str, Any]:
+    return {
+        "alert": name,
+        "expr": _expr(f"""
+            (
+                {PSI}{{feature{feature_match}}}
+              > on ({_MVF})
+                max by ({_MVF}) (automl_drift_threshold{{statistic="psi"}})
+            )
+            and on ({_MVF})
+            ({RECORDS} >= {min_records})
+        """),
+        "labels": {"severity": severity, "action": "retrain"},
+        "annotations": {
+            "summary": summary,
+            "description": f"PSI of {{{{ $labels.feature }}}} for model {{{{ $labels.model }}}} "
+            f'version {{{{ $labels.version }}}} is {{{{ $value | printf "%.3f" }}}} over the '
+            f"last {window}, above its threshold calibrated on the reference data "
+            f'(automl_drift_threshold{{statistic="psi"}}); at least {min_records} records '
+            "were scored in that window.",
+        },
+    }
+
+
+def _as_model_version(expr: str) -> str:
+    """Wrap `expr` so BentoML's service_name/service_version labels are copied to model/version."""
+    indented = expr.replace("\n", "\n    ")
+    return (
+        "label_replace(\n  label_replace(\n"
+        f"    {indented},\n"
+        '    "model", "$1", "service_name", "(.*)"\n  ),\n'
+        '  "version", "$1", "service_version", "(.*)"\n)'
+    )
+
+
+def _service_alerts(
+    window: str, latency_p99_s: float, error_ratio: float, rejected_ratio: float
+) -> list[dict[str, Any]]:
+    by_service = "service_name, service_version"
+    requests = f"bentoml_service_request_total{{{_SERVICE}}}"
+    errors = f'bentoml_service_request_total{{{_SERVICE}, http_response_code=~"5.."}}'
+    buckets = f"bentoml_service_request_duration_seconds_bucket{{{_SERVICE}}}"
+    p99 = f"histogram_quantile(0.99, sum by ({by_service}, le) (rate({buckets}[{window}])))"
+    error_share = (
+        f"sum by ({by_service}) (rate({errors}[{window}]))\n"
+        f"  / sum by ({by_service}) (rate({requests}[{window}]))"
+    )
+    model_version = "model {{ $labels.model }} (Bento version {{ $labels.version }})"
+    return [
+        {
+            "alert": "AutomlHighLatencyP99",
+            "expr": _expr(f"{_as_model_version(p99)}\n  > {latency_p99_s!r}"),
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "p99 latency of {{ $labels.model }} version {{ $labels.version }} "
+                "is high",
+                "description": f"p99 latency of POST {ENDPOINT} for {model_version} is "
+                f'{{{{ $value | printf "%.3f" }}}}s over the last {window}, '
+                f"above {latency_p99_s!r}s.",
+            },
+        },
+        {
+            "alert": "AutomlHighErrorRate",
+            "expr": _expr(f"{_as_model_version(error_share)}\n  > {error_ratio!r}"),
+            "labels": {"severity": "critical"},
+            "annotations": {
+                "summary": "{{ $labels.model }} version {{ $labels.version }} answers 5xx",
+                "description": f"{{{{ $value | humanizePercentage }}}} of POST {ENDPOINT} "
+                f"requests to {model_version} got a 5xx answer over the last {window}, "
+                f"above {error_ratio:.2%}.",
+            },
+        },
+        {
+            "alert": "AutomlHighRejectedRate",
+            "expr": _expr(f"""
+                sum by (model, version) (rate(automl_requests_rejected_total[{window}]))
+                  / on (model) group_left
+                sum by (model) (
+                  label_replace(rate({requests}[{window}]), "model", "$1", "service_name", "(.*)")
+                )
+                  > {rejected_ratio!r}
+            """),
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "{{ $labels.model }} version {{ $labels.version }} rejects many "
+                "requests",
+                "description": f"{{{{ $value | humanizePercentage }}}} of POST {ENDPOINT} "
+                "requests to model {{ $labels.model }} were rejected for bad input by version "
+                f"{{{{ $labels.version }}}} over the last {window}, above {rejected_ratio:.2%} "
+                "(automl_requests_rejected_total has the reasons).",
+            },
+        },
+    ]
+
+
+def rule_groups(
+    window: str = "10m",
+    alert_for: str = "5m",
+    min_records: int = 200,
+    latency_p99_s: float = 0.5,
+    error_ratio: float = 0.01,
+    rejected_ratio: float = 0.05,
+) -> dict[str, Any]:
+    """The rules file as Python data; see `render_rules`."""
+    _check_arguments(window, alert_for, min_records, latency_p99_s, error_ratio, rejected_ratio)
+    alerts = [
+        _drift_alert(
+            "AutomlFeatureDrift",
+            f'!="{PREDICTION_FEATURE}"',
+            "warning",
+            "Feature {{ $labels.feature }} of {{ $labels.model }} version {{ $labels.version }} "
+            "drifted",
+            window,
+            min_records,
+        ),
+        _drift_alert(
+            "AutomlPredictionDrift",
+            f'="{PREDICTION_FEATURE}"',
+            "critical",
+            "Predictions of {{ $labels.model }} version {{ $labels.version }} drifted",
+            window,
+            min_records,
+        ),
+        *_service_alerts(window, latency_p99_s, error_ratio, rejected_ratio),
+    ]
+    for alert in alerts:
+        alert["for"] = alert_for
+        alert["labels"] = alert.pop("labels")  # key order: alert, expr, for, labels, annotations
+        alert["annotations"] = alert.pop("annotations")
+    return {
+        "groups": [
+            {"name": DRIFT_GROUP, "rules": _drift_rules(window)},
+            {"name": ALERT_GROUP, "rules": alerts},
+        ]
+    }
+
+
+def render_rules(
+    window: str = "10m",
+    alert_for: str = "5m",
+    min_records: int = 200,
+    latency_p99_s: float = 0.5,
+    error_ratio: float = 0.01,
+    rejected_ratio: float = 0.05,
+) -> str:
+    """Return the Prometheus rules file (YAML) for served models.
+
+    `window` is the range of every rate/increase (a Prometheus duration),
+    `alert_for` how long a condition must hold before its alert fires,
+    `min_records` the fewest records in the window for a drift alert,
+    `latency_p99_s` the p99 request latency limit in seconds, and
+    `error_ratio` / `rejected_ratio` the largest tolerated share of 5xx
+    answers / requests rejected for bad input. A bad value raises ValueError.
+    """
+    data = rule_groups(window, alert_for, min_records, latency_p99_s, error_ratio, rejected_ratio)
+    header = "# Generated by `python -m pipelines.monitoring_rules`: do not edit by hand.\n"
+    return header + yaml.safe_dump(data, sort_keys=False, width=1000)  # no folded templates
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.monitoring_rules",
+        description="Write the Prometheus drift and serving rules for kfp-automl models.",
+    )
+    parser.add_argument("--window", default="10m", help="range of rates and drift (default 10m)")
+    parser.add_argument(
+        "--for", dest="alert_for", default="5m", help="how long before alerts fire (default 5m)"
+    )
+    parser.add_argument("--min-records", type=int, default=200, help="fewest records for drift")
+    parser.add_argument("--latency-p99", type=float, default=0.5, help="p99 limit in seconds")
+    parser.add_argument("--error-ratio", type=float, default=0.01, help="largest 5xx share")
+    parser.add_argument("--rejected-ratio", type=float, default=0.05, help="largest rejected share")
+    parser.add_argument("--output", help="file to write (atomically); default: print")
+    args = parser.parse_args(argv)
+    try:
+        text = render_rules(
+            args.window,
+            args.alert_for,
+            args.min_records,
+            args.latency_p99,
+            args.error_ratio,
+            args.rejected_ratio,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    from components.common.io import atomic_path  # temp file beside the output + os.replace
+
+    with atomic_path(args.output) as tmp:
+        tmp.write_text(text)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,7 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-quick lint format compile bench images clean
+.PHONY: help setup system-deps run test test-quick lint format compile rules bench images clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -22,13 +22,23 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create .venv and install the project with its dev tools
 
+# Prometheus (server + promtool) runs in the tests; Debian/Ubuntu package `prometheus`.
+system-deps: ## Install the system packages the tests use (prometheus) if missing
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "the tests need prometheus and promtool: install them with your package manager"; exit 1; fi; \
+	sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	echo "installing the Debian package prometheus (server + promtool) for the tests"; \
+	$$sudo apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
+	  { $$sudo apt-get update >/dev/null && $$sudo apt-get install -y --no-install-recommends prometheus >/dev/null; }
+
 run: $(STAMP) ## Run the training pipeline locally on the built-in churn table (RUN_ARGS="--time-budget 120 ...")
 	$(BIN)/kfp-automl run $(RUN_ARGS)
 
-test: $(STAMP) ## Run every test (unit, components, whole pipeline, real bentoml serve)
+test: $(STAMP) system-deps ## Run every test (unit, components, whole pipeline, real bentoml serve and Prometheus)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-quick: $(STAMP) ## Run the fast tests only (no Ray, no servers, no pipeline runs)
+test-quick: $(STAMP) system-deps ## Run the fast tests only (no Ray, no servers, no pipeline runs)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff lint and format check
@@ -41,6 +51,9 @@ format: $(STAMP) ## Format and fix with ruff
 
 compile: $(STAMP) ## Compile pipelines to pipelines/compiled/*.yaml
 	$(BIN)/kfp-automl compile
+
+rules: $(STAMP) ## Render manifests/monitoring/prometheus-rules.yaml (drift, latency, error alerts)
+	$(BIN)/python -m pipelines.monitoring_rules --output manifests/monitoring/prometheus-rules.yaml
 
 bench: $(STAMP) ## Benchmarks: default run wall clock and peak memory (writes bench-output/)
 	$(BIN)/python -m tests.bench.run_bench

@@ -91,6 +91,9 @@ def package(
         include=SERVICE_FILES,
         python={"packages": runtime_requirements()},
         args={"model_tag": str(stored.tag)},
+        # the Bento takes the model's version, so BentoML's request metrics (labelled with
+        # the Bento's name and version) and ours (the model's) line up in Prometheus
+        version=stored.tag.version,
     )
     archive_path = Path(archive_path)
     archive_path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ cannot transform data differently.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from pathlib import Path
@@ -73,8 +74,13 @@ def _features(schema: dict[str, Any]) -> list[dict[str, Any]]:
     return schema["features"]
 
 
+def _categorical(values) -> np.ndarray:
+    """Text values as an object array with NaN for missing (what the fitted imputer expects)."""
+    return np.array([np.nan if v is None or v != v else str(v) for v in values], dtype=object)
+
+
 def coerce_frame(df: pd.DataFrame, schema: dict[str, Any]) -> pd.DataFrame:
-    """Select the model's feature columns from `df` and give them the training dtypes."""
+    """Select the model's feature columns from `df` and give them the model's input dtypes."""
     missing = [f["name"] for f in _features(schema) if f["name"] not in df.columns]
     if missing:
         raise RecordError(
@@ -94,10 +100,79 @@ def coerce_frame(df: pd.DataFrame, schema: dict[str, Any]) -> pd.DataFrame:
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])
                 raise RecordError(i, f["name"], f"expected a number, got {col.iloc[i]!r}")
-            out[f["name"]] = converted.astype(float)
+            out[f["name"]] = converted.to_numpy(dtype=float)
         else:
-            out[f["name"]] = col.astype(object).where(col.notna(), np.nan).astype("str")
+            out[f["name"]] = _categorical(col.tolist())
     return pd.DataFrame(out, index=df.index)
+
+
+def _check_number(i: int, name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RecordError(i, name, f"expected a number or null, got {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        number = math.inf
+    if not math.isfinite(number):
+        raise RecordError(i, name, "expected a finite number", "non_finite")
+    return number
+
+
+def parse_request(body: bytes) -> list[Any]:
+    """The `records` list of a /predict request body, or a RecordError (reason bad_json)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RecordError(None, None, f"the body is not valid JSON: {exc}", "bad_json") from None
+    if not isinstance(payload, dict) or "records" not in payload:
+        raise RecordError(None, "records", 'expected an object {"records": [...]}', "bad_json")
+    records = payload["records"]
+    if not isinstance(records, list):
+        raise RecordError(None, "records", "expected a list of records", "bad_json")
+    return records
+
+
+def _columns(records: list[Any], schema: dict[str, Any], unknown_fields: str) -> dict[str, list]:
+    """Check every record against the schema and gather its values column by column."""
+    if not records:
+        raise RecordError(None, None, "'records' is empty: send at least one record", "empty")
+    features = _features(schema)
+    known = {f["name"] for f in features}
+    columns: dict[str, list] = {f["name"]: [None] * len(records) for f in features}
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise RecordError(
+                i, None, f"expected an object of field values, got {type(rec).__name__}"
+            )
+        if unknown_fields == "reject" and len(rec.keys() - known):
+            extra = sorted(rec.keys() - known)[0]
+            raise RecordError(
+                i, extra, "unknown field (this service rejects them)", "unknown_field"
+            )
+        for f in features:
+            name = f["name"]
+            try:
+                value = rec[name]
+            except KeyError:
+                raise RecordError(
+                    i, name, "required field is missing (send null if unknown)", "missing_field"
+                ) from None
+            if value is None:
+                continue
+            if f["kind"] == "numeric":
+                columns[name][i] = _check_number(i, name, value)
+            elif isinstance(value, str | int | float | bool):
+                columns[name][i] = value
+            else:
+                raise RecordError(i, name, f"expected a string or null, got {type(value).__name__}")
+    return columns
+
+
+def check_records(
+    records: list[Any], schema: dict[str, Any], unknown_fields: str = "ignore"
+) -> None:
+    """Raise a RecordError naming the first record and field the model cannot take."""
+    _columns(records, schema, unknown_fields)
 
 
 def records_to_frame(
@@ -105,66 +180,45 @@ def records_to_frame(
 ) -> pd.DataFrame:
     """Validate JSON records (one dict per row) and build the model's input frame.
 
-    `unknown_fields` is "ignore" (extra fields are dropped) or "reject".
+    One pass over the values checks and gathers them; `unknown_fields` is
+    "ignore" (extra fields are dropped) or "reject".
     """
-    if not records:
-        raise RecordError(None, None, "'records' is empty: send at least one record", "empty")
-    names = [f["name"] for f in _features(schema)]
-    kinds = {f["name"]: f["kind"] for f in _features(schema)}
-    for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
-            raise RecordError(
-                i, None, f"expected an object of field values, got {type(rec).__name__}"
-            )
-        if unknown_fields == "reject" and len(rec.keys() - kinds.keys()):
-            extra = sorted(rec.keys() - kinds.keys())[0]
-            raise RecordError(
-                i, extra, "unknown field (this service rejects them)", "unknown_field"
-            )
-        for name in names:
-            if name not in rec:
-                raise RecordError(
-                    i, name, "required field is missing (send null if unknown)", "missing_field"
-                )
-            value = rec[name]
-            if value is None:
-                continue
-            if kinds[name] == "numeric":
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise RecordError(i, name, f"expected a number or null, got {value!r}")
-                try:
-                    finite = math.isfinite(value)
-                except OverflowError:  # an integer too large for a float
-                    finite = False
-                if not finite:
-                    raise RecordError(i, name, "expected a finite number", "non_finite")
-            elif not isinstance(value, str | int | float | bool):
-                raise RecordError(i, name, f"expected a string or null, got {type(value).__name__}")
-    frame = pd.DataFrame.from_records(records, columns=names)
-    return coerce_frame(frame, schema)
+    columns = _columns(records, schema, unknown_fields)
+    out = {}
+    for f in _features(schema):
+        values = columns[f["name"]]
+        if f["kind"] == "numeric":
+            out[f["name"]] = np.array([np.nan if v is None else v for v in values], dtype=float)
+        else:
+            out[f["name"]] = _categorical(values)
+    return pd.DataFrame(out)
 
 
 def predict_frame(model: Any, X: pd.DataFrame) -> pd.DataFrame:
-    """Predictions (and one proba_<class> column per class for classifiers)."""
-    out = pd.DataFrame({"prediction": model.predict(X)}, index=X.index)
-    if hasattr(model, "predict_proba"):
-        proba = model.predict_proba(X)
-        for j, cls in enumerate(model.classes_):
-            out[f"proba_{cls}"] = proba[:, j]
-    return out
+    """Predictions (and one proba_<class> column per class for classifiers).
+
+    A classifier is asked once, for probabilities; the prediction is the most
+    probable class, which is what its own predict() returns.
+    """
+    if not hasattr(model, "predict_proba"):
+        return pd.DataFrame({"prediction": model.predict(X)}, index=X.index)
+    proba = model.predict_proba(X)
+    classes = model.classes_
+    out = {"prediction": classes[np.argmax(proba, axis=1)]}
+    for j, cls in enumerate(classes):
+        out[f"proba_{cls}"] = proba[:, j]
+    return pd.DataFrame(out, index=X.index)
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
-
-
-def predictions_payload(result: pd.DataFrame) -> dict[str, Any]:
-    """JSON answer for /predict: predictions, and probabilities per class when present."""
-    payload: dict[str, Any] = {"predictions": [_plain(v) for v in result["prediction"]]}
+def prediction_records(result: pd.DataFrame) -> list[dict[str, Any]]:
+    """One JSON object per record: its prediction and, for classifiers, its class probabilities."""
+    preds = result["prediction"].tolist()
     proba_cols = [c for c in result.columns if c.startswith("proba_")]
-    if proba_cols:
-        proba = result[proba_cols].astype(float)
-        payload["probabilities"] = proba.rename(columns=lambda c: c.removeprefix("proba_")).to_dict(
-            "records"
-        )
-    return payload
+    if not proba_cols:
+        return [{"prediction": p} for p in preds]
+    classes = [c.removeprefix("proba_") for c in proba_cols]
+    rows = result[proba_cols].to_numpy(dtype=float).tolist()
+    return [
+        {"prediction": p, "probabilities": dict(zip(classes, row, strict=True))}
+        for p, row in zip(preds, rows, strict=True)
+    ]

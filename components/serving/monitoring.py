@@ -68,21 +68,38 @@ def categorical_spec(values: pd.Series, max_bins: int = MAX_CATEGORY_BINS) -> di
     }
 
 
-def bin_index(values: pd.Series, spec: dict[str, Any]) -> np.ndarray:
-    """The bin of every value (an index into spec['bins']); vectorised, no Python loop per row."""
+def _lookup(spec: dict[str, Any]) -> dict[str, int]:
+    table = spec.get("_lookup")
+    if table is None:  # cached on the spec: built once per feature, not per request
+        table = spec["_lookup"] = {c: i for i, c in enumerate(spec["categories"])}
+    return table
+
+
+def bin_index(values, spec: dict[str, Any]) -> np.ndarray:
+    """The bin of every value (an index into spec['bins']).
+
+    Numeric values: one searchsorted over the reference edges. Categories: a
+    dict lookup per value; unseen ones go to `other`, missing ones to `missing`.
+    """
     n_bins = len(spec["bins"])
     if spec["kind"] == "numeric":
-        v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+        v = np.asarray(values)
+        if v.dtype.kind != "f":
+            v = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
         idx = np.searchsorted(np.asarray(spec["edges"], dtype=float), v, side="right")
         idx[np.isnan(v)] = n_bins - 1
         return idx
-    lookup = {c: i for i, c in enumerate(spec["categories"])}
-    s = pd.Series(values).astype(object)
-    missing = s.isna().to_numpy()
-    idx = s.astype(str).map(lookup).to_numpy(dtype=float, na_value=np.nan)
-    idx = np.where(np.isnan(idx), n_bins - 2, idx).astype(int)  # unseen -> other
-    idx[missing] = n_bins - 1
-    return idx
+    table, other, missing = _lookup(spec), n_bins - 2, n_bins - 1
+    return np.fromiter(
+        (
+            missing
+            if v is None or v != v
+            else table.get(v if isinstance(v, str) else str(v), other)
+            for v in (values.tolist() if hasattr(values, "tolist") else values)
+        ),
+        dtype=np.int64,
+        count=len(values),
+    )
 
 
 def bin_shares(values: pd.Series, spec: dict[str, Any]) -> np.ndarray:
@@ -216,7 +233,9 @@ class Monitor:
             "automl_model_info", "The served model", [*base, *sorted(info)], **gauge
         )
         model_info.labels(*self.ids, *[info[k] for k in sorted(info)]).set(1)
-        self.records.labels(*self.ids)
+        self._records = self.records.labels(*self.ids)
+        self._inference = self.inference.labels(*self.ids)
+        self._batch = self.batch.labels(*self.ids)
         for reason in REJECT_REASONS:
             self.rejected_total.labels(*self.ids, reason)
         self._children: dict[str, tuple[dict, list]] = {}
@@ -241,14 +260,14 @@ class Monitor:
     def timed(self, n_records: int) -> Iterator[None]:
         start = time.perf_counter()
         yield
-        self.inference.labels(*self.ids).observe(time.perf_counter() - start)
-        self.batch.labels(*self.ids).observe(n_records)
+        self._inference.observe(time.perf_counter() - start)
+        self._batch.observe(n_records)
 
     def observe(self, X: pd.DataFrame, predictions) -> None:
         """Count one scored batch: bins per feature, missing, out-of-range and unseen values."""
-        self.records.labels(*self.ids).inc(len(X))
+        self._records.inc(len(X))
         for feature, (spec, children) in self._children.items():
-            values = pd.Series(predictions) if feature == PREDICTION else X[feature]
+            values = np.asarray(predictions) if feature == PREDICTION else X[feature].to_numpy()
             idx = bin_index(values, spec)
             counts = np.bincount(idx, minlength=len(children))
             for child, c in zip(children, counts, strict=True):
@@ -260,7 +279,7 @@ class Monitor:
             if n_missing:
                 self.missing.labels(*self.ids, feature).inc(n_missing)
             if spec["kind"] == "numeric" and spec.get("min") is not None:
-                v = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+                v = np.asarray(values, dtype=float)
                 outside = int(np.sum((v < spec["min"]) | (v > spec["max"])))
                 if outside:
                     self.out_of_range.labels(*self.ids, feature).inc(outside)
@@ -270,6 +289,8 @@ class Monitor:
                 if known is None:
                     unseen = int(counts[-2])
                 else:
-                    unseen = int((~values.dropna().astype(str).isin(known)).sum())
+                    unseen = sum(
+                        1 for v in values if v == v and v is not None and str(v) not in known
+                    )
                 if unseen:
                     self.unseen.labels(*self.ids, feature).inc(unseen)

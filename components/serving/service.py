@@ -1,8 +1,12 @@
-"""The Bento service: POST /predict with {"records": [...]} -> predictions.
+"""The Bento service: POST /predict with {"records": [...]} -> one result per record.
 
 Built into every Bento by the package step together with automl_io.py and
 monitoring.py; the model tag and the settings below come from the Bento's
 build arguments (override at serve time with `bentoml serve ... --arg k=v`).
+
+Requests are checked by an ASGI middleware before they reach the model, so a
+bad request gets its own 4xx answer and never joins (or spoils) a batch; the
+valid ones are scored with BentoML's adaptive batching.
 """
 
 from __future__ import annotations
@@ -13,15 +17,15 @@ from typing import Any, Literal
 import bentoml
 from automl_io import (  # shipped beside this file in the Bento
     RecordError,
+    check_records,
     load_model,
+    parse_request,
     predict_frame,
-    predictions_payload,
+    prediction_records,
     records_to_frame,
 )
 from monitoring import Monitor
 from pydantic import BaseModel
-
-REJECTED_HEADER = "x-automl-rejected"
 
 
 class ServiceArgs(BaseModel):
@@ -29,22 +33,20 @@ class ServiceArgs(BaseModel):
     unknown_fields: Literal["ignore", "reject"] = "ignore"
     monitoring: bool = True
     max_body_bytes: int = 8 * 1024 * 1024
+    max_batch_size: int = 512
+    max_latency_ms: int = 1000  # a request waiting longer than this for its batch gets a 503
 
 
 args = bentoml.use_arguments(ServiceArgs)
-_monitor: Monitor | None = None  # one per worker process, created in the service's __init__
-
-
-def _reject(reason: str) -> None:
-    if _monitor is not None:
-        _monitor.rejected(reason)
+# Set by the service's __init__ in each worker process; the middleware of that worker reads them.
+_state: dict[str, Any] = {}
 
 
 class RequestGuard:
-    """ASGI middleware for /predict: JSON only (415), bounded bodies (413), rejection counts."""
+    """ASGI middleware for POST /predict: JSON only (415), bounded bodies (413), valid records (400)."""
 
-    def __init__(self, app, max_body_bytes: int):
-        self.app, self.max_body_bytes = app, max_body_bytes
+    def __init__(self, app, max_body_bytes: int, unknown_fields: str):
+        self.app, self.max_body_bytes, self.unknown_fields = app, max_body_bytes, unknown_fields
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/predict":
@@ -52,12 +54,13 @@ class RequestGuard:
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if ctype != b"application/json":
+            problem = "send the records as application/json"
             return await self._error(
-                send, 415, "unsupported_media_type", "send the records as application/json"
+                send, 415, RecordError(None, None, problem, "unsupported_media_type")
             )
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            return await self._error(send, 413, "too_large", self._too_large())
+            return await self._error(send, 413, self._too_large())
         body, more = b"", True
         while more:
             message = await receive()
@@ -66,7 +69,11 @@ class RequestGuard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_body_bytes:
-                return await self._error(send, 413, "too_large", self._too_large())
+                return await self._error(send, 413, self._too_large())
+        try:
+            check_records(parse_request(body), _state["schema"], self.unknown_fields)
+        except RecordError as exc:
+            return await self._error(send, 400, exc)
 
         replayed = False
 
@@ -77,37 +84,25 @@ class RequestGuard:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        async def watch(message):
-            # a 400 that the service did not mark came from request parsing: not JSON, no `records`
-            if (
-                message["type"] == "http.response.start"
-                and message["status"] == 400
-                and not any(
-                    k.lower() == REJECTED_HEADER.encode() for k, _ in message.get("headers", [])
-                )
-            ):
-                _reject("bad_json")
-            await send(message)
+        return await self.app(scope, replay, send)
 
-        return await self.app(scope, replay, watch)
-
-    def _too_large(self) -> str:
-        return f"request body is over {self.max_body_bytes} bytes; send fewer records per request"
+    def _too_large(self) -> RecordError:
+        problem = (
+            f"request body is over {self.max_body_bytes} bytes; send fewer records per request"
+        )
+        return RecordError(None, None, problem, "too_large")
 
     @staticmethod
-    async def _error(send, status: int, reason: str, problem: str):
-        _reject(reason)
-        body = json.dumps({"error": {"problem": problem, "reason": reason}}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (REJECTED_HEADER.encode(), reason.encode()),
-                ],
-            }
-        )
+    async def _error(send, status: int, exc: RecordError):
+        monitor = _state.get("monitor")
+        if monitor is not None:
+            monitor.rejected(exc.reason)
+        body = json.dumps({"error": exc.as_dict()}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
@@ -116,7 +111,6 @@ class AutoMLService:
     bento_model = bentoml.models.BentoModel(args.model_tag)
 
     def __init__(self) -> None:
-        global _monitor
         stored = self.bento_model
         with open(stored.path_of("schema.json")) as fh:
             self.schema = json.load(fh)
@@ -135,23 +129,25 @@ class AutoMLService:
             "family": str(meta.get("family", "")),
         }
         self.monitor = Monitor(profile, stored.tag.name, stored.tag.version, info)
-        _monitor = self.monitor
+        _state.update(schema=self.schema, monitor=self.monitor)
 
-    @bentoml.api
-    def predict(self, records: list[dict[str, Any]], ctx: bentoml.Context) -> dict[str, Any]:
-        """Score records. A record the model cannot take gets a 400 naming the record and field."""
-        try:
-            X = records_to_frame(records, self.schema, args.unknown_fields)
-        except RecordError as exc:
-            self.monitor.rejected(exc.reason)
-            ctx.response.status_code = 400
-            ctx.response.headers[REJECTED_HEADER] = exc.reason
-            return {"error": exc.as_dict()}
+    @bentoml.api(
+        batchable=True, max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms
+    )
+    def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Score records: each gets its prediction and, for classifiers, class probabilities.
+
+        BentoML merges concurrent requests into one call; RequestGuard has already
+        checked every record, so one bad request never fails a batch.
+        """
+        X = records_to_frame(records, self.schema)
         with self.monitor.timed(len(X)):
             result = predict_frame(self.model, X)
         if args.monitoring:
             self.monitor.observe(X, result["prediction"].to_numpy())
-        return predictions_payload(result)
+        return prediction_records(result)
 
 
-AutoMLService.add_asgi_middleware(RequestGuard, max_body_bytes=args.max_body_bytes)
+AutoMLService.add_asgi_middleware(
+    RequestGuard, max_body_bytes=args.max_body_bytes, unknown_fields=args.unknown_fields
+)

@@ -15,10 +15,12 @@ from components.serving.automl_io import (
     MODEL_FILE,
     ModelIntegrityError,
     RecordError,
+    check_records,
     coerce_frame,
     load_model,
+    parse_request,
     predict_frame,
-    predictions_payload,
+    prediction_records,
     records_to_frame,
     sha256_file,
 )
@@ -220,26 +222,24 @@ def test_predict_frame_regression_has_no_proba():
     model.fit(df.drop(columns=["target"]), df["target"])
     out = predict_frame(model, df.drop(columns=["target"]).head(5))
     assert list(out.columns) == ["prediction"]
-    payload = predictions_payload(out)
-    assert set(payload) == {"predictions"}
-    assert len(payload["predictions"]) == 5
-    assert all(type(v) is float for v in payload["predictions"])
+    answer = prediction_records(out)
+    assert len(answer) == 5 and all(set(r) == {"prediction"} for r in answer)
+    assert all(type(r["prediction"]) is float for r in answer)
 
 
-def test_predictions_payload_shape(multiclass_model):
+def test_prediction_records_shape(multiclass_model):
     X = records_to_frame([_rec(), _rec(x1=3.0)], SCHEMA)
-    payload = predictions_payload(predict_frame(multiclass_model, X))
-    assert set(payload) == {"predictions", "probabilities"}
-    assert len(payload["predictions"]) == 2
-    assert all(isinstance(p, str) for p in payload["predictions"])
-    assert len(payload["probabilities"]) == 2
-    for row in payload["probabilities"]:
-        assert list(row) == ["a", "b", "c"]  # class names without the proba_ prefix
-        assert sum(row.values()) == pytest.approx(1.0)
-    assert json.loads(json.dumps(payload)) == payload  # plain JSON, no numpy types
+    answer = prediction_records(predict_frame(multiclass_model, X))
+    assert len(answer) == 2
+    for r in answer:
+        assert isinstance(r["prediction"], str)
+        assert list(r["probabilities"]) == ["a", "b", "c"]  # class names without proba_
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0)
+        assert r["prediction"] == max(r["probabilities"], key=r["probabilities"].get)
+    assert json.loads(json.dumps(answer)) == answer  # plain JSON, no numpy types
 
 
-def test_predictions_payload_integer_classes_are_plain_ints():
+def test_prediction_records_integer_classes_are_plain_ints():
     result = pd.DataFrame(
         {
             "prediction": np.array([0, 1], dtype=np.int64),
@@ -247,13 +247,34 @@ def test_predictions_payload_integer_classes_are_plain_ints():
             "proba_1": [0.2, 0.7],
         }
     )
-    payload = predictions_payload(result)
-    assert payload["predictions"] == [0, 1]
-    assert all(type(v) is int for v in payload["predictions"])
-    assert payload["probabilities"] == [{"0": 0.8, "1": 0.2}, {"0": 0.3, "1": 0.7}]
+    answer = prediction_records(result)
+    assert [type(r["prediction"]) for r in answer] == [int, int]
+    assert answer[1]["probabilities"] == {"0": 0.3, "1": 0.7}
 
 
-# --- hash-checked loading --------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "field", "match"),
+    [
+        (b"{records", None, "not valid JSON"),
+        (b"\xff\xfe", None, "not valid JSON"),
+        (b"[1, 2]", "records", "expected an object"),
+        (b'{"rows": []}', "records", "expected an object"),
+        (b'{"records": {"a": 1}}', "records", "list of records"),
+    ],
+)
+def test_parse_request_rejects_bad_bodies(body, field, match):
+    with pytest.raises(RecordError, match=match) as info:
+        parse_request(body)
+    assert info.value.reason == "bad_json" and info.value.field == field
+
+
+def test_parse_request_and_check_records_accept_a_good_body():
+    records = parse_request(json.dumps({"records": [_rec(), _rec(x1=None)]}).encode())
+    assert len(records) == 2
+    check_records(records, SCHEMA)  # no error
+    with pytest.raises(RecordError) as info:
+        check_records([_rec(), {**_rec(), "extra": 1}], SCHEMA, unknown_fields="reject")
+    assert (info.value.index, info.value.field, info.value.reason) == (1, "extra", "unknown_field")
 
 
 def test_save_and_load_model_with_hash(tmp_path, multiclass_model):

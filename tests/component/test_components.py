@@ -27,6 +27,7 @@ def _art(cls, tmp: Path, name: str):
 def _run_chain(tmp: Path, data: str, target: str, task: str = "auto", metric: str = ""):
     arts = {n: _art(Dataset, tmp, n) for n in ("train", "valid", "test", "leaderboard")}
     arts["schema"] = _art(Artifact, tmp, "schema")
+    arts["profile"] = _art(Artifact, tmp, "profile")
     arts["model"] = _art(Model, tmp, "model")
     prepare_data.python_func(
         data=data,
@@ -36,6 +37,7 @@ def _run_chain(tmp: Path, data: str, target: str, task: str = "auto", metric: st
         valid=arts["valid"],
         test=arts["test"],
         schema=arts["schema"],
+        profile=arts["profile"],
     )
     tune_models.python_func(
         train=arts["train"],
@@ -102,7 +104,13 @@ def test_classification_chain(tmp_path, small_churn_csv):
     assert "Confusion matrix" in html and "Leaderboard" in html
 
     bento = _art(Model, tmp_path, "bento")
-    package_model.python_func(model=arts["model"], schema=arts["schema"], bento=bento)
+    package_model.python_func(
+        model=arts["model"],
+        schema=arts["schema"],
+        profile=arts["profile"],
+        test=arts["test"],
+        bento=bento,
+    )
     assert bento.metadata["bento_tag"].startswith("automl-churn:")
     assert Path(bento.path).stat().st_size > 10_000
 
@@ -110,6 +118,13 @@ def test_classification_chain(tmp_path, small_churn_csv):
 
     packaged = load_packaged_model(bento.path)
     assert packaged.schema == schema
+    import bentoml
+
+    stored = bentoml.models.get(bento.metadata["model_tag"])
+    profile = json.loads(Path(stored.path_of("profile.json")).read_text())
+    assert set(profile["features"]) == {f["name"] for f in schema["features"]} | {"__prediction__"}
+    assert profile["features"]["__prediction__"]["categories"] == ["No", "Yes"]
+    assert bento.metadata["bento_tag"].split(":")[1] == bento.metadata["model_tag"].split(":")[1]
 
 
 def test_regression_chain(tmp_path):

@@ -43,7 +43,7 @@ def _spec(values: pd.Series, kind: str, window: int) -> dict[str, Any]:
     shares = bin_shares(values, spec)
     spec["shares"] = [round(float(x), 8) for x in shares]
     spec["missing_rate"] = round(float(values.isna().mean()), 6)
-    spec["thresholds"] = calibrate(values, spec, shares, window)
+    spec["thresholds"] = calibrate(values, spec, window)
     return spec
 
 
@@ -79,7 +79,7 @@ def add_prediction_profile(
         }
         shares = bin_shares(values, spec)
         spec.update(shares=[round(float(x), 8) for x in shares], missing_rate=0.0)
-        spec["thresholds"] = calibrate(values, spec, shares, window)
+        spec["thresholds"] = calibrate(values, spec, window)
     else:
         spec = _spec(values, "numeric", window)
     return {**profile, "features": {**profile["features"], PREDICTION: spec}}

@@ -129,31 +129,31 @@ STATISTICS = {"psi": psi, "js": js}
 def calibrate(
     values: pd.Series,
     spec: dict[str, Any],
-    reference: np.ndarray,
     window: int,
     n_chunks: int = 200,
     seed: int = 0,
+    max_reference_sample: int = 20_000,
 ) -> dict[str, float]:
-    """Alert thresholds from the statistic's spread over reference-sized windows.
+    """Alert thresholds from the statistic's spread when nothing has drifted.
 
-    Draws `n_chunks` windows of `window` rows from the reference itself (no drift
-    by construction) and sets each threshold to the 99th percentile plus three
-    standard deviations of the statistic over them.
+    Each of `n_chunks` draws compares a window of `window` rows with a bootstrap
+    copy of the reference (both resampled from the reference rows), so the
+    spread covers the noise of a window and of a finite reference. Each
+    threshold is the 99th percentile plus three standard deviations.
     """
     idx = bin_index(values, spec)
     rng = np.random.default_rng(seed)
     n_bins = len(spec["bins"])
-    out = {}
-    stats = {name: [] for name in STATISTICS}
+    ref_size = min(len(idx), max_reference_sample)
+    stats: dict[str, list[float]] = {name: [] for name in STATISTICS}
     for _ in range(n_chunks):
-        chunk = rng.choice(idx, size=window, replace=len(idx) < window)
-        shares = np.bincount(chunk, minlength=n_bins) / window
+        chunk = np.bincount(rng.choice(idx, size=window), minlength=n_bins) / window
+        ref = np.bincount(rng.choice(idx, size=ref_size), minlength=n_bins) / ref_size
         for name, fn in STATISTICS.items():
-            stats[name].append(fn(shares, reference))
-    for name, values_ in stats.items():
-        arr = np.asarray(values_)
-        out[name] = round(float(np.quantile(arr, 0.99) + 3 * arr.std()), 6)
-    return out
+            stats[name].append(fn(chunk, ref))
+    return {
+        name: round(float(np.quantile(v, 0.99) + 3 * np.std(v)), 6) for name, v in stats.items()
+    }
 
 
 # ---- the live service's metrics -------------------------------------------------------------

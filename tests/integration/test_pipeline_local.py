@@ -8,13 +8,7 @@ BentoML store), `kfp-automl predict`, and `kfp-automl serve` (a real
 from __future__ import annotations
 
 import json
-import math
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -22,35 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.integration.servers import CLI, json_records
+
 pytestmark = pytest.mark.slow
-
-CLI = [sys.executable, "-m", "pipelines.cli"]
-
-
-@pytest.fixture(scope="session")
-def pipeline_run(small_churn_csv, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    proc = subprocess.run(
-        [
-            *CLI,
-            "run",
-            "--data",
-            str(small_churn_csv),
-            "--target",
-            "churn",
-            "--time-budget",
-            "40",
-            "--max-trials",
-            "8",
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, json.loads((out / "summary.json").read_text()), proc.stdout
 
 
 def test_summary_has_every_field(pipeline_run):
@@ -97,54 +65,6 @@ def test_dashboard_artifacts_are_in_the_executor_output(pipeline_run):
     assert "roc_auc" in artifacts["metrics"]["artifacts"][0]["metadata"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _records(df: pd.DataFrame) -> list[dict]:
-    rows = df.to_dict("records")
-    return [
-        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
-        for r in rows
-    ]
-
-
-@pytest.fixture(scope="module")
-def server(pipeline_run):
-    """`kfp-automl serve` (a real `bentoml serve`) on a free 127.0.0.1 port."""
-    _, s, _ = pipeline_run
-    port = _free_port()
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--model", s["bento_tag"], "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("bentoml serve did not become ready in 120 s")
-        yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 def test_served_bento_matches_batch_predict(pipeline_run, small_churn_csv, tmp_path, server):
     _, s, _ = pipeline_run
     rows = pd.read_csv(small_churn_csv).tail(25)  # includes rows with a missing total_charges
@@ -172,7 +92,7 @@ def test_served_bento_matches_batch_predict(pipeline_run, small_churn_csv, tmp_p
     assert np.allclose(batch["proba_No"] + batch["proba_Yes"], 1)
 
     features = rows.drop(columns=["churn"])
-    r = httpx.post(f"{server}/predict", json={"records": _records(features)}, timeout=60)
+    r = httpx.post(f"{server}/predict", json={"records": json_records(features)}, timeout=60)
     assert r.status_code == 200, r.text
     online = r.json()
     assert [o["prediction"] for o in online] == batch["prediction"].tolist()
@@ -181,7 +101,7 @@ def test_served_bento_matches_batch_predict(pipeline_run, small_churn_csv, tmp_p
 
 
 def _one_record(small_churn_csv) -> dict:
-    return _records(pd.read_csv(small_churn_csv).drop(columns=["churn"]).head(1))[0]
+    return json_records(pd.read_csv(small_churn_csv).drop(columns=["churn"]).head(1))[0]
 
 
 def _bad_requests(rec: dict) -> list:

@@ -63,7 +63,7 @@ def test_calibrated_threshold_separates_noise_from_shift():
     ref = pd.Series(rng.normal(size=20_000))
     spec = numeric_spec(ref)
     shares = bin_shares(ref, spec)
-    thresholds = calibrate(ref, spec, shares, window=200)
+    thresholds = calibrate(ref, spec, window=200)
     fresh = [psi(bin_shares(pd.Series(rng.normal(size=200)), spec), shares) for _ in range(200)]
     assert np.mean(np.array(fresh) > thresholds["psi"]) < 0.02
     shifted = psi(bin_shares(pd.Series(rng.normal(1.0, size=200)), spec), shares)

@@ -1,0 +1,32 @@
+"""Shared by the integration tests: one pipeline run and one served Bento per session."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.integration.servers import CLI, serve
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(small_churn_csv, tmp_path_factory):
+    """`kfp-automl run` on 403 churn rows: (output dir, summary, stdout)."""
+    out = tmp_path_factory.mktemp("run")
+    args = ["--data", str(small_churn_csv), "--target", "churn", "--time-budget", "40"]
+    proc = subprocess.run(
+        [*CLI, "run", *args, "--max-trials", "8", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "summary.json").read_text()), proc.stdout
+
+
+@pytest.fixture(scope="session")
+def server(pipeline_run):
+    """`kfp-automl serve` (a real `bentoml serve`) on a free 127.0.0.1 port: its base URL."""
+    with serve(pipeline_run[1]["bento_tag"]) as base:
+        yield base

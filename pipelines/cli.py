@@ -201,16 +201,42 @@ def predict(model, data, output):
     show_default=True,
     help="Address to bind; 0.0.0.0 exposes the service to the network.",
 )
-def serve(model, port, host):
-    """Serve a packaged model over HTTP with BentoML (POST /predict)."""
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="Worker processes."
+)
+@click.option(
+    "--reject-unknown-fields",
+    is_flag=True,
+    help="Answer 400 to records with fields the model does not use (default: ignore them).",
+)
+@click.option("--no-monitoring", is_flag=True, help="Do not count requests into drift metrics.")
+@click.option(
+    "--max-body-mb",
+    type=click.FloatRange(min=0.001),
+    default=8.0,
+    show_default=True,
+    help="Larger request bodies get 413.",
+)
+def serve(model, port, host, workers, reject_unknown_fields, no_monitoring, max_body_mb):
+    """Serve a packaged model over HTTP with BentoML.
+
+    POST /predict with {"records": [...]}; GET /metrics (Prometheus), /livez, /readyz.
+    """
     from pipelines.bentos import resolve_bento
 
     bento = resolve_bento(model)
+    # read by the service (components/serving/service.py, ServiceArgs)
+    settings = {
+        "AUTOML_WORKERS": str(workers),
+        "AUTOML_UNKNOWN_FIELDS": "reject" if reject_unknown_fields else "ignore",
+        "AUTOML_MONITORING": str(not no_monitoring).lower(),
+        "AUTOML_MAX_BODY_BYTES": str(int(max_body_mb * 1024 * 1024)),
+    }
     bentoml_bin = Path(sys.executable).with_name("bentoml")
     cmd = [str(bentoml_bin), "serve", str(bento.tag), "--host", host, "--port", str(port)]
     click.echo(f"serving {bento.tag} on http://{host}:{port} (POST /predict); Ctrl-C stops it")
     sys.stdout.flush()
-    os.execv(cmd[0], cmd)
+    os.execve(cmd[0], cmd, {**os.environ, **settings})
 
 
 @cli.command(name="compile")

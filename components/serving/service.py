@@ -1,8 +1,10 @@
 """The Bento service: POST /predict with {"records": [...]} -> one result per record.
 
 Built into every Bento by the package step together with automl_io.py and
-monitoring.py; the model tag and the settings below come from the Bento's
-build arguments (override at serve time with `bentoml serve ... --arg k=v`).
+monitoring.py. The model tag comes from the Bento's build arguments; each
+setting in ServiceArgs can be changed at serve time with an environment
+variable AUTOML_<NAME> (e.g. AUTOML_WORKERS=2, AUTOML_UNKNOWN_FIELDS=reject),
+because a built Bento's arguments cannot be overridden with `--arg`.
 
 Requests are checked by an ASGI middleware before they reach the model, so a
 bad request gets its own 4xx answer and never joins (or spoils) a batch; the
@@ -12,6 +14,7 @@ valid ones are scored with BentoML's adaptive batching.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Literal
 
 import bentoml
@@ -35,9 +38,19 @@ class ServiceArgs(BaseModel):
     max_body_bytes: int = 8 * 1024 * 1024
     max_batch_size: int = 512
     max_latency_ms: int = 1000  # a request waiting longer than this for its batch gets a 503
+    workers: int = 1  # processes; metrics add up across them (prometheus multiprocess mode)
 
 
-args = bentoml.use_arguments(ServiceArgs)
+def _settings() -> ServiceArgs:
+    """The Bento's arguments, overridden by AUTOML_<NAME> environment variables."""
+    values = dict(vars(bentoml.use_arguments()))
+    for name in ServiceArgs.model_fields:
+        if name != "model_tag" and f"AUTOML_{name.upper()}" in os.environ:
+            values[name] = os.environ[f"AUTOML_{name.upper()}"]
+    return ServiceArgs(**values)
+
+
+args = _settings()
 # Set by the service's __init__ in each worker process; the middleware of that worker reads them.
 _state: dict[str, Any] = {}
 
@@ -106,7 +119,7 @@ class RequestGuard:
         await send({"type": "http.response.body", "body": body})
 
 
-@bentoml.service(name="kfp-automl", traffic={"timeout": 60})
+@bentoml.service(name="kfp-automl", workers=args.workers, traffic={"timeout": 60})
 class AutoMLService:
     bento_model = bentoml.models.BentoModel(args.model_tag)
 

@@ -8,7 +8,7 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps run test test-quick lint format compile rules bench images clean
+.PHONY: help setup system-deps bench-deps run test test-quick lint format compile rules bench bench-serving images clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -31,6 +31,14 @@ system-deps: ## Install the system packages the tests use (prometheus) if missin
 	echo "installing the Debian package prometheus (server + promtool) for the tests"; \
 	$$sudo apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
 	  { $$sudo apt-get update >/dev/null && $$sudo apt-get install -y --no-install-recommends prometheus >/dev/null; }
+
+# wrk (HTTP load generator) drives the serving benchmark; Debian/Ubuntu package `wrk`.
+bench-deps: ## Install the system package the serving benchmark uses (wrk) if missing
+	@if command -v wrk >/dev/null; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "the serving benchmark needs wrk: install it with your package manager"; exit 1; fi; \
+	sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	$$sudo apt-get install -y --no-install-recommends wrk >/dev/null 2>&1 || \
+	  { $$sudo apt-get update >/dev/null && $$sudo apt-get install -y --no-install-recommends wrk >/dev/null; }
 
 run: $(STAMP) ## Run the training pipeline locally on the built-in churn table (RUN_ARGS="--time-budget 120 ...")
 	$(BIN)/kfp-automl run $(RUN_ARGS)
@@ -55,8 +63,11 @@ compile: $(STAMP) ## Compile pipelines to pipelines/compiled/*.yaml
 rules: $(STAMP) ## Render manifests/monitoring/prometheus-rules.yaml (drift, latency, error alerts)
 	$(BIN)/python -m pipelines.monitoring_rules --output manifests/monitoring/prometheus-rules.yaml
 
-bench: $(STAMP) ## Benchmarks: default run wall clock and peak memory (writes bench-output/)
+bench: $(STAMP) bench-deps ## Benchmarks: pipeline (wall clock, memory, score) + serving (vs plain BentoML, wrk) -> bench-output/results.md
 	$(BIN)/python -m tests.bench.run_bench
+
+bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)
+	$(BIN)/python -m tests.bench.run_bench serving
 
 images: ## Build the components image (needs docker, podman or buildah)
 	@tool=$$(command -v docker || command -v podman || command -v buildah); \

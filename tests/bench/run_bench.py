@@ -1,10 +1,17 @@
-"""`make bench`: the default run's wall clock and peak memory, and AutoML vs a fixed baseline.
+"""`make bench`: the pipeline bench, then the serving bench; one table in bench-output/results.md.
 
 Everything is measured side by side in one run and reported as ratios
-(this machine is shared and noisy, so absolute seconds drift):
+(this machine is shared and noisy, so absolute seconds drift).
+
+Pipeline (this module):
 - wall clock of `kfp-automl run` / its search budget (pipeline + Ray overhead),
 - peak memory of the whole process tree (sum of PSS, so shared pages count once) / 4 GiB target,
 - the tuned model's test score / a default HistGradientBoosting fitted on the same split.
+
+Serving (tests/bench/serving_bench.py): our Bento against a plain BentoML service,
+with monitoring on and off, and against the in-process model; a bounded load test.
+
+    python -m tests.bench.run_bench [pipeline|serving]   # default: both
 """
 
 from __future__ import annotations
@@ -106,8 +113,7 @@ def baseline_score(summary: dict) -> float:
     )
 
 
-def main() -> None:
-    OUT.mkdir(exist_ok=True)
+def pipeline_bench() -> str:
     budget = int(os.environ.get("BENCH_BUDGET", "60"))
     r = run_default(budget)
     s = r["summary"]
@@ -133,12 +139,42 @@ def main() -> None:
     lines = ["| measure | values | ratio |", "|---|---|---|"]
     lines += [f"| {name} | {values} | {ratio:.2f} |" for name, values, ratio in rows]
     table = "\n".join(lines)
-    (OUT / "results.md").write_text(table + "\n")
+    (OUT / "pipeline.md").write_text(table + "\n")
     (OUT / "results.json").write_text(
         json.dumps({"budget_s": budget, "baseline": base, **r}, indent=2, default=str)
     )
     print(table)
+    return table
+
+
+SECTIONS = {"pipeline": "Pipeline", "serving": "Serving"}
+
+
+def main(argv: list[str]) -> None:
+    parts = argv or list(SECTIONS)
+    unknown = [p for p in parts if p not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"unknown bench {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
+    OUT.mkdir(exist_ok=True)
+    if "serving" in parts:
+        from tests.bench.serving_bench import require_wrk
+
+        require_wrk()  # fail before the long pipeline bench, not after it
+    if "pipeline" in parts:
+        pipeline_bench()
+    if "serving" in parts:
+        from tests.bench import serving_bench
+
+        serving_bench.main()
+    # One table of the latest results of each part (a part run alone keeps the other's).
+    sections = [
+        f"## {title}\n\n{(OUT / f'{part}.md').read_text().strip()}"
+        for part, title in SECTIONS.items()
+        if (OUT / f"{part}.md").exists()
+    ]
+    (OUT / "results.md").write_text("\n\n".join(sections) + "\n")
+    print(f"wrote {OUT / 'results.md'}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -52,6 +52,13 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None
     raise RuntimeError(f"{url} not ready within {timeout_s:.0f} s")
 
 
+def start(cmd: list[str]) -> subprocess.Popen:
+    """A server in its own process group (so stop() reaches its children), output captured."""
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
 def stop(proc: subprocess.Popen) -> None:
     """SIGTERM the server's process group; SIGKILL it if it has not gone in 30 s."""
     with contextlib.suppress(ProcessLookupError):
@@ -68,13 +75,7 @@ def stop(proc: subprocess.Popen) -> None:
 def serve(bento_tag: str, *extra: str) -> Iterator[str]:
     """`kfp-automl serve` on a free port; yields its base URL."""
     port = free_port()
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--model", bento_tag, "--port", str(port), *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start([*CLI, "serve", "--model", bento_tag, "--port", str(port), *extra])
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(f"{base}/readyz", proc)
@@ -100,18 +101,14 @@ def prometheus(workdir: Path, target: str, rules_text: str, interval: str = "1s"
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
-    proc = subprocess.Popen(
+    proc = start(
         [
             binary,
             f"--config.file={workdir / 'prometheus.yml'}",
             f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--log.level=warn",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+        ]
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from tests.integration.servers import CLI, free_port, json_records, serve, stop, wait_ready
+from tests.integration.servers import CLI, free_port, json_records, serve, start, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -61,22 +60,8 @@ def test_sigterm_lets_the_request_in_flight_finish(pipeline_run, small_churn_csv
     rows = json_records(pd.read_csv(small_churn_csv).drop(columns=["churn"]))
     big = rows * 40  # ~16,000 records: long enough to be in flight when SIGTERM arrives
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            *CLI,
-            "serve",
-            "--model",
-            summary["bento_tag"],
-            "--port",
-            str(port),
-            "--max-body-mb",
-            "64",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    serve_cmd = [*CLI, "serve", "--model", summary["bento_tag"], "--port", str(port)]
+    proc = start([*serve_cmd, "--max-body-mb", "64"])
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(f"{base}/readyz", proc)

@@ -22,15 +22,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create .venv and install the project with its dev tools
 
-# Prometheus (server + promtool) runs in the tests; Debian/Ubuntu package `prometheus`.
-system-deps: ## Install the system packages the tests use (prometheus) if missing
-	@if command -v promtool >/dev/null && command -v prometheus >/dev/null; then exit 0; fi; \
+# The tests run a Prometheus server and promtool, and render the report in headless Chromium:
+# Debian/Ubuntu packages prometheus, chromium, chromium-driver.
+SYSTEM_PACKAGES := prometheus chromium chromium-driver
+system-deps: ## Install the system packages the tests use (prometheus, chromium) if missing
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null && \
+	  command -v chromium >/dev/null && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null; then \
-	  echo "the tests need prometheus and promtool: install them with your package manager"; exit 1; fi; \
+	  echo "the tests need: $(SYSTEM_PACKAGES); install them with your package manager"; exit 1; fi; \
 	sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-	echo "installing the Debian package prometheus (server + promtool) for the tests"; \
-	$$sudo apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 || \
-	  { $$sudo apt-get update >/dev/null && $$sudo apt-get install -y --no-install-recommends prometheus >/dev/null; }
+	echo "installing the Debian packages $(SYSTEM_PACKAGES) for the tests"; \
+	$$sudo apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+	  { $$sudo apt-get update >/dev/null && $$sudo apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; }
 
 # wrk (HTTP load generator) drives the serving benchmark; Debian/Ubuntu package `wrk`.
 bench-deps: ## Install the system package the serving benchmark uses (wrk) if missing

@@ -162,6 +162,8 @@ def run(
     click.echo(f"  leaderboard  {s['leaderboard_csv']}")
     click.echo(f"  report       {s['report_html']}")
     click.echo(f"  bento        {s['bento_tag']}  ({s['bento_archive']})")
+    stage = "champion" if s["deploy"] else "challenger"
+    click.echo(f"  gate         {stage}: {s['gate_reason']}")
     click.echo(f"  summary      {out.resolve() / 'summary.json'}")
     click.echo(f"next: {_prog()} serve --model {s['bento_tag']}")
 
@@ -239,6 +241,86 @@ def serve(model, port, host, workers, reject_unknown_fields, no_monitoring, max_
     os.execve(cmd[0], cmd, {**os.environ, **settings})
 
 
+def _registry_option(f):
+    return click.option(
+        "--registry",
+        "registry",
+        default="",
+        help="Registry folder (default: $KFP_AUTOML_REGISTRY, else beside the BentoML store).",
+    )(f)
+
+
+def _model_names(registry, name: str) -> list[str]:
+    names = [name] if name else registry.names()
+    if name and name not in registry.names():
+        raise UserError(f"no model named {name!r} in the registry at {registry.root}")
+    return names
+
+
+@cli.command()
+@click.option("--name", default="", help="Only this model (default: every model).")
+@_registry_option
+def models(name, registry):
+    """List registered model versions with their stage and metrics."""
+    from components.registry.registry import Registry
+
+    reg = Registry(registry or None)
+    names = _model_names(reg, name)
+    if not names:
+        click.echo(f"no models registered yet in {reg.root}; `kfp-automl run` registers one")
+        return
+    for n in names:
+        click.echo(n)
+        for v in reversed(reg.versions(n)):
+            metric = v.get("metric", "")
+            test = v.get("test_metrics", {}).get(metric)
+            test_s = f"{test:.4f}" if isinstance(test, float) else "-"
+            valid = v.get("valid_score")
+            valid_s = f"{valid:.4f}" if isinstance(valid, float) else "-"
+            click.echo(
+                f"  {v['version']:<18} {v['stage']:<10} {v.get('family', ''):<13} "
+                f"{metric} valid {valid_s} test {test_s}  {v['registered_at']}"
+            )
+
+
+def _split_ref(ref: str, name: str) -> tuple[str, str]:
+    if ":" in ref:
+        return tuple(ref.split(":", 1))  # type: ignore[return-value]
+    if not name:
+        raise UserError(f"give the version as NAME:VERSION or pass --name (got {ref!r})")
+    return name, ref
+
+
+@cli.command()
+@click.argument("version")
+@click.option("--name", default="", help="Model name, when VERSION is not NAME:VERSION.")
+@click.option("--reason", default="promoted by hand", show_default=True)
+@_registry_option
+def promote(version, name, reason, registry):
+    """Make VERSION (NAME:VERSION) the champion; the current champion is archived."""
+    from components.registry.registry import Registry
+
+    n, v = _split_ref(version, name)
+    entry = Registry(registry or None).promote(n, v, reason)
+    click.echo(f"{n}:{v} is the champion (before: {entry['previous'] or 'none'})")
+
+
+@cli.command()
+@click.option("--name", default="", help="Model name (default: the only registered model).")
+@click.option("--reason", default="rolled back by hand", show_default=True)
+@_registry_option
+def rollback(name, reason, registry):
+    """Make the previous champion the champion again."""
+    from components.registry.registry import Registry
+
+    reg = Registry(registry or None)
+    names = _model_names(reg, name)
+    if len(names) != 1:
+        raise UserError(f"pass --name: the registry holds {len(names)} models ({', '.join(names)})")
+    entry = reg.rollback(names[0], reason)
+    click.echo(f"{names[0]}:{entry['version']} is the champion again (was: {entry['previous']})")
+
+
 @cli.command(name="compile")
 @click.option(
     "--output-dir",
@@ -256,6 +338,9 @@ def compile_cmd(output_dir):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps user errors to `error: ...` and exit code 2."""
+    # no usage reports to vendors from a tool that may run offline (set them to opt back in)
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         cli.main(args=argv, prog_name="kfp-automl", standalone_mode=False)
     except (UserError, click.UsageError) as exc:

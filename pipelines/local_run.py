@@ -30,6 +30,8 @@ STEP_NAMES = {
     "tune-models": "tune",
     "evaluate-model": "evaluate",
     "package-model": "package",
+    "gate-model": "gate",
+    "promote-model": "promote",
 }
 
 
@@ -91,6 +93,13 @@ def _copy(src: str | Path, dest: Path) -> Path:
     return dest
 
 
+def _copy_card(src: str | Path, dest: Path) -> Path:
+    """The model card folder (model_card.json, model_card.md), file by file, atomically."""
+    for name in ("model_card.json", "model_card.md"):
+        _copy(Path(src) / name, dest / name)
+    return dest / "model_card.md"
+
+
 def run_pipeline(params: dict[str, Any], output_dir: Path, verbose: bool = False) -> dict[str, Any]:
     """Run `training(**params)` locally; copy the main outputs to `output_dir`; return the summary."""
     from kfp import local
@@ -132,8 +141,15 @@ def _summarise(
 ) -> dict[str, Any]:
     model, metrics, bento = outputs["model"], outputs["metrics"], outputs["bento"]
     schema = json.loads(Path(outputs["schema"].path).read_text())
+    decision = json.loads(Path(outputs["decision"].path).read_text())
     metric = model.metadata["metric"]
-    test_metrics = {k: v for k, v in metrics.metadata.items() if isinstance(v, int | float)}
+    numbers = {k: v for k, v in metrics.metadata.items() if isinstance(v, int | float)}
+    test_metrics = {k: v for k, v in numbers.items() if not k.endswith(("_ci_low", "_ci_high"))}
+    intervals = {
+        k: [numbers[f"{k}_ci_low"], numbers[f"{k}_ci_high"]]
+        for k in test_metrics
+        if f"{k}_ci_low" in numbers and f"{k}_ci_high" in numbers
+    }
     name = bento.metadata["bento_tag"].split(":")[0]
     summary = {
         "task": schema["task"],
@@ -145,6 +161,7 @@ def _summarise(
         "cv_score": model.metadata["valid_score"],
         "test_score": test_metrics[metric],
         "test_metrics": test_metrics,
+        "test_intervals": intervals,
         "n_trials": int(model.metadata["n_trials"]),  # KFP metadata stores numbers as floats
         "bento_tag": bento.metadata["bento_tag"],
         "model_tag": bento.metadata["model_tag"],
@@ -154,6 +171,13 @@ def _summarise(
             _copy(outputs["leaderboard"].path, output_dir / "leaderboard.csv").resolve()
         ),
         "schema_json": str(_copy(outputs["schema"].path, output_dir / "schema.json").resolve()),
+        "summary_md": str(_copy(outputs["summary"].path, output_dir / "summary.md").resolve()),
+        "model_card": str(
+            _copy_card(outputs["model_card"].path, output_dir / "model_card").resolve()
+        ),
+        "deploy": decision["deploy"],
+        "gate_reason": decision["reason"],
+        "champion_before": decision.get("champion_version"),
         "pipeline_run_dir": str(Path(model.path).parent.parent.resolve()),
         "elapsed_s": round(elapsed, 1),
     }

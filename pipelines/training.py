@@ -3,11 +3,13 @@
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Dataset, Metrics, Model
+from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics, Model
 
 from components.evaluate.component import evaluate_model
+from components.gate.component import gate_model
 from components.package.component import package_model
 from components.prepare.component import prepare_data
+from components.promote.component import promote_model
 from components.tune.component import tune_models
 
 PIPELINE_NAME = "kfp-automl-training"
@@ -20,7 +22,10 @@ class Outputs(NamedTuple):
     leaderboard: Dataset
     metrics: Metrics
     report: HTML
+    summary: Markdown
+    model_card: Artifact
     bento: Model
+    decision: Artifact
 
 
 @dsl.pipeline(
@@ -38,6 +43,10 @@ def training(
     seed: int = 42,
     ray_address: str = "",
     model_name: str = "",
+    registry_root: str = "",
+    min_improvement: float = 0.0,
+    slice_column: str = "",
+    n_bootstrap: int = 200,
 ) -> Outputs:
     """Train and package a model for `target` in `data`.
 
@@ -52,6 +61,10 @@ def training(
         seed: Seed for the split, the search and the models.
         ray_address: Ray cluster to join; empty starts Ray inside the tune step.
         model_name: Name of the BentoML model and Bento; empty derives it from the target.
+        registry_root: Model registry folder; empty uses the default beside the BentoML store.
+        min_improvement: The least gain on the metric for a new model to replace the champion.
+        slice_column: Categorical column for per-slice metrics in the report; empty picks one.
+        n_bootstrap: Bootstrap resamples for the holdout metrics' confidence intervals.
     """
     prep = prepare_data(data=data, target=target, task=task, seed=seed).set_display_name("prepare")
     tune = tune_models(
@@ -71,16 +84,41 @@ def training(
         test=prep.outputs["test"],
         schema=prep.outputs["schema"],
         leaderboard=tune.outputs["leaderboard"],
+        train=prep.outputs["train"],
+        valid=prep.outputs["valid"],
         metric=metric,
+        slice_column=slice_column,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
     ).set_display_name("evaluate")
     pkg = package_model(
         model=tune.outputs["model"],
         schema=prep.outputs["schema"],
         profile=prep.outputs["profile"],
         test=prep.outputs["test"],
+        metrics=evaluation.outputs["metrics"],
+        report=evaluation.outputs["report"],
         model_name=model_name,
+        registry_root=registry_root,
     ).set_display_name("package")
-    pkg.after(evaluation)
+    gate = gate_model(
+        model=tune.outputs["model"],
+        test=prep.outputs["test"],
+        schema=prep.outputs["schema"],
+        registry_root=registry_root,
+        model_name=model_name,
+        metric=metric,
+        min_improvement=min_improvement,
+    ).set_display_name("gate")
+    gate.after(
+        pkg
+    )  # the champion is read after the new version is registered, never promoted in between
+    with dsl.If(gate.outputs["Output"] == True, name="deploy"):  # noqa: E712 (a KFP condition)
+        promote_model(
+            bento=pkg.outputs["bento"],
+            decision=gate.outputs["decision"],
+            registry_root=registry_root,
+        ).set_display_name("promote")
     return Outputs(
         schema=prep.outputs["schema"],
         profile=prep.outputs["profile"],
@@ -88,5 +126,8 @@ def training(
         leaderboard=tune.outputs["leaderboard"],
         metrics=evaluation.outputs["metrics"],
         report=evaluation.outputs["report"],
+        summary=evaluation.outputs["summary"],
+        model_card=evaluation.outputs["model_card"],
         bento=pkg.outputs["bento"],
+        decision=gate.outputs["decision"],
     )

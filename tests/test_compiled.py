@@ -19,7 +19,7 @@ def test_committed_yaml_is_up_to_date(tmp_path):
 def test_every_step_runs_the_versioned_project_image():
     spec = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 4
+    assert len(executors) == 6
     for name, ex in executors.items():
         container = ex["container"]
         assert container["image"] == COMPONENTS_IMAGE, name
@@ -33,7 +33,20 @@ def test_every_step_runs_the_versioned_project_image():
 def test_pipeline_wiring_and_defaults():
     spec = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"prepare-data", "tune-models", "evaluate-model", "package-model"}
+    assert set(tasks) == {
+        "prepare-data",
+        "tune-models",
+        "evaluate-model",
+        "package-model",
+        "gate-model",
+        "condition-1",
+    }
+    condition = tasks["condition-1"]
+    assert condition["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--gate-model-Output'] == true"
+    )
+    inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert set(inner) == {"promote-model"}  # only a passing model is promoted
     assert tasks["tune-models"]["dependentTasks"] == ["prepare-data"]
     assert set(tasks["package-model"]["dependentTasks"]) == {
         "evaluate-model",
@@ -44,6 +57,15 @@ def test_pipeline_wiring_and_defaults():
     assert params["time_budget_s"]["defaultValue"] == 60
     assert params["data"]["defaultValue"] == ""  # no data path baked in at compile time
     outputs = spec["root"]["outputDefinitions"]["artifacts"]
-    assert {"bento", "metrics", "report", "leaderboard", "model", "schema", "profile"} == set(
-        outputs
-    )
+    assert {
+        "bento",
+        "metrics",
+        "report",
+        "summary",
+        "model_card",
+        "leaderboard",
+        "model",
+        "schema",
+        "profile",
+        "decision",
+    } == set(outputs)

@@ -1,4 +1,9 @@
-"""Named metrics with a known direction, chosen by task (FLAML-style)."""
+"""Named metrics with a known direction, chosen by task (FLAML-style).
+
+A metric that has no value for the rows it is given (MAPE with a true value
+of 0, ROC AUC when a class is absent) raises `MetricUndefined` instead of
+returning inf or nan; `score_defined` collects those as reasons.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,10 @@ import numpy as np
 from sklearn import metrics as skm
 
 from components.common.errors import UserError
+
+
+class MetricUndefined(ValueError):
+    """The metric has no value for these rows; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -31,10 +40,43 @@ class Metric:
         return a > b if self.greater_is_better else a < b
 
 
+def _require_every_class(y, classes) -> None:
+    missing = [c for c in classes if not np.any(y == c)]
+    if missing:
+        raise MetricUndefined(f"no row of class {missing[0]!r}")
+
+
 def _roc_auc(y, pred, proba, classes):
+    _require_every_class(y, classes)
     if len(classes) == 2:
         return skm.roc_auc_score(y, proba[:, 1])
     return skm.roc_auc_score(y, proba, multi_class="ovr", labels=list(classes))
+
+
+def _pr_auc(y, pred, proba, classes):
+    """Average precision of the positive class (binary) or its macro mean over classes."""
+    _require_every_class(y, classes)
+    if len(classes) == 2:
+        return skm.average_precision_score(y == classes[1], proba[:, 1])
+    onehot = np.column_stack([y == c for c in classes])
+    return skm.average_precision_score(onehot, proba, average="macro")
+
+
+def _brier(y, pred, proba, classes):
+    """Binary: brier_score_loss on the positive class. Multiclass: mean over rows of the
+    squared distance between the one-hot truth and the probabilities (in [0, 2])."""
+    if len(classes) == 2:
+        return skm.brier_score_loss(y == classes[1], proba[:, 1])
+    onehot = np.column_stack([y == c for c in classes]).astype(float)
+    return float(np.mean(np.sum((onehot - proba) ** 2, axis=1)))
+
+
+def _mape(y, pred, proba, classes):
+    """Mean absolute percentage error as a fraction (0.1 is 10 %); undefined when a true value is 0."""
+    y = np.asarray(y, dtype=float)
+    if np.any(y == 0):
+        raise MetricUndefined("a true value is 0")
+    return float(np.mean(np.abs((y - np.asarray(pred, dtype=float)) / y)))
 
 
 METRICS: dict[str, Metric] = {
@@ -66,6 +108,7 @@ METRICS: dict[str, Metric] = {
             lambda y, p, _, c: skm.f1_score(y, p, average="macro"),
         ),
         Metric("roc_auc", "classification", True, True, _roc_auc),
+        Metric("pr_auc", "classification", True, True, _pr_auc),
         Metric(
             "log_loss",
             "classification",
@@ -73,6 +116,7 @@ METRICS: dict[str, Metric] = {
             True,
             lambda y, _, pr, c: skm.log_loss(y, pr, labels=list(c)),
         ),
+        Metric("brier", "classification", False, True, _brier),
         Metric(
             "rmse",
             "regression",
@@ -82,6 +126,7 @@ METRICS: dict[str, Metric] = {
         ),
         Metric("mae", "regression", False, False, lambda y, p, _, c: skm.mean_absolute_error(y, p)),
         Metric("r2", "regression", True, False, lambda y, p, _, c: skm.r2_score(y, p)),
+        Metric("mape", "regression", False, False, _mape),
     ]
 }
 
@@ -114,14 +159,42 @@ def task_metrics(task: str, n_classes: int = 0) -> list[Metric]:
 
 
 def score(metric: Metric, model: Any, X, y) -> float:
-    """Score a fitted sklearn estimator on (X, y) with `metric`."""
-    pred = model.predict(X)
+    """Score a fitted sklearn estimator on (X, y) with `metric` (one model call)."""
+    pred = None if metric.needs_proba else model.predict(X)
     proba = model.predict_proba(X) if metric.needs_proba else None
     classes = list(getattr(model, "classes_", []))
     return float(metric.fn(np.asarray(y), pred, proba, classes))
 
 
+@dataclass(frozen=True)
+class Scorer:
+    """`metric` as an sklearn scorer (estimator, X, y) -> float, greater is better.
+
+    Loss metrics are negated, as sklearn's `neg_*` scorers are.
+    """
+
+    metric: Metric
+
+    def __call__(self, estimator: Any, X, y) -> float:
+        value = score(self.metric, estimator, X, y)
+        return value if self.metric.greater_is_better else -value
+
+
 def score_all(metrics: list[Metric], y, pred, proba, classes) -> dict[str, float]:
-    """Evaluate several metrics on already computed predictions."""
+    """Evaluate several metrics on already computed predictions (undefined ones raise)."""
     y = np.asarray(y)
     return {m.name: float(m.fn(y, pred, proba, classes)) for m in metrics}
+
+
+def score_defined(
+    metrics: list[Metric], y, pred, proba, classes
+) -> tuple[dict[str, float], dict[str, str]]:
+    """Like `score_all`, but a metric without a value lands in the second dict with the reason."""
+    y = np.asarray(y)
+    values, undefined = {}, {}
+    for m in metrics:
+        try:
+            values[m.name] = float(m.fn(y, pred, proba, classes))
+        except MetricUndefined as exc:
+            undefined[m.name] = str(exc)
+    return values, undefined

@@ -1,8 +1,14 @@
-"""Holdout evaluation: metrics, confusion matrix, ROC curve, and an HTML report."""
+"""Holdout evaluation: metrics with bootstrap intervals, and the diagnostics the report shows.
+
+`evaluate` calls the model once on the holdout; everything else about the
+holdout (intervals, curves, slices) is computed from those predictions.
+`diagnose` adds what needs the model again: permutation importance, partial
+dependence and the learning curve. `run` goes from files to files.
+"""
 
 from __future__ import annotations
 
-import html
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,24 +16,81 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, roc_curve
 
-from components.common.metrics import resolve_metric, score_all, task_metrics
+from components.common.metrics import (
+    METRICS,
+    Metric,
+    default_metric,
+    resolve_metric,
+    score_defined,
+    task_metrics,
+)
+from components.evaluate.bootstrap import Interval, bootstrap_intervals
+from components.evaluate.importance import (
+    PD_FEATURES,
+    Dependence,
+    Importance,
+    partial_dependence,
+    permutation_importance,
+)
+from components.evaluate.learning_curve import LearningCurve, learning_curve
+from components.evaluate.slices import SliceReport, default_slice_column, slice_metrics
 
 MAX_ROC_POINTS = 200
+N_BOOTSTRAP = 200
+MAX_THREADS = 4
 
 
 @dataclass
 class Evaluation:
     task: str
     metric: str  # the primary metric
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # every metric of the task that is defined on the holdout
     n_test: int
     labels: list = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)
     roc: dict[str, list[float]] | None = None  # fpr, tpr, threshold (binary only)
+    undefined: dict[str, str] = field(default_factory=dict)  # metric -> why it has no value
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    n_bootstrap: int = 0
+    seed: int = 0
+    # the holdout truth and the model's outputs, for plots and slices
+    y: np.ndarray | None = field(default=None, repr=False, compare=False)
+    pred: np.ndarray | None = field(default=None, repr=False, compare=False)
+    proba: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def primary_score(self) -> float:
-        return self.metrics[self.metric]
+        """The primary metric on the holdout (nan when it is undefined there)."""
+        return self.metrics.get(self.metric, float("nan"))
+
+    def per_class(self) -> list[dict[str, Any]]:
+        """Rows, precision, recall and F1 of each class, from the confusion matrix."""
+        cm = np.asarray(self.confusion, dtype=float)
+        out = []
+        for i, label in enumerate(self.labels):
+            tp, actual, predicted = cm[i, i], cm[i].sum(), cm[:, i].sum()
+            precision = tp / predicted if predicted else 0.0
+            recall = tp / actual if actual else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            out.append(
+                {
+                    "class": label,
+                    "rows": int(actual),
+                    "precision": float(precision),
+                    "recall": float(recall),
+                    "f1": float(f1),
+                }
+            )
+        return out
+
+
+@dataclass
+class Diagnostics:
+    importance: Importance
+    dependence: list[Dependence]
+    learning: LearningCurve
+    slices: SliceReport
+    dependence_skipped: str = ""
 
 
 def _roc_points(y, proba_pos, pos_label) -> dict[str, list[float]]:
@@ -40,72 +103,110 @@ def _roc_points(y, proba_pos, pos_label) -> dict[str, list[float]]:
 
 
 def evaluate(
-    model: Any, test: pd.DataFrame, schema: dict[str, Any], metric: str = ""
+    model: Any,
+    test: pd.DataFrame,
+    schema: dict[str, Any],
+    metric: str = "",
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = 0,
 ) -> Evaluation:
-    """Score the fitted pipeline on the holdout rows with every metric of its task."""
+    """Score the fitted pipeline on the holdout rows with every metric of its task.
+
+    Each defined metric gets a 95 % bootstrap interval from `n_bootstrap`
+    resamples of the rows (seeded), computed from the one set of predictions.
+    """
     target, task = schema["target"], schema["task"]
     X, y = test.drop(columns=[target]), test[target].to_numpy()
     pred = model.predict(X)
+    proba, classes, matrix, roc = None, [], [], None
     if task == "classification":
         classes = list(model.classes_)
         proba = model.predict_proba(X)
-        n = len(classes)
-        primary = resolve_metric(metric, task, n)
-        values = score_all(task_metrics(task, n), y, pred, proba, classes)
+        primary = resolve_metric(metric, task, len(classes))
+        metrics = task_metrics(task, len(classes))
         matrix = confusion_matrix(y, pred, labels=classes).tolist()
-        roc = _roc_points(y, proba[:, 1], classes[1]) if n == 2 else None
-        return Evaluation(task, primary.name, values, len(test), classes, matrix, roc)
-    primary = resolve_metric(metric, task)
-    values = score_all(task_metrics(task), y, pred, None, [])
-    return Evaluation(task, primary.name, values, len(test))
+        if len(classes) == 2 and len(set(y)) == 2:
+            roc = _roc_points(y, proba[:, 1], classes[1])
+    else:
+        primary = resolve_metric(metric, task)
+        metrics = task_metrics(task)
+    values, undefined = score_defined(metrics, y, pred, proba, classes)
+    defined = [m for m in metrics if m.name in values]
+    intervals = bootstrap_intervals(defined, y, pred, proba, classes, n_bootstrap, seed)
+    return Evaluation(
+        task=task,
+        metric=primary.name,
+        metrics=values,
+        n_test=len(test),
+        labels=classes,
+        confusion=matrix,
+        roc=roc,
+        undefined=undefined,
+        intervals=intervals,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        y=y,
+        pred=pred,
+        proba=proba,
+    )
 
 
-def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, border=0, classes="table", float_format=lambda v: f"{v:.4f}")
+def diagnostic_metric(ev: Evaluation) -> Metric:
+    """The primary metric, or the task's default when the primary is undefined on the holdout."""
+    if ev.metric in ev.metrics:
+        return METRICS[ev.metric]
+    return METRICS[default_metric(ev.task, len(ev.labels))]
 
 
-def render_report(
+def diagnose(
+    model: Any,
     ev: Evaluation,
+    test: pd.DataFrame,
     schema: dict[str, Any],
-    leaderboard: pd.DataFrame | None,
-    model_info: dict[str, Any],
-) -> str:
-    """A self-contained HTML page the Kubeflow dashboard can show."""
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>kfp-automl report</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:70em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em}"
-        "th{background:#f4f4f4}</style></head><body>",
-        f"<h1>Model report: {html.escape(str(schema['target']))} ({html.escape(ev.task)})</h1>",
-        "<h2>Chosen model</h2><ul>",
-        f"<li>family: <b>{html.escape(str(model_info.get('family', '')))}</b></li>",
-        f"<li>parameters: <code>{html.escape(str(model_info.get('params', {})))}</code></li>",
-        f"<li>validation {html.escape(ev.metric)}: {model_info.get('valid_score', float('nan')):.4f}</li>",
-        f"<li>trials: {model_info.get('n_trials', 0)}</li></ul>",
-        f"<h2>Holdout metrics ({ev.n_test} rows)</h2>",
-        _table(pd.DataFrame({"metric": list(ev.metrics), "value": list(ev.metrics.values())})),
-    ]
-    if ev.confusion:
-        labels = [str(c) for c in ev.labels]
-        cm = pd.DataFrame(ev.confusion, columns=[f"pred {c}" for c in labels])
-        cm.insert(0, "actual", labels)
-        parts += ["<h2>Confusion matrix</h2>", _table(cm)]
-    feats = pd.DataFrame(schema["features"])
-    cols = [
-        c
-        for c in ["name", "kind", "dtype", "missing_rate", "min", "max", "n_categories"]
-        if c in feats
-    ]
-    parts += ["<h2>Features used</h2>", _table(feats[cols])]
-    if schema.get("dropped"):
-        parts += ["<h2>Columns dropped</h2>", _table(pd.DataFrame(schema["dropped"]))]
-    if leaderboard is not None and len(leaderboard):
-        parts += [
-            f"<h2>Leaderboard (top 25 of {len(leaderboard)} trials)</h2>",
-            _table(leaderboard.head(25)),
-        ]
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    train_valid: pd.DataFrame | None = None,
+    slice_column: str = "",
+    seed: int = 0,
+) -> Diagnostics:
+    """Permutation importance, partial dependence (top features), learning curve and slices."""
+    target = schema["target"]
+    X = test.drop(columns=[target])
+    metric = diagnostic_metric(ev)
+    importance = permutation_importance(model, X, ev.y, metric, seed)
+    top = importance.top(PD_FEATURES)
+    dependence = partial_dependence(model, X, top, schema, seed) if top else []
+    column = slice_column or default_slice_column(schema)
+    if column:
+        slices = slice_metrics(
+            X.get(column),
+            column,
+            metric,
+            ev.metrics.get(metric.name),
+            ev.y,
+            ev.pred,
+            ev.proba,
+            ev.labels,
+        )
+    else:
+        slices = SliceReport(
+            metric=metric.name, skipped="no categorical feature with two or more categories"
+        )
+    learning = learning_curve(model, train_valid, target, ev.task, metric, seed)
+    return Diagnostics(
+        importance=importance,
+        dependence=dependence,
+        learning=learning,
+        slices=slices,
+        dependence_skipped="" if dependence else (importance.skipped or "no feature to vary"),
+    )
+
+
+def use_cpus(model: Any, limit: int = MAX_THREADS) -> Any:
+    """Let the model's estimator use this process's CPUs (tune fits each trial on one)."""
+    n = max(1, min(limit, len(os.sched_getaffinity(0))))
+    estimator = getattr(model, "steps", [[None, model]])[-1][1]
+    if "n_jobs" in estimator.get_params():
+        estimator.set_params(n_jobs=n)
+    return model
 
 
 def run(
@@ -117,23 +218,68 @@ def run(
     leaderboard_path: str,
     report_path: str,
     metric: str = "",
+    *,
+    train_path: str = "",
+    valid_path: str = "",
+    summary_path: str = "",
+    model_card_dir: str = "",
+    slice_column: str = "",
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = 42,
 ) -> Evaluation:
-    """Load the model (hash-checked), evaluate it on the test rows and write the HTML report."""
+    """Load the model (hash-checked), evaluate it on the test rows, write the report.
+
+    Also writes the Markdown summary (`summary_path`) and the model card
+    (`model_card_dir`/model_card.json and .md) when their paths are given.
+    Train and valid rows feed the learning curve; without them it is skipped.
+    """
+    import time
     from pathlib import Path
 
     from components.common.io import atomic_path, read_json
     from components.common.model_io import load_model
     from components.common.progress import say
+    from components.evaluate.model_card import model_card, model_card_markdown, summary_markdown
+    from components.evaluate.report import render_report
 
+    started = time.perf_counter()
     schema = read_json(schema_path)
-    model = load_model(model_dir, sha256)
-    ev = evaluate(model, pd.read_parquet(test_path), schema, metric or model_info.get("metric", ""))
+    model = use_cpus(load_model(model_dir, sha256))
+    test = pd.read_parquet(test_path)
+    ev = evaluate(model, test, schema, metric or model_info.get("metric", ""), n_bootstrap, seed)
+    parts = [p for p in (train_path, valid_path) if p and Path(p).exists()]
+    train_valid = (
+        pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else None
+    )
+    diag = diagnose(model, ev, test, schema, train_valid, slice_column, seed)
     board = (
         pd.read_csv(leaderboard_path)
         if leaderboard_path and Path(leaderboard_path).exists()
         else None
     )
     with atomic_path(report_path) as tmp:
-        tmp.write_text(render_report(ev, schema, board, model_info))
-    say("evaluate", f"holdout {ev.metric}={ev.primary_score:.4f} on {ev.n_test} rows")
+        tmp.write_text(render_report(ev, schema, board, model_info, diag))
+    if summary_path:
+        with atomic_path(summary_path) as tmp:
+            tmp.write_text(summary_markdown(ev, schema, model_info, diag))
+    if model_card_dir:
+        import json
+
+        card = model_card(ev, schema, model_info, diag)
+        Path(model_card_dir).mkdir(parents=True, exist_ok=True)
+        with atomic_path(Path(model_card_dir) / "model_card.json") as tmp:
+            tmp.write_text(json.dumps(card, indent=2, default=str) + "\n")
+        with atomic_path(Path(model_card_dir) / "model_card.md") as tmp:
+            tmp.write_text(model_card_markdown(card))
+    interval = ev.intervals.get(ev.metric)
+    shown = (
+        f" (95% CI {interval.low:.4f}-{interval.high:.4f})"
+        if interval is not None and interval.defined
+        else ""
+    )
+    say(
+        "evaluate",
+        f"holdout {ev.metric}={ev.primary_score:.4f}{shown} on {ev.n_test} rows; "
+        f"report in {time.perf_counter() - started:.1f}s",
+    )
     return ev

@@ -1,7 +1,7 @@
 """KFP component: package (BentoML model + service -> Bento archive)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
 from components._image import COMPONENTS_IMAGE
 
@@ -12,8 +12,11 @@ def package_model(
     schema: Input[Artifact],
     profile: Input[Artifact],
     test: Input[Dataset],
+    metrics: Input[Metrics],
+    report: Input[HTML],
     bento: Output[Model],
     model_name: str = "",
+    registry_root: str = "",
 ):
     """Save the model to the BentoML store, build a Bento with the typed service, export it.
 
@@ -22,8 +25,11 @@ def package_model(
         schema: Column roles; serving validates requests against them.
         profile: Reference profile from prepare; serving counts requests into its bins.
         test: Holdout rows; the model's predictions on them are the prediction-drift reference.
+        metrics: Holdout metrics from evaluate, recorded in the registry.
+        report: The evaluation report, recorded in the registry.
         bento: The exported Bento archive; metadata carries bento_tag and model_tag.
         model_name: BentoML model and Bento name; empty derives automl-<target>.
+        registry_root: Registry folder; empty uses the default beside the BentoML store.
     """
     from components.package.package import run
 
@@ -35,5 +41,8 @@ def package_model(
         model_name,
         profile.path,
         test.path,
+        dict(metrics.metadata),
+        report.path,
+        registry_root,
     )
     bento.metadata.update({"bento_tag": packaged.bento_tag, "model_tag": packaged.model_tag})

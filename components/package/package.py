@@ -111,10 +111,17 @@ def run(
     name: str = "",
     profile_path: str = "",
     holdout_path: str = "",
+    test_metrics: dict[str, Any] | None = None,
+    report_path: str = "",
+    registry_root: str = "",
 ) -> Packaged:
-    """Package the tuned model (hash from `model_info`) into a Bento archive at `archive_path`."""
+    """Package the tuned model (hash from `model_info`) into a Bento archive at `archive_path`.
+
+    The new version is registered as a challenger with its metrics and report.
+    """
     from components.common.io import read_json
     from components.common.progress import say
+    from components.registry.registry import Registry
 
     info = {k: v for k, v in model_info.items() if k != "sha256"}
     profile = read_json(profile_path) if profile_path else None
@@ -123,5 +130,26 @@ def run(
     packaged = package(
         model_dir, model_info.get("sha256", ""), schema, info, archive_path, name, profile, holdout
     )
-    say("package", f"Bento {packaged.bento_tag} (model {packaged.model_tag})")
+    model_name, version = packaged.model_tag.split(":", 1)
+    Registry(registry_root or None).register(
+        model_name,
+        version,
+        {
+            "bento_tag": packaged.bento_tag,
+            "family": info.get("family", ""),
+            "metric": info.get("metric", ""),
+            "valid_score": info.get("valid_score"),
+            "test_metrics": {
+                k: v
+                for k, v in (test_metrics or {}).items()
+                if isinstance(v, int | float) and not k.endswith(("_ci_low", "_ci_high"))
+            },
+            "report": report_path,
+            "data_fingerprint": schema.get("data_fingerprint", ""),
+        },
+    )
+    say(
+        "package",
+        f"Bento {packaged.bento_tag} (model {packaged.model_tag}), registered as challenger",
+    )
     return packaged

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Metrics, Model
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Markdown, Metrics, Model
 
 from components.evaluate.component import evaluate_model
 from components.package.component import package_model
@@ -53,20 +53,40 @@ def _run_chain(tmp: Path, data: str, target: str, task: str = "auto", metric: st
 
 
 def _evaluate(tmp: Path, arts: dict):
-    metrics, cls_metrics, report = (
+    metrics, cls_metrics, report, summary, card = (
         _art(Metrics, tmp, "metrics"),
         _art(ClassificationMetrics, tmp, "cls"),
         _art(HTML, tmp, "report"),
+        _art(Markdown, tmp, "summary"),
+        _art(Artifact, tmp, "model_card"),
     )
     evaluate_model.python_func(
         model=arts["model"],
         test=arts["test"],
         schema=arts["schema"],
         leaderboard=arts["leaderboard"],
+        train=arts["train"],
+        valid=arts["valid"],
         metrics=metrics,
         classification_metrics=cls_metrics,
         report=report,
+        summary=summary,
+        model_card=card,
+        n_bootstrap=100,
     )
+    # every metric with its interval (the holdouts here have 60+ rows)
+    for name in set(metrics.metadata) - {"primary_metric"}:
+        if not name.endswith(("_ci_low", "_ci_high")):
+            low, high = metrics.metadata[f"{name}_ci_low"], metrics.metadata[f"{name}_ci_high"]
+            assert low <= metrics.metadata[name] <= high, name
+    assert Path(summary.path).read_text().startswith("## ")
+    card_json = json.loads((Path(card.path) / "model_card.json").read_text())
+    assert card_json["model"]["sha256"] == arts["model"].metadata["sha256"]
+    assert (Path(card.path) / "model_card.md").exists()
+    html = Path(report.path).read_text()
+    for sid in ("metrics", "learning-curve", "importance", "partial-dependence", "slices"):
+        assert f'<section id="{sid}">' in html
+    assert "Skipped" not in html  # the learning curve has enough rows here
     return metrics, cls_metrics, report
 
 
@@ -94,7 +114,8 @@ def test_classification_chain(tmp_path, small_churn_csv):
     assert len(meta["sha256"]) == 64
 
     metrics, cls_metrics, report = _evaluate(tmp_path, arts)
-    assert {"accuracy", "roc_auc", "log_loss", "f1"} <= set(metrics.metadata)
+    assert {"accuracy", "roc_auc", "pr_auc", "brier", "log_loss", "f1"} <= set(metrics.metadata)
+    assert {"roc_auc_ci_low", "roc_auc_ci_high"} <= set(metrics.metadata)
     assert 0.5 < metrics.metadata["roc_auc"] <= 1.0
     cm = cls_metrics.metadata["confusionMatrix"]
     assert [c["displayName"] for c in cm["annotationSpecs"]] == ["No", "Yes"]
@@ -109,12 +130,21 @@ def test_classification_chain(tmp_path, small_churn_csv):
         schema=arts["schema"],
         profile=arts["profile"],
         test=arts["test"],
+        metrics=metrics,
+        report=report,
         bento=bento,
+        registry_root=str(tmp_path / "registry"),
     )
     assert bento.metadata["bento_tag"].startswith("automl-churn:")
     assert Path(bento.path).stat().st_size > 10_000
 
+    from components.registry.registry import Registry
     from pipelines.bentos import load_packaged_model
+
+    [entry] = Registry(tmp_path / "registry").versions("automl-churn")
+    assert entry["stage"] == "challenger" and entry["bento_tag"] == bento.metadata["bento_tag"]
+    assert entry["test_metrics"]["roc_auc"] == metrics.metadata["roc_auc"]
+    assert not any(k.endswith("_ci_low") for k in entry["test_metrics"])
 
     packaged = load_packaged_model(bento.path)
     assert packaged.schema == schema
@@ -141,7 +171,9 @@ def test_regression_chain(tmp_path):
     ok = board[board["status"] == "ok"]
     assert list(ok["score"]) == sorted(ok["score"])  # rmse: lower first
     metrics, cls_metrics, report = _evaluate(tmp_path, arts)
-    assert {"rmse", "mae", "r2"} == set(metrics.metadata) - {"primary_metric"}
+    names = {"rmse", "mae", "r2", "mape"}
+    intervals = {f"{n}_ci_{end}" for n in names for end in ("low", "high")}
+    assert names | intervals == set(metrics.metadata) - {"primary_metric"}
     assert metrics.metadata["r2"] > 0.2  # diabetes is learnable; a broken pipeline scores ~0
     assert "confusionMatrix" not in cls_metrics.metadata
 

@@ -47,9 +47,41 @@ def test_summary_has_every_field(pipeline_run):
     assert len(pd.read_csv(s["leaderboard_csv"])) <= 8
 
 
+def test_first_model_becomes_champion_and_a_second_run_is_gated(
+    pipeline_run, small_churn_csv, tmp_path
+):
+    from components.registry.registry import Registry
+
+    _, first, _ = pipeline_run
+    assert first["deploy"] is True and "no champion" in first["gate_reason"]
+    name, v1 = first["model_tag"].split(":")
+    registry = Registry()
+    assert registry.champion(name)["version"] == v1  # promoted by the pipeline's dsl.If branch
+    out = tmp_path / "second"
+    args = ["--data", str(small_churn_csv), "--target", "churn", "--families", "linear"]
+    proc = subprocess.run(
+        [*CLI, "run", *args, "--max-trials", "2", "--time-budget", "30", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    second = json.loads((out / "summary.json").read_text())
+    assert second["champion_before"] == v1
+    v2 = second["model_tag"].split(":")[1]
+    stages = {v["version"]: v["stage"] for v in registry.versions(name)}
+    if second["deploy"]:
+        assert stages[v2] == "champion" and stages[v1] == "archived", second["gate_reason"]
+    else:
+        assert stages[v2] == "challenger" and stages[v1] == "champion", second["gate_reason"]
+        assert "step promote" not in proc.stdout
+    decision = json.loads(next(out.glob("pipeline_root/*/gate-model/decision")).read_text())
+    assert decision["champion_version"] == v1 and decision["p_value"] is not None
+
+
 def test_progress_output_shows_steps_and_trials(pipeline_run):
     _, s, stdout = pipeline_run
-    for step in ("prepare", "tune", "evaluate", "package"):
+    for step in ("prepare", "tune", "evaluate", "package", "gate", "promote"):
         assert f"step {step} done" in stdout
     assert "trials done" in stdout and "best roc_auc=" in stdout
     assert s["bento_tag"] in stdout and s["report_html"] in stdout

@@ -10,9 +10,12 @@ from sklearn.linear_model import LogisticRegression
 from components.common.errors import UserError
 from components.common.metrics import (
     METRICS,
+    MetricUndefined,
+    Scorer,
     resolve_metric,
     score,
     score_all,
+    score_defined,
     task_metrics,
 )
 
@@ -64,11 +67,14 @@ def test_binary_only_metric_is_allowed_for_two_classes():
     [
         ("accuracy", "max"),
         ("roc_auc", "max"),
+        ("pr_auc", "max"),
         ("f1_macro", "max"),
         ("r2", "max"),
         ("log_loss", "min"),
+        ("brier", "min"),
         ("rmse", "min"),
         ("mae", "min"),
+        ("mape", "min"),
     ],
 )
 def test_mode_and_better(name, mode):
@@ -87,7 +93,21 @@ def test_task_metrics_respects_binary_only():
     multi = {m.name for m in task_metrics("classification", 3)}
     assert "f1" in binary and "f1" not in multi
     assert binary - {"f1"} == multi
-    assert {m.name for m in task_metrics("regression")} == {"rmse", "mae", "r2"}
+    assert {m.name for m in task_metrics("regression")} == {"rmse", "mae", "r2", "mape"}
+    assert {"pr_auc", "brier"} <= multi
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "needs_proba"),
+    [
+        ("pr_auc", "classification", True),
+        ("brier", "classification", True),
+        ("mape", "regression", False),
+    ],
+)
+def test_new_metrics_are_registered(name, task, needs_proba):
+    m = resolve_metric(name, task, 3 if task == "classification" else 0)
+    assert (m.task, m.needs_proba, m.binary_only) == (task, needs_proba, False)
 
 
 # --- values ----------------------------------------------------------------
@@ -109,7 +129,95 @@ def test_binary_values_by_hand():
     # every 'y' scores above every 'n' except 0.4 < 0.6: 5 of 6 pairs ordered
     assert got["roc_auc"] == pytest.approx(5 / 6)
     assert got["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.8, 0.9, 0.4])), rel=1e-9)
+    # ranked by P(y): 0.9 (y), 0.6 (n), 0.4 (y), ...: precision 1/1 and 2/3 at the two 'y's
+    assert got["pr_auc"] == pytest.approx((1 + 2 / 3) / 2)
+    # squared errors of P(y): n 0.1, 0.6, 0.2 -> .01 .36 .04; y 0.9, 0.4 -> .01 .36
+    assert got["brier"] == pytest.approx(0.78 / 5)
     assert all(isinstance(v, float) for v in got.values())
+
+
+def test_multiclass_pr_auc_and_brier_by_hand():
+    classes = ["a", "b", "c"]
+    y = np.array(["a", "b", "c", "a"])
+    proba = np.array(
+        [
+            [0.6, 0.3, 0.1],
+            [0.5, 0.2, 0.3],
+            [0.1, 0.3, 0.6],
+            [0.3, 0.4, 0.3],
+        ]
+    )
+    pred = np.array(classes)[proba.argmax(axis=1)]
+    got = score_all(task_metrics("classification", 3), y, pred, proba, classes)
+    # AP per class: a: ranks 1 and 3 -> (1 + 2/3) / 2; b: its row ranks last -> 1/4; c: first -> 1
+    assert got["pr_auc"] == pytest.approx((5 / 6 + 1 / 4 + 1) / 3)
+    # one-hot distance per row: .16+.09+.01, .25+.64+.09, .01+.09+.16, .49+.16+.09
+    assert got["brier"] == pytest.approx((0.26 + 0.98 + 0.26 + 0.74) / 4)
+
+
+def test_binary_brier_is_sklearns_on_the_positive_class():
+    r = np.random.default_rng(3)
+    classes = ["no", "yes"]
+    y = r.choice(classes, size=80)
+    p = r.random(80)
+    proba = np.column_stack([1 - p, p])
+    got = score_all([METRICS["brier"], METRICS["pr_auc"]], y, None, proba, classes)
+    assert got["brier"] == pytest.approx(skm.brier_score_loss(y, p, pos_label="yes"))
+    assert got["pr_auc"] == pytest.approx(skm.average_precision_score(y == "yes", p))
+
+
+def test_mape_by_hand():
+    got = score_all([METRICS["mape"]], [1.0, 2.0, 4.0], np.array([1.5, 2.0, 3.0]), None, [])
+    assert got["mape"] == pytest.approx((0.5 + 0 + 0.25) / 3)  # a fraction, not a percentage
+
+
+def test_mape_with_a_zero_target_is_undefined_not_inf():
+    y, pred = [0.0, 2.0, 4.0], np.array([0.1, 2.0, 3.0])
+    with pytest.raises(MetricUndefined, match="a true value is 0"):
+        score_all([METRICS["mape"]], y, pred, None, [])
+    values, undefined = score_defined(task_metrics("regression"), y, pred, None, [])
+    assert undefined == {"mape": "a true value is 0"}
+    assert set(values) == {"rmse", "mae", "r2"}
+    assert all(np.isfinite(v) for v in values.values())
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_ranking_metrics_are_undefined_without_every_class():
+    classes = ["n", "y"]
+    y = np.array(["n", "n", "n"])
+    proba = np.array([[0.8, 0.2], [0.4, 0.6], [0.9, 0.1]])
+    values, undefined = score_defined(
+        task_metrics("classification", 2), y, np.array(["n", "y", "n"]), proba, classes
+    )
+    assert undefined == {"roc_auc": "no row of class 'y'", "pr_auc": "no row of class 'y'"}
+    assert values["accuracy"] == pytest.approx(2 / 3) and "brier" in values
+
+
+def test_scorer_negates_losses():
+    r = np.random.default_rng(4)
+    X = r.normal(size=(100, 2))
+    y = np.where(X[:, 0] > 0, "pos", "neg")
+    model = LogisticRegression().fit(X, y)
+    assert Scorer(METRICS["log_loss"])(model, X, y) == pytest.approx(
+        -score(METRICS["log_loss"], model, X, y)
+    )
+    assert Scorer(METRICS["roc_auc"])(model, X, y) == pytest.approx(
+        score(METRICS["roc_auc"], model, X, y)
+    )
+
+
+def test_probability_metric_calls_the_model_once():
+    class Counting(LogisticRegression):
+        calls = 0
+
+        def predict(self, X):
+            Counting.calls += 1
+            return super().predict(X)
+
+    X = np.array([[0.0], [1.0], [2.0], [3.0]])
+    model = Counting().fit(X, ["a", "a", "b", "b"])
+    score(METRICS["roc_auc"], model, X, ["a", "a", "b", "b"])
+    assert Counting.calls == 0  # predict_proba only
 
 
 def test_binary_values_match_sklearn():

@@ -1,0 +1,189 @@
+"""Champion/challenger gate: may the new model replace the one in production?
+
+Both models score the same holdout rows. The challenger must beat the champion
+by at least `min_improvement` on the primary metric, and a paired bootstrap over
+those rows must show the gain is not noise (the share of resamples in which the
+challenger is not better by the margin stays under `alpha`). No champion yet
+means deploy; a champion whose schema differs from the new data means refuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.common.metrics import Metric, resolve_metric
+from components.serving.automl_io import coerce_frame
+
+MIN_ROWS = 30
+
+
+@dataclass
+class Decision:
+    deploy: bool
+    reason: str
+    metric: str
+    challenger_score: float
+    champion_version: str | None = None
+    champion_score: float | None = None
+    improvement: float | None = None  # positive: the challenger is better
+    improvement_ci: list[float] | None = None  # 95% paired-bootstrap interval
+    p_value: float | None = (
+        None  # share of resamples where the challenger is not better by the margin
+    )
+    min_improvement: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def schema_differences(champion: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What keeps the champion from scoring the new data: columns gone or changed, another target."""
+    problems = []
+    if champion["target"] != new["target"] or champion["task"] != new["task"]:
+        problems.append(
+            f"the champion predicts {champion['target']!r} ({champion['task']}), "
+            f"the new data {new['target']!r} ({new['task']})"
+        )
+    kinds = {f["name"]: f["kind"] for f in new["features"]}
+    new_columns = set(kinds) | {f["name"] for f in new.get("dropped", [])}
+    for f in champion["features"]:
+        if f["name"] not in new_columns:
+            problems.append(f"column {f['name']!r} is gone")
+        elif f["name"] in kinds and kinds[f["name"]] != f["kind"]:
+            problems.append(f"column {f['name']!r} changed from {f['kind']} to {kinds[f['name']]}")
+    return problems
+
+
+def _scores(
+    metric: Metric, model: Any, X: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray | None, list]:
+    classes = list(getattr(model, "classes_", []))
+    proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
+    pred = np.asarray(classes)[proba.argmax(axis=1)] if proba is not None else model.predict(X)
+    return pred, proba, classes
+
+
+def _metric_on(metric: Metric, y, pred, proba, classes, idx=None) -> float:
+    if idx is not None:
+        y, pred = y[idx], pred[idx]
+        proba = proba[idx] if proba is not None else None
+    try:
+        return float(metric.fn(y, pred, proba, classes))
+    except ValueError:  # e.g. a resample holding one class only
+        return float("nan")
+
+
+def decide(
+    challenger: Any,
+    test: pd.DataFrame,
+    schema: dict[str, Any],
+    metric: str = "",
+    champion: tuple[Any, dict[str, Any], str] | None = None,
+    min_improvement: float = 0.0,
+    n_bootstrap: int = 500,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> Decision:
+    """Compare `challenger` with `champion` (model, schema, version) on the holdout `test`."""
+    m = resolve_metric(metric, schema["task"], len(schema.get("classes", [])))
+    y = test[schema["target"]].to_numpy()
+    chal = _scores(m, challenger, test.drop(columns=[schema["target"]]))
+    chal_score = _metric_on(m, y, *chal)
+    base = {"metric": m.name, "challenger_score": chal_score, "min_improvement": min_improvement}
+    if champion is None:
+        return Decision(True, "no champion yet: the first model is deployed", **base)
+    champ_model, champ_schema, champ_version = champion
+    base["champion_version"] = champ_version
+    problems = schema_differences(champ_schema, schema)
+    if problems:
+        return Decision(
+            False,
+            "the champion's schema differs from the new data, so the two cannot be compared; "
+            "the gate refuses (promote by hand with `kfp-automl promote` if the change is intended): "
+            + "; ".join(problems),
+            problems=problems,
+            **base,
+        )
+    champ = _scores(m, champ_model, coerce_frame(test, champ_schema))
+    champ_score = _metric_on(m, y, *champ)
+    sign = 1.0 if m.greater_is_better else -1.0
+    improvement = sign * (chal_score - champ_score)
+    base.update(champion_score=champ_score, improvement=improvement)
+    if len(test) < MIN_ROWS:
+        return Decision(
+            False,
+            f"the holdout has {len(test)} rows, too few (< {MIN_ROWS}) to tell a real gain from noise",
+            **base,
+        )
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(n_bootstrap):
+        idx = rng.integers(0, len(y), len(y))
+        deltas.append(sign * (_metric_on(m, y, *chal, idx=idx) - _metric_on(m, y, *champ, idx=idx)))
+    deltas = np.asarray(deltas)
+    deltas = deltas[~np.isnan(deltas)]
+    p_value = float(np.mean(deltas <= min_improvement)) if len(deltas) else 1.0
+    ci = (
+        [float(np.quantile(deltas, 0.025)), float(np.quantile(deltas, 0.975))]
+        if len(deltas)
+        else None
+    )
+    base.update(p_value=p_value, improvement_ci=ci)
+    gain = f"{m.name} {chal_score:.4f} vs champion {champ_version} {champ_score:.4f}"
+    if improvement < min_improvement:
+        return Decision(False, f"not better by the required {min_improvement}: {gain}", **base)
+    if p_value >= alpha:
+        return Decision(
+            False,
+            f"the gain could be noise (paired bootstrap p={p_value:.3f} >= {alpha}): {gain}",
+            **base,
+        )
+    return Decision(
+        True, f"better than the champion (paired bootstrap p={p_value:.3f}): {gain}", **base
+    )
+
+
+def run(
+    model_dir: str,
+    sha256: str,
+    test_path: str,
+    schema_path: str,
+    decision_path: str,
+    registry_root: str = "",
+    model_name: str = "",
+    metric: str = "",
+    min_improvement: float = 0.0,
+    n_bootstrap: int = 500,
+) -> Decision:
+    """Load the challenger (hash-checked) and the registry's champion, decide, write the decision."""
+    from components.common.io import read_json, write_json
+    from components.common.model_io import load_model
+    from components.common.progress import say
+    from components.package.package import model_name_for
+    from components.registry.registry import Registry
+    from components.registry.store import load_stored_model
+
+    schema = read_json(schema_path)
+    name = model_name or model_name_for(schema["target"])
+    entry = Registry(registry_root or None).champion(name)
+    champion = None
+    if entry is not None:
+        model, champ_schema, _ = load_stored_model(f"{name}:{entry['version']}")
+        champion = (model, champ_schema, entry["version"])
+    decision = decide(
+        load_model(model_dir, sha256),
+        pd.read_parquet(test_path),
+        schema,
+        metric,
+        champion,
+        min_improvement,
+        n_bootstrap,
+    )
+    write_json(decision_path, decision.as_dict())
+    say("gate", f"{'deploy' if decision.deploy else 'keep the champion'}: {decision.reason}")
+    return decision

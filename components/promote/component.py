@@ -1,0 +1,20 @@
+"""KFP component: promote (make the packaged model the registry's champion)."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Model
+
+from components._image import COMPONENTS_IMAGE
+
+
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
+def promote_model(bento: Input[Model], decision: Input[Artifact], registry_root: str = ""):
+    """Promote the packaged model to champion (runs only when the gate said deploy).
+
+    Args:
+        bento: The package step's output; its metadata names the model tag.
+        decision: The gate's decision; its reason is recorded with the promotion.
+        registry_root: Registry folder; empty uses the default beside the BentoML store.
+    """
+    from components.registry.registry import promote_tag
+
+    promote_tag(bento.metadata["model_tag"], decision.metadata.get("reason", ""), registry_root)

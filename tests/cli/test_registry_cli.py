@@ -1,0 +1,53 @@
+"""`kfp-automl models`, `promote` and `rollback` against a registry folder."""
+
+from __future__ import annotations
+
+from components.registry.registry import Registry
+from pipelines.cli import main
+
+
+def _setup(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    for i, v in enumerate(["aaa", "bbb"]):
+        reg.register(
+            "automl-churn",
+            v,
+            {"metric": "roc_auc", "valid_score": 0.8 + i / 100, "family": "linear"},
+        )
+    return reg, ["--registry", str(reg.root)]
+
+
+def test_models_promote_rollback(tmp_path, capsys):
+    reg, flag = _setup(tmp_path)
+    assert main(["models", *flag]) == 0
+    out = capsys.readouterr().out
+    assert "automl-churn" in out and out.count("challenger") == 2
+    assert main(["promote", "automl-churn:aaa", *flag]) == 0
+    assert main(["promote", "bbb", "--name", "automl-churn", *flag]) == 0
+    assert reg.champion("automl-churn")["version"] == "bbb"
+    capsys.readouterr()
+    assert main(["models", "--name", "automl-churn", *flag]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("bbb" in line and "champion" in line for line in lines)
+    assert any("aaa" in line and "archived" in line for line in lines)
+    assert main(["rollback", *flag]) == 0
+    assert reg.champion("automl-churn")["version"] == "aaa"
+
+
+def test_registry_mistakes_are_one_line_errors(tmp_path, capsys):
+    _, flag = _setup(tmp_path)
+    cases = [
+        (["promote", "automl-churn:zzz", *flag], "no version 'zzz'"),
+        (["promote", "zzz", *flag], "NAME:VERSION"),
+        (["rollback", *flag], "no champion"),
+        (["models", "--name", "nope", *flag], "no model named 'nope'"),
+    ]
+    for argv, words in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], (argv, err)
+
+
+def test_empty_registry_says_so(tmp_path, capsys):
+    assert main(["models", "--registry", str(tmp_path / "none")]) == 0
+    assert "no models registered yet" in capsys.readouterr().out

@@ -1,0 +1,66 @@
+"""The champion/challenger gate on a real holdout."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from sklearn.dummy import DummyClassifier
+
+from components.gate.gate import decide, schema_differences
+from components.prepare.prepare import prepare
+from components.tune.families import FAMILIES, build_model, flat_config
+
+
+@pytest.fixture(scope="module")
+def churn(churn_df):
+    p = prepare(churn_df.head(3000), "churn")
+    X, y = p.train.drop(columns="churn"), p.train["churn"]
+    good = build_model(p.schema, flat_config("hist_gb", FAMILIES["hist_gb"].initial)).fit(X, y)
+    weak = DummyClassifier(strategy="prior").fit(X, y)  # roc_auc 0.5
+    return p, good, weak
+
+
+def test_no_champion_deploys(churn):
+    p, good, _ = churn
+    d = decide(good, p.test, p.schema)
+    assert d.deploy and "no champion" in d.reason and d.metric == "roc_auc"
+
+
+def test_a_clearly_better_challenger_deploys_and_a_worse_one_does_not(churn):
+    p, good, weak = churn
+    up = decide(good, p.test, p.schema, champion=(weak, p.schema, "old"))
+    assert up.deploy, up.reason
+    assert up.improvement > 0 and up.p_value < 0.05 and up.improvement_ci[0] > 0
+    down = decide(weak, p.test, p.schema, champion=(good, p.schema, "old"))
+    assert not down.deploy and down.improvement < 0 and "not better" in down.reason
+
+
+def test_the_same_model_is_not_a_gain(churn):
+    p, good, _ = churn
+    d = decide(good, p.test, p.schema, champion=(good, p.schema, "old"))
+    assert not d.deploy and d.improvement == 0
+
+
+def test_min_improvement_is_required(churn):
+    p, good, weak = churn
+    d = decide(good, p.test, p.schema, champion=(weak, p.schema, "old"), min_improvement=0.5)
+    assert not d.deploy and "required 0.5" in d.reason
+
+
+def test_a_champion_with_another_schema_is_refused_not_crashed(churn):
+    p, good, weak = churn
+    old = copy.deepcopy(p.schema)
+    old["features"].append({"name": "gone_column", "kind": "numeric"})
+    old["features"][0]["kind"] = "categorical"
+    problems = schema_differences(old, p.schema)
+    assert any("'gone_column' is gone" in x for x in problems)
+    assert any("changed from categorical to numeric" in x for x in problems)
+    d = decide(good, p.test, p.schema, champion=(weak, old, "old"))
+    assert not d.deploy and "gone_column" in d.reason and d.problems == problems
+
+
+def test_a_tiny_holdout_cannot_justify_a_replacement(churn):
+    p, good, _ = churn
+    d = decide(good, p.test.head(20), p.schema, champion=(churn[2], p.schema, "old"))
+    assert not d.deploy and "too few" in d.reason

@@ -132,6 +132,8 @@ def run(
     rows, resolved, _ = validate(df, target, task)
     n_classes = int(rows[target].nunique()) if resolved == "classification" else 0
     chosen = resolve_metric(metric, resolved, n_classes)
+    if chosen.name == "mape" and (rows[target] == 0).any():
+        raise UserError(f"--metric mape is not defined: target {target!r} has rows equal to 0")
     select_families(families)
     click.echo(
         f"{resolved} on {target!r}: {len(df)} rows, {df.shape[1] - 1} columns; metric {chosen.name}; "

@@ -34,6 +34,7 @@ def tables(tmp_path, churn_df):
     put("single_class.csv", small.assign(churn="No"))
     put("header_only.csv", small.head(0))
     put("few_rows.csv", small.head(10))
+    put("zero_target.csv", small.assign(churn=range(len(small))))
     (tmp_path / "garbage.parquet").write_bytes(b"this is not parquet at all")
     paths["garbage.parquet"] = tmp_path / "garbage.parquet"
     (tmp_path / "empty.csv").write_bytes(b"")
@@ -61,6 +62,19 @@ BAD_RUNS = [
     (
         ["--data", "{ok.csv}", "--target", "churn", "--families", "svm"],
         ["unknown model family", "'svm'"],
+    ),
+    (
+        [
+            "--data",
+            "{zero_target.csv}",
+            "--target",
+            "churn",
+            "--task",
+            "regression",
+            "--metric",
+            "mape",
+        ],
+        ["mape", "equal to 0"],
     ),
     (["--data", "{ok.csv}"], ["--target is required"]),
     (["--target", "tenure"], ["needs --data"]),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,9 +69,7 @@ def bentoml_home() -> str:
 
 def load_packaged_model(ref: str) -> PackagedModel:
     """The fitted pipeline and schema inside a Bento, loaded only after the hash check."""
-    import bentoml
-
-    from components.common.model_io import load_model
+    from components.registry.store import load_stored_model
 
     bento = resolve_bento(ref)
     model_tag = (bento.info.args or {}).get("model_tag")
@@ -80,11 +77,5 @@ def load_packaged_model(ref: str) -> PackagedModel:
         raise UserError(
             f"Bento {bento.tag} names no model_tag argument; it was not built by kfp-automl"
         )
-    stored = bentoml.models.get(model_tag)
-    if "sha256" not in stored.info.metadata:
-        raise UserError(
-            f"model {stored.tag} was not written by kfp-automl (no sha256 in its metadata)"
-        )
-    schema = json.loads(Path(stored.path_of("schema.json")).read_text())
-    model = load_model(stored.path, stored.info.metadata["sha256"])
-    return PackagedModel(model, schema, str(stored.tag), str(bento.tag))
+    model, schema, _ = load_stored_model(model_tag)
+    return PackagedModel(model, schema, str(model_tag), str(bento.tag))

@@ -59,9 +59,8 @@ def schema_differences(champion: dict[str, Any], new: dict[str, Any]) -> list[st
     return problems
 
 
-def _scores(
-    metric: Metric, model: Any, X: pd.DataFrame
-) -> tuple[np.ndarray, np.ndarray | None, list]:
+def _scores(model: Any, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, list]:
+    """(predictions, probabilities, classes), asking a classifier once, as serving does."""
     classes = list(getattr(model, "classes_", []))
     proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
     pred = np.asarray(classes)[proba.argmax(axis=1)] if proba is not None else model.predict(X)
@@ -92,7 +91,7 @@ def decide(
     """Compare `challenger` with `champion` (model, schema, version) on the holdout `test`."""
     m = resolve_metric(metric, schema["task"], len(schema.get("classes", [])))
     y = test[schema["target"]].to_numpy()
-    chal = _scores(m, challenger, test.drop(columns=[schema["target"]]))
+    chal = _scores(challenger, test.drop(columns=[schema["target"]]))
     chal_score = _metric_on(m, y, *chal)
     base = {"metric": m.name, "challenger_score": chal_score, "min_improvement": min_improvement}
     if champion is None:
@@ -109,7 +108,7 @@ def decide(
             problems=problems,
             **base,
         )
-    champ = _scores(m, champ_model, coerce_frame(test, champ_schema))
+    champ = _scores(champ_model, coerce_frame(test, champ_schema))
     champ_score = _metric_on(m, y, *champ)
     sign = 1.0 if m.greater_is_better else -1.0
     improvement = sign * (chal_score - champ_score)

@@ -63,8 +63,10 @@ format: $(STAMP) ## Format and fix with ruff
 compile: $(STAMP) ## Compile pipelines to pipelines/compiled/*.yaml
 	$(BIN)/kfp-automl compile
 
-rules: $(STAMP) ## Render manifests/monitoring/prometheus-rules.yaml (drift, latency, error alerts)
-	$(BIN)/python -m pipelines.monitoring_rules --output manifests/monitoring/prometheus-rules.yaml
+rules: $(STAMP) ## Render the Prometheus rules (plain file + PrometheusRule) and the Grafana dashboard
+	$(BIN)/python -m pipelines.monitoring_rules --output manifests/monitoring/prometheus-rules.yaml \
+	  --prometheus-rule manifests/serving/base/prometheusrule.yaml \
+	  --dashboard manifests/serving/base/grafana-dashboard.yaml
 
 bench: $(STAMP) bench-deps ## Benchmarks: pipeline (wall clock, memory, score) + serving (vs plain BentoML, wrk) -> bench-output/results.md
 	$(BIN)/python -m tests.bench.run_bench

@@ -15,6 +15,7 @@ import click
 
 from components import __version__
 from components.common.errors import PipelineFailed, UserError
+from pipelines.fetch_cli import fetch_bento
 
 DEFAULT_OUTPUT = "automl-output"
 
@@ -336,6 +337,9 @@ def compile_cmd(output_dir):
 
     for path in compile_all(output_dir or COMPILED_DIR):
         click.echo(f"wrote {path}")
+
+
+cli.add_command(fetch_bento)
 
 
 def main(argv: list[str] | None = None) -> int:

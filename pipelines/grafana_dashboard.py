@@ -154,8 +154,7 @@ def panels() -> list[dict[str, Any]]:
             "Rejected requests per second by reason",
             [
                 (
-                    "sum by (reason) "
-                    f"(rate(automl_requests_rejected_total{{{_MV}}}[{rate}]))",
+                    f"sum by (reason) (rate(automl_requests_rejected_total{{{_MV}}}[{rate}]))",
                     "{{reason}}",
                 ),
             ],
@@ -212,8 +211,7 @@ def panels() -> list[dict[str, Any]]:
             "Missing values per second by feature",
             [
                 (
-                    "sum by (feature) "
-                    f"(rate(automl_feature_missing_total{{{_MV}}}[{rate}]))",
+                    f"sum by (feature) (rate(automl_feature_missing_total{{{_MV}}}[{rate}]))",
                     "{{feature}}",
                 ),
             ],
@@ -227,8 +225,7 @@ def panels() -> list[dict[str, Any]]:
             "Out-of-range numbers per second by feature",
             [
                 (
-                    "sum by (feature) "
-                    f"(rate(automl_feature_out_of_range_total{{{_MV}}}[{rate}]))",
+                    f"sum by (feature) (rate(automl_feature_out_of_range_total{{{_MV}}}[{rate}]))",
                     "{{feature}}",
                 ),
             ],

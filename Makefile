@@ -74,11 +74,8 @@ bench: $(STAMP) bench-deps ## Benchmarks: pipeline (wall clock, memory, score) +
 bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)
 	$(BIN)/python -m tests.bench.run_bench serving
 
-images: ## Build the components image (needs docker, podman or buildah)
-	@tool=$$(command -v docker || command -v podman || command -v buildah); \
-	if [ -z "$$tool" ]; then echo "no container engine found: install docker, podman or buildah to build images/"; exit 1; fi; \
-	version=$$(grep -E '^__version__' components/__init__.py | cut -d'"' -f2); \
-	$$tool build -f images/components.Dockerfile -t ghcr.io/kfp-automl/components:$$version .
+images: ## Build the components and serving images (docker, podman or buildah; says what to install)
+	bash images/build.sh
 
 clean: ## Remove the venv, caches and local outputs
 	rm -rf $(VENV) automl-output bench-output .pytest_cache .ruff_cache *.egg-info

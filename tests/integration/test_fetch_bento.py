@@ -1,0 +1,102 @@
+"""The serving pod's start, on one machine: `fetch-bento` copies the pipeline's real .bento
+archive (from a path and from a local HTTP server), then `kfp-automl serve` runs it from
+an EMPTY BentoML store, as the init container and the main container do in the pod.
+The served /metrics carry every series the dashboard and the autoscalers read."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import subprocess
+import threading
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from tests.integration.servers import CLI, json_records, serve
+from tests.manifests.promql import metric_names
+from tests.manifests.test_monitoring import BENTOML_SERIES, _dashboard_queries
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def http_store(pipeline_run):
+    """A local HTTP server (the standard library's) serving the run's output folder."""
+    archive = Path(pipeline_run[1]["bento_archive"])
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, fmt, *args):
+            requests.append(self.requestline)
+
+    handler = functools.partial(Handler, directory=str(archive.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", archive, requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _fetch(url: str, dest: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, "fetch-bento", "--url", url, "--dest", str(dest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_fetch_from_a_path(pipeline_run, tmp_path):
+    archive = Path(pipeline_run[1]["bento_archive"])
+    dest = tmp_path / "bento" / "model.bento"
+    done = _fetch(str(archive), dest)
+    assert done.returncode == 0, done.stderr
+    assert dest.read_bytes() == archive.read_bytes()
+    assert f"fetched Bento {pipeline_run[1]['bento_tag']}" in done.stdout
+
+
+def test_fetch_over_http_then_serve_from_an_empty_store(http_store, tmp_path, monkeypatch):
+    base, archive, requests = http_store
+    missing = _fetch(f"{base}/no-such.bento", tmp_path / "x.bento")
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(f"error: no Bento archive at {base}/no-such.bento")
+    assert not (tmp_path / "x.bento").exists()
+
+    dest = tmp_path / "bento" / "model.bento"
+    done = _fetch(f"{base}/{archive.name}", dest)
+    assert done.returncode == 0, done.stderr
+    assert dest.read_bytes() == archive.read_bytes()
+    assert any(r.startswith(f"GET /{archive.name} ") for r in requests), requests
+
+    home = tmp_path / "bentoml-home"  # the pod's emptyDir: nothing imported yet
+    home.mkdir()
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    rows = json_records(_rows())
+    with serve(str(dest)) as url:
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200
+        answer = httpx.post(f"{url}/predict", json={"records": rows}, timeout=60)
+        assert answer.status_code == 200 and len(answer.json()) == len(rows)
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    assert list((home / "bentos").iterdir())  # the archive was imported into the empty store
+
+    exported = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", metrics, flags=re.M))
+    # the HPA's and KEDA's metric, for POST /predict
+    assert re.search(r'bentoml_service_request_in_progress\{[^}]*endpoint="/predict"', metrics)
+    assert exported >= BENTOML_SERIES
+    # every raw series the dashboard reads (automl:* are recording rules)
+    read = set().union(*(metric_names(q) for q in _dashboard_queries()))
+    assert {n for n in read if ":" not in n} - exported == set()
+
+
+@functools.cache
+def _rows() -> pd.DataFrame:
+    from components.common.io import DEFAULT_DATASET, read_table
+
+    return read_table(DEFAULT_DATASET).drop(columns=["churn"]).head(5)

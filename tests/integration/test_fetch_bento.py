@@ -8,7 +8,9 @@ from __future__ import annotations
 import functools
 import http.server
 import re
+import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from tests.integration.servers import CLI, json_records, serve
+from tests.integration.servers import CLI, free_port, json_records, serve, stop, wait_ready
 from tests.manifests.promql import metric_names
 from tests.manifests.test_monitoring import BENTOML_SERIES, _dashboard_queries
 
@@ -93,6 +95,63 @@ def test_fetch_over_http_then_serve_from_an_empty_store(http_store, tmp_path, mo
     # every raw series the dashboard reads (automl:* are recording rules)
     read = set().union(*(metric_names(q) for q in _dashboard_queries()))
     assert {n for n in read if ":" not in n} - exported == set()
+
+
+# Run inside a private mount namespace (unshare): a tmpfs on /mnt holds the pod's emptyDirs
+# (/mnt/bento with the archive, /mnt/bentoml as BENTOML_HOME, /mnt/tmp bound over /tmp);
+# every other mount is made read-only, then the server runs with no capabilities and
+# no_new_privs, as the container's securityContext asks.
+_POD = r"""
+set -eu
+mount -t tmpfs -o size=1g tmpfs /mnt
+mkdir -p /mnt/bento /mnt/bentoml /mnt/tmp
+cp "$ARCHIVE" /mnt/bento/model.bento
+awk '{print $2}' /proc/self/mounts | grep -v -E '^/(proc|sys|dev|mnt)(/|$)' | sort -u |
+  while read -r mp; do mount -o remount,bind,ro "$mp" 2>/dev/null || true; done
+mount --bind /mnt/tmp /tmp
+for probe in /probe "$REPO/probe" "$VENV/probe"; do
+  if touch "$probe" 2>/dev/null; then rm -f "$probe"; echo "$probe is writable"; exit 3; fi
+done
+exec setpriv --no-new-privs --bounding-set=-all --inh-caps=-all \
+  env HOME=/tmp BENTOML_HOME=/mnt/bentoml PYTHONDONTWRITEBYTECODE=1 \
+  "$PYTHON" -m pipelines.cli serve --model /mnt/bento/model.bento --host 127.0.0.1 --port "$PORT"
+"""
+
+
+def test_serve_with_a_read_only_root_filesystem_and_no_capabilities(pipeline_run, tmp_path):
+    """What the pod's securityContext allows is enough: only the emptyDirs are writable."""
+    unshare = shutil.which("unshare")
+    assert unshare, "unshare (util-linux) is needed to emulate a read-only root filesystem"
+    root = Path(__file__).resolve().parents[2]
+    port = free_port()
+    env = {
+        "ARCHIVE": pipeline_run[1]["bento_archive"],
+        "REPO": str(root),
+        "VENV": str(Path(sys.executable).parent),
+        "PYTHON": sys.executable,
+        "PORT": str(port),
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    proc = subprocess.Popen(
+        [unshare, "--mount", "--propagation", "private", "sh", "-c", _POD],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{base}/readyz", proc)
+        rows = json_records(_rows())
+        answer = httpx.post(f"{base}/predict", json={"records": rows}, timeout=60)
+        assert answer.status_code == 200 and len(answer.json()) == len(rows)
+        metrics = httpx.get(f"{base}/metrics", timeout=10).text
+        assert "automl_records_total" in metrics
+    finally:
+        stop(proc)
 
 
 @functools.cache

@@ -292,9 +292,3 @@ def render_configmap() -> dict[str, Any]:
         "data": {"kfp-automl-serving.json": json.dumps(dashboard(), indent=2) + "\n"},
     }
 
-
-def queries() -> list[str]:
-    """Every PromQL expression of the dashboard (panels and variables)."""
-    exprs = [t["expr"] for p in panels() for t in p.get("targets", [])]
-    exprs += [v["query"]["query"] for v in dashboard()["templating"]["list"] if "refId" in str(v)]
-    return exprs

@@ -19,8 +19,7 @@ import pandas as pd
 import pytest
 
 from tests.integration.servers import CLI, free_port, json_records, serve, stop, wait_ready
-from tests.manifests.promql import metric_names
-from tests.manifests.test_monitoring import BENTOML_SERIES, _dashboard_queries
+from tests.manifests.promql import BENTOML_SERIES, dashboard_queries, metric_names
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +92,7 @@ def test_fetch_over_http_then_serve_from_an_empty_store(http_store, tmp_path, mo
     assert re.search(r'bentoml_service_request_in_progress\{[^}]*endpoint="/predict"', metrics)
     assert exported >= BENTOML_SERIES
     # every raw series the dashboard reads (automl:* are recording rules)
-    read = set().union(*(metric_names(q) for q in _dashboard_queries()))
+    read = set().union(*(metric_names(q) for q in dashboard_queries()))
     assert {n for n in read if ":" not in n} - exported == set()
 
 

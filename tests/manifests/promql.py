@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -9,6 +10,17 @@ from pathlib import Path
 
 import yaml
 
+from pipelines import grafana_dashboard
+from tests.manifests.render import one, render
+
+# The request series BentoML 1.4 exports (bentoml/_internal/server/http/instruments.py,
+# namespace bentoml_service); tests/integration/test_fetch_bento.py reads them from a
+# live server.
+BENTOML_SERIES = {
+    "bentoml_service_request_total",
+    "bentoml_service_request_duration_seconds_bucket",
+    "bentoml_service_request_in_progress",
+}
 _NAME = re.compile(r"\b(automl_[a-z_]+|automl:[a-z_:]+|bentoml_[a-z_]+)\b")
 # Grafana's template variables, replaced by values that keep the query's PromQL valid.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$model": ".*", "$version": ".*"}
@@ -68,3 +80,14 @@ def evaluate(expr: str, series: list[dict], expected: list[dict], workdir: Path)
     }
     (workdir / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
     run_promtool("test", "rules", "test.yaml", cwd=workdir)
+
+
+def dashboard_queries() -> list[str]:
+    """Every query of the rendered dashboard ConfigMap (panels and variables)."""
+    configmap = one(render("serving/base"), "ConfigMap", grafana_dashboard.CONFIGMAP_NAME)
+    assert configmap["metadata"]["labels"][grafana_dashboard.SIDECAR_LABEL] == "1"
+    (text,) = configmap["data"].values()
+    board = json.loads(text)
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"]["query"] for v in board["templating"]["list"] if v["type"] == "query"]
+    return exprs

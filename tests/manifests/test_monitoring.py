@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipelines import grafana_dashboard, monitoring_rules
+from pipelines import monitoring_rules
 from tests.manifests.promql import (
+    BENTOML_SERIES,
     as_promql,
     check_rules,
+    dashboard_queries,
     evaluate,
     metric_names,
 )
@@ -19,14 +21,6 @@ GENERATED = {
     "manifests/monitoring/prometheus-rules.yaml": monitoring_rules.render_rules,
     "manifests/serving/base/prometheusrule.yaml": monitoring_rules.render_prometheus_rule,
     "manifests/serving/base/grafana-dashboard.yaml": monitoring_rules.render_dashboard,
-}
-# The request series BentoML 1.4 exports (bentoml/_internal/server/http/instruments.py,
-# namespace bentoml_service); tests/integration/test_fetch_bento.py reads them from a
-# live server.
-BENTOML_SERIES = {
-    "bentoml_service_request_total",
-    "bentoml_service_request_duration_seconds_bucket",
-    "bentoml_service_request_in_progress",
 }
 
 
@@ -68,20 +62,8 @@ def test_prometheus_rule_is_the_single_source_and_passes_promtool(tmp_path):
     assert "SUCCESS" in out and "rules found" in out
 
 
-def _dashboard_queries() -> list[str]:
-    configmap = one(render("serving/base"), "ConfigMap", grafana_dashboard.CONFIGMAP_NAME)
-    assert configmap["metadata"]["labels"][grafana_dashboard.SIDECAR_LABEL] == "1"
-    (text,) = configmap["data"].values()
-    import json
-
-    board = json.loads(text)
-    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
-    exprs += [v["query"]["query"] for v in board["templating"]["list"] if v["type"] == "query"]
-    return exprs
-
-
 def test_dashboard_queries_are_valid_promql(tmp_path):
-    queries = _dashboard_queries()
+    queries = dashboard_queries()
     assert len(queries) >= 15
     groups = {
         "groups": [
@@ -129,7 +111,7 @@ def test_dashboard_reads_only_series_that_exist():
             "automl_feature_bin",
         )
     }
-    names = set().union(*(metric_names(q) for q in _dashboard_queries()))
+    names = set().union(*(metric_names(q) for q in dashboard_queries()))
     assert names - exported - recorded - BENTOML_SERIES == set()
     # the drift row reads the recording rules, the quality row the service's counters
     assert {monitoring_rules.PSI, monitoring_rules.JS} <= names

@@ -164,6 +164,14 @@ def test_ray_cluster_autoscales_with_token_auth_and_no_external_service():
         assert values["RAY_AUTH_MODE"]["value"] == "token"
         ref = values["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "automl-ray-auth", "key": "auth_token"}
+    # Probes are HTTP GETs of Ray's public health endpoints: the image has no wget for
+    # KubeRay's default exec probes.
+    for where, pod, _ in pod_specs(cluster):
+        for c in pod["containers"]:
+            if c["name"] == "autoscaler":
+                continue
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert c[probe]["httpGet"]["path"].endswith("healthz"), (where, probe)
     # The Ray image is the components image: the client in the tune pod must match it.
     images = {
         c["image"] for _, pod, _ in pod_specs(cluster) for c in pod["containers"] if "image" in c

@@ -237,6 +237,18 @@ def serve(model, port, host, workers, reject_unknown_fields, no_monitoring, max_
         "AUTOML_MONITORING": str(not no_monitoring).lower(),
         "AUTOML_MAX_BODY_BYTES": str(int(max_body_mb * 1024 * 1024)),
     }
+    # A flag left at its default does not override the variable already set (a pod's env).
+    default = click.core.ParameterSource.DEFAULT
+    ctx = click.get_current_context()
+    flag_of = {
+        "AUTOML_WORKERS": "workers",
+        "AUTOML_UNKNOWN_FIELDS": "reject_unknown_fields",
+        "AUTOML_MONITORING": "no_monitoring",
+        "AUTOML_MAX_BODY_BYTES": "max_body_mb",
+    }
+    for key, flag in flag_of.items():
+        if key in os.environ and ctx.get_parameter_source(flag) is default:
+            del settings[key]
     bentoml_bin = Path(sys.executable).with_name("bentoml")
     cmd = [str(bentoml_bin), "serve", str(bento.tag), "--host", host, "--port", str(port)]
     click.echo(f"serving {bento.tag} on http://{host}:{port} (POST /predict); Ctrl-C stops it")

@@ -131,6 +131,8 @@ def test_serve_with_a_read_only_root_filesystem_and_no_capabilities(pipeline_run
         "PORT": str(port),
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
         "BENTOML_DO_NOT_TRACK": "true",
+        # a serve-time setting from the pod's env (the dev overlay sets this one)
+        "AUTOML_UNKNOWN_FIELDS": "reject",
     }
     proc = subprocess.Popen(
         [unshare, "--mount", "--propagation", "private", "sh", "-c", _POD],
@@ -149,6 +151,10 @@ def test_serve_with_a_read_only_root_filesystem_and_no_capabilities(pipeline_run
         assert answer.status_code == 200 and len(answer.json()) == len(rows)
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
         assert "automl_records_total" in metrics
+        extra = [{**rows[0], "not_a_feature": 1}]
+        refused = httpx.post(f"{base}/predict", json={"records": extra}, timeout=60)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["field"] == "not_a_feature"
     finally:
         stop(proc)
 

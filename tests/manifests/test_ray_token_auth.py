@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.servers import free_port, start
+from tests.integration.servers import free_port
 from tests.manifests.render import one, pod_specs, render
 
 pytestmark = pytest.mark.slow
@@ -75,20 +75,24 @@ def test_ray_head_with_the_manifest_env_requires_the_token(tmp_path):
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     ray = os.path.join(os.path.dirname(sys.executable), "ray")
     head_env = {**base_env, "HOME": str(tmp_path), "RAY_USAGE_STATS_ENABLED": "0"}
-    old = os.environ.copy()
-    os.environ.clear()
-    os.environ.update({**head_env, **_head_env(token)})
-    try:
-        proc = start(
-            [
-                ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                f"--port={port}", "--include-dashboard=false", "--num-cpus=1",
-                f"--temp-dir={temp_dir}",
-            ]
-        )  # fmt: skip
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    proc = subprocess.Popen(
+        [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--include-dashboard=false",
+            "--num-cpus=1",
+            f"--temp-dir={temp_dir}",
+        ],  # fmt: skip
+        env={**head_env, **_head_env(token)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, ended by _kill_group
+    )
     try:
         # `ray start --block` prints this line once the head is up
         seen = []

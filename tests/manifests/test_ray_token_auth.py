@@ -86,7 +86,7 @@ def test_ray_head_with_the_manifest_env_requires_the_token(tmp_path):
             "--include-dashboard=false",
             "--num-cpus=1",
             f"--temp-dir={temp_dir}",
-        ],  # fmt: skip
+        ],
         env={**head_env, **_head_env(token)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -291,4 +291,3 @@ def render_configmap() -> dict[str, Any]:
         },
         "data": {"kfp-automl-serving.json": json.dumps(dashboard(), indent=2) + "\n"},
     }
-

@@ -19,7 +19,11 @@ RUN python -m venv --without-pip /opt/venv \
 
 # ---- final: the virtualenv, a non-root user, nothing else ------------------------------------
 FROM python:3.11.11-slim-bookworm
-RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin automl
+# The KFP v2 launcher keeps artifacts under /gcs, /minio and /s3 (a fixed contract); older
+# backends do not mount emptyDirs there, so the non-root user owns them in the image.
+RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin automl \
+ && mkdir -p /gcs /minio /s3 \
+ && chown 10001:10001 /gcs /minio /s3
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \

@@ -165,3 +165,25 @@ def test_keda_query_gives_requests_in_flight_of_the_namespace(tmp_path):
     scaled = one(render("serving/overlays/prod-keda"), "ScaledObject")
     trigger = next(t for t in scaled["spec"]["triggers"] if t["type"] == "prometheus")
     evaluate(trigger["metadata"]["query"], SERIES, [{"labels": "{}", "value": 8}], tmp_path)
+
+
+def test_dashboard_layout_is_consistent():
+    """Unique panel ids and refIds, panels inside Grafana's 24 columns, none overlapping."""
+    from pipelines.grafana_dashboard import dashboard
+
+    panels = dashboard()["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells = set()
+    for p in panels:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24
+        mine = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
+        assert not cells & mine, f"panel {p['title']!r} overlaps another"
+        cells |= mine
+        refs = [t["refId"] for t in p.get("targets", [])]
+        assert len(set(refs)) == len(refs)
+    titles = " ".join(p["title"] for p in panels).lower()
+    for topic in ("latency", "requests per second", "psi", "missing", "unseen", "in flight"):
+        assert topic in titles

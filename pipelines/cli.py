@@ -15,7 +15,6 @@ import click
 
 from components import __version__
 from components.common.errors import PipelineFailed, UserError
-from pipelines.fetch_cli import fetch_bento
 
 DEFAULT_OUTPUT = "automl-output"
 
@@ -350,6 +349,8 @@ def compile_cmd(output_dir):
     for path in compile_all(output_dir or COMPILED_DIR):
         click.echo(f"wrote {path}")
 
+
+from pipelines.fetch_cli import fetch_bento  # noqa: E402 (registered below the built-in commands)
 
 cli.add_command(fetch_bento)
 

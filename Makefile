@@ -8,7 +8,7 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps bench-deps run test test-quick lint format compile rules bench bench-serving images clean
+.PHONY: help setup system-deps bench-deps run test test-quick lint format compile rules bench bench-serving images clean serving-manifests
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -73,6 +73,13 @@ bench: $(STAMP) bench-deps ## Benchmarks: pipeline (wall clock, memory, score) +
 
 bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)
 	$(BIN)/python -m tests.bench.run_bench serving
+
+# The deploy step's default manifests (/opt/kfp-automl/serving.yaml in the components image).
+serving-manifests: ## Render manifests/serving/overlays/prod to images/rendered/serving.yaml (baked into the image)
+	@tmp=$$(mktemp images/rendered/.serving.yaml.XXXXXX) && \
+	{ echo "# Rendered by \`make serving-manifests\` (kubectl kustomize manifests/serving/overlays/prod): do not edit."; \
+	  kubectl kustomize manifests/serving/overlays/prod; } > $$tmp && chmod 644 $$tmp && mv $$tmp images/rendered/serving.yaml && \
+	echo "wrote images/rendered/serving.yaml"
 
 images: ## Build the components and serving images (docker, podman or buildah; says what to install)
 	bash images/build.sh

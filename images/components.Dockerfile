@@ -25,6 +25,8 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp --shell /u
  && mkdir -p /gcs /minio /s3 \
  && chown 10001:10001 /gcs /minio /s3
 COPY --from=build /opt/venv /opt/venv
+# The deploy step's default manifests: `make serving-manifests` renders the prod overlay.
+COPY images/rendered/serving.yaml /opt/kfp-automl/serving.yaml
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     BENTOML_HOME=/tmp/bentoml \

@@ -18,11 +18,12 @@ import pytest
 
 from components import __version__
 from components._image import COMPONENTS_IMAGE
-from tests.manifests.render import pod_specs, render
+from tests.manifests.render import kubectl, pod_specs, render
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = sorted((ROOT / "images").glob("*.Dockerfile"))
 BUILD = ROOT / "images" / "build.sh"
+RENDERED_IN_IMAGES = {"images/rendered/serving.yaml"}
 
 
 def hadolint() -> str:
@@ -80,9 +81,29 @@ def test_pinned_bases_non_root_and_no_build_tools_in_the_final_stage(dockerfile)
     joined = " ".join(final).lower()
     for tool in ("apt-get install", "gcc", "build-essential", "pip install", "pip wheel"):
         assert tool not in joined, f"{tool!r} in the final stage of {dockerfile.name}"
-    # the final stage takes only the virtualenv from the build stage
+    # the final stage takes the virtualenv from the build stage, and plain files only
     copies = [line for line in final if line.upper().startswith("COPY")]
-    assert copies and all("--from=build" in c and "/opt/venv" in c for c in copies)
+    assert any("--from=build" in c and "/opt/venv" in c for c in copies)
+    for c in copies:
+        assert "--from=build" in c or c.split()[1] in RENDERED_IN_IMAGES, c
+
+
+def test_the_deploy_steps_manifests_are_baked_in_and_up_to_date():
+    """components.Dockerfile copies the rendered prod overlay to the deploy step's default path."""
+    text = (ROOT / "images/components.Dockerfile").read_text()
+    assert "COPY images/rendered/serving.yaml /opt/kfp-automl/serving.yaml" in text
+    rendered = (ROOT / "images/rendered/serving.yaml").read_text()
+    header, body = rendered.split("\n", 1)
+    assert header.startswith("# Rendered by `make serving-manifests`")
+    fresh = subprocess.run(
+        [kubectl(), "kustomize", str(ROOT / "manifests/serving/overlays/prod")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert body == fresh, "images/rendered/serving.yaml is stale: run `make serving-manifests`"
+    assert "!images/rendered/serving.yaml" in (ROOT / ".dockerignore").read_text()
 
 
 def test_manifests_use_the_images_of_this_version():

@@ -48,6 +48,7 @@ class Request:
     query: dict[str, list[str]]
     content_type: str
     body: Any
+    authorization: str = ""
 
     @property
     def discovery(self) -> bool:
@@ -129,7 +130,12 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else None
         req = Request(
-            self.command, url.path, parse_qs(url.query), self.headers.get("Content-Type", ""), body
+            self.command,
+            url.path,
+            parse_qs(url.query),
+            self.headers.get("Content-Type", ""),
+            body,
+            self.headers.get("Authorization", ""),
         )
         with self.state.lock:
             self.state.requests.append(req)
@@ -189,7 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(415, _status(415, "UnsupportedMediaType", req.content_type))
         if not req.query.get("fieldManager"):
             return self._send(400, _status(400, "BadRequest", "fieldManager is required"))
-        body = req.body
+        body = copy.deepcopy(req.body)  # the recorded request stays as the client sent it
         with self.state.lock:
             old = self.state.objects.get(req.path)
             meta = body.setdefault("metadata", {})
@@ -198,7 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
                 generation = old["metadata"]["generation"]
                 if old.get("spec") != body.get("spec"):
                     generation += 1
-                self.state.gets[req.path] = 0
+            self.state.gets[req.path] = 0  # the rollout plan starts again
             meta["generation"] = generation
             meta["resourceVersion"] = str(len(self.state.requests))
             meta["uid"] = (
@@ -228,3 +234,19 @@ class StandInApiServer:
     def __exit__(self, *exc: Any) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def write_kubeconfig(path: Any, host: str, token: str = "stand-in-token") -> Any:
+    """A kubeconfig whose current context points at `host` with a bearer token."""
+    import yaml
+
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "stand-in", "cluster": {"server": host}}],
+        "users": [{"name": "deployer", "user": {"token": token}}],
+        "contexts": [{"name": "stand-in", "context": {"cluster": "stand-in", "user": "deployer"}}],
+        "current-context": "stand-in",
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

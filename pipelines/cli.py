@@ -338,6 +338,11 @@ def compile_cmd(output_dir):
         click.echo(f"wrote {path}")
 
 
+from pipelines.deploy_cli import deploy_cmd  # noqa: E402 (registered below the built-in commands)
+
+cli.add_command(deploy_cmd)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps user errors to `error: ...` and exit code 2."""
     # no usage reports to vendors from a tool that may run offline (set them to opt back in)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -65,16 +66,19 @@ def deploy_cmd(bento, manifests, namespace, name, version, timeout, context, dry
 
     Credentials: the pod's service account in a cluster, else the kubeconfig.
     """
-    from components.deploy.deploy import deploy, read_manifests
-    from components.deploy.render import parse_manifests, render, to_yaml, with_record
+    from components.deploy.deploy import check, deploy, read_manifests
+    from components.deploy.render import to_yaml
 
     url, version = _bento(bento, version, dry_run)
     text = read_manifests(manifests)
+    objects = check(text, url, version, namespace, name, manifests)  # before any API call
     if dry_run:
-        release = render(parse_manifests(text, manifests), url, version, namespace, name)
-        click.echo(to_yaml(with_record(release)), nl=False)
+        click.echo(to_yaml(objects), nl=False)
         return
     from components.deploy.kube import ApiProblem, Cluster, api_client
+
+    # urllib3 logs each connection retry; the outcome is reported as one line instead
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
     try:
         cluster = Cluster(api_client(context))

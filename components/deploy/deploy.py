@@ -143,6 +143,19 @@ def _apply_all(cluster: Cluster, release: Release) -> list[str]:
     return applied
 
 
+def check(
+    manifests: str,
+    bento_url: str,
+    version: str,
+    namespace: str,
+    name: str = DEFAULT_NAME,
+    source: str = "manifests",
+) -> list[dict[str, Any]]:
+    """The objects `deploy` would apply; every input problem is a UserError before any API call."""
+    objects = parse_manifests(manifests, source)
+    return with_record(render(objects, bento_url, version, namespace, name))
+
+
 def deploy(
     cluster: Cluster,
     manifests: str,
@@ -160,7 +173,6 @@ def deploy(
     """
     started = time.monotonic()
     release = render(parse_manifests(manifests), bento_url, version, namespace, name)
-    with_record(release)  # a record too large for the annotation fails before any API call
     target = f"{namespace}/{name}"
     try:
         before = previous_release(cluster, namespace, name)
@@ -240,6 +252,8 @@ def run(
     if ":" not in tag:
         raise UserError(f"the Bento artifact has no bento_tag name:version (got {tag!r})")
     text = read_manifests(manifests)
+    version = tag.split(":", 1)[1]
+    check(text, bento_uri, version, namespace, name, manifests or DEFAULT_MANIFESTS)
     if cluster_factory is None:
         from components.deploy.kube import api_client
 
@@ -251,7 +265,7 @@ def run(
     except ApiProblem as exc:
         raise UserError(f"deploy to {namespace}/{name}: {exc}") from None
     try:
-        outcome = deploy(cluster, text, bento_uri, tag.split(":", 1)[1], namespace, name, timeout_s)
+        outcome = deploy(cluster, text, bento_uri, version, namespace, name, timeout_s)
     finally:
         cluster.close()
     write_json(release_path, {"deployed": True, **asdict(outcome)})

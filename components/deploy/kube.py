@@ -9,6 +9,7 @@ scope, custom resources (ServiceMonitor, PrometheusRule, ...) included.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ def api_client(context: str = "") -> Any:
         pass
     try:
         cfg = client.Configuration()
-        config.load_kube_config(context=context or None, client_configuration=cfg)
+        # $KUBECONFIG as it is now (the client reads it once, at import)
+        path = os.environ.get("KUBECONFIG") or None
+        config.load_kube_config(path, context=context or None, client_configuration=cfg)
     except (ConfigException, FileNotFoundError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(

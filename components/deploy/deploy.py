@@ -32,7 +32,7 @@ DEFAULT_MANIFESTS = "/opt/kfp-automl/serving.yaml"
 STEP = "deploy"
 
 
-class DeployFailed(PipelineFailed):
+class DeployError(PipelineFailed):
     """The new version did not become ready (or could not be applied); says what was rolled back."""
 
 
@@ -169,7 +169,7 @@ def deploy(
     """Apply `version` and wait for it; on failure re-apply the previous release and raise.
 
     `manifests` is the rendered multi-document YAML. Raises UserError for input that breaks the
-    contract or an API call the server refuses, DeployFailed when the rollout does not finish.
+    contract or an API call the server refuses, DeployError when the rollout does not finish.
     """
     started = time.monotonic()
     release = render(parse_manifests(manifests), bento_url, version, namespace, name)
@@ -188,7 +188,8 @@ def deploy(
             raise UserError(f"deploy to {target}: {exc}") from None
         # some objects of the new version may be applied: put the previous ones back
         say(STEP, f"{exc}; re-applying version {before.version}")
-        _rollback(cluster, before, f"deploy of version {version} to {target} failed: {exc}")
+        failed = f"deploy of version {version} to {target} failed: {exc}"
+        _rollback(cluster, before, failed, timeout_s, poll_s)
     say(STEP, f"waiting up to {timeout_s:g}s for the rollout of {target}")
     try:
         ready, why = wait_rollout(cluster, namespace, name, timeout_s, poll_s)
@@ -201,7 +202,7 @@ def deploy(
         return outcome
     failed = f"deploy of version {version} to {target} failed: {why}"
     if before is None:
-        raise DeployFailed(
+        raise DeployError(
             f"{failed}; nothing to roll back to (the Deployment had no earlier release recorded by "
             "this step), so the new version stays applied: inspect it with "
             f"`kubectl -n {namespace} rollout status deployment/{name}`"
@@ -211,20 +212,18 @@ def deploy(
 
 
 def _rollback(
-    cluster: Cluster, before: Release, failed: str, timeout_s: float = 0, poll_s: float = 2.0
+    cluster: Cluster, before: Release, failed: str, timeout_s: float, poll_s: float
 ) -> NoReturn:
-    """Re-apply `before`, wait for it when `timeout_s` > 0, and raise DeployFailed saying so."""
+    """Re-apply `before`, wait for its rollout, and raise DeployError saying how that went."""
     try:
         _apply_all(cluster, before)
-        if timeout_s <= 0:
-            raise DeployFailed(f"{failed}; re-applied version {before.version}")
         back, back_why = wait_rollout(cluster, before.namespace, before.name, timeout_s, poll_s)
     except ApiProblem as exc:
-        raise DeployFailed(
+        raise DeployError(
             f"{failed}; the rollback to version {before.version} failed too: {exc}"
         ) from None
     state = "ready again" if back else f"not ready either: {back_why}"
-    raise DeployFailed(f"{failed}; rolled back to version {before.version} ({state})")
+    raise DeployError(f"{failed}; rolled back to version {before.version} ({state})")
 
 
 def run(

@@ -5,7 +5,9 @@ prints. The contract with those manifests: a Deployment (default name `automl-se
 pod template is labelled `app.kubernetes.io/name: automl-serving`, with an initContainer
 `fetch-bento` that reads the Bento archive's URL from env `BENTO_URL` and a container `serving`.
 Rendering sets BENTO_URL, the `app.kubernetes.io/version` label and the namespace; it never
-touches the Deployment's selector (immutable on a live object).
+touches the Deployment's selector (immutable on a live object). A Namespace object (overlays may
+carry one for `kubectl apply -k`) is left out: the namespace is the deploy's parameter and must
+exist; other cluster-scoped objects are refused.
 """
 
 from __future__ import annotations
@@ -187,6 +189,8 @@ def render(
     for original in objects:
         obj = copy.deepcopy(original)
         kind = obj["kind"]
+        if kind == "Namespace":
+            continue  # the target namespace is a parameter; it must exist already
         if kind in CLUSTER_SCOPED:
             raise UserError(
                 f"manifests: {kind} {obj['metadata']['name']!r} is cluster-scoped; the deploy step "

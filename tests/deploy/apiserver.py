@@ -65,10 +65,21 @@ class ApiState:
     # version label of the Deployment's pod template -> "ready" | "never" | "deadline" | "slow"
     rollout: dict[str, str] = field(default_factory=dict)
     default_rollout: str = "ready"
-    # (method, path) -> (HTTP status, reason); matched before anything else
-    failures: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    # (method, path) -> (HTTP status, reason[, times]); matched before anything else
+    failures: dict[tuple[str, str], tuple] = field(default_factory=dict)
     gets: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def failure(self, method: str, path: str) -> tuple | None:
+        """The failure to answer with, if any; one given `times` is used up that many times."""
+        with self.lock:
+            fail = self.failures.get((method, path))
+            if fail is not None and len(fail) == 3:
+                if fail[2] <= 1:
+                    del self.failures[(method, path)]
+                else:
+                    self.failures[(method, path)] = (fail[0], fail[1], fail[2] - 1)
+            return fail
 
     def calls(self) -> list[Request]:
         """Every request but discovery, in order."""
@@ -143,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         req = self._record()
-        if (fail := self.state.failures.get(("GET", req.path))) is not None:
+        if (fail := self.state.failure("GET", req.path)) is not None:
             return self._send(fail[0], _status(fail[0], fail[1], f"{fail[1]} (stand-in)"))
         if req.path == "/version":
             return self._send(200, {"major": "1", "minor": "30", "gitVersion": "v1.30.0"})
@@ -189,7 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PATCH(self) -> None:  # noqa: N802
         req = self._record()
-        if (fail := self.state.failures.get(("PATCH", req.path))) is not None:
+        if (fail := self.state.failure("PATCH", req.path)) is not None:
             return self._send(fail[0], _status(fail[0], fail[1], f"{fail[1]} (stand-in)"))
         if req.content_type != "application/apply-patch+yaml":
             return self._send(415, _status(415, "UnsupportedMediaType", req.content_type))

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from components.common.errors import UserError
-from components.deploy.deploy import DeployFailed, deploy, run
+from components.deploy.deploy import DeployError, deploy, run
 from components.deploy.render import RELEASE_ANNOTATION, decode_release
 
 pytestmark = pytest.mark.slow  # each test starts a (small, threaded) HTTP server
@@ -89,7 +89,7 @@ def test_timeout_rolls_back_to_the_previous_version_and_fails(api, cluster, mani
     v1_bodies = [r.body for r in _patches(api)]
     mark = len(api.state.calls())
     api.state.rollout["v2"] = "never"
-    with pytest.raises(DeployFailed) as err:
+    with pytest.raises(DeployError) as err:
         _deploy(cluster, manifests_text, "v2", timeout_s=0.3)
     message = str(err.value)
     assert message.startswith("deploy of version v2 to serving/automl-serving failed: ")
@@ -116,7 +116,7 @@ def test_timeout_rolls_back_to_the_previous_version_and_fails(api, cluster, mani
 def test_progress_deadline_exceeded_fails_before_the_timeout(api, cluster, manifests_text):
     _deploy(cluster, manifests_text, "v1")
     api.state.rollout["v2"] = "deadline"
-    with pytest.raises(DeployFailed, match="ProgressDeadlineExceeded") as err:
+    with pytest.raises(DeployError, match="ProgressDeadlineExceeded") as err:
         _deploy(cluster, manifests_text, "v2", timeout_s=60)
     assert "rolled back to version v1 (ready again)" in str(err.value)
     assert api.state.gets[DEP] == 1  # one look at the rolled-back Deployment, no 60 s wait
@@ -125,7 +125,7 @@ def test_progress_deadline_exceeded_fails_before_the_timeout(api, cluster, manif
 def test_rollback_that_is_not_ready_either_says_so(api, cluster, manifests_text):
     _deploy(cluster, manifests_text, "v1")
     api.state.rollout.update(v1="never", v2="never")
-    with pytest.raises(DeployFailed) as err:
+    with pytest.raises(DeployError) as err:
         _deploy(cluster, manifests_text, "v2", timeout_s=0.2)
     assert str(err.value).endswith(
         "rolled back to version v1 (not ready either: not ready within 0.2s (2/2 updated, 0 available, 2 total))"
@@ -136,7 +136,7 @@ def test_first_deploy_that_never_gets_ready_fails_with_nothing_to_roll_back(
     api, cluster, manifests_text
 ):
     api.state.rollout["v1"] = "never"
-    with pytest.raises(DeployFailed) as err:
+    with pytest.raises(DeployError) as err:
         _deploy(cluster, manifests_text, "v1", timeout_s=0.2)
     message = str(err.value)
     assert "failed: not ready within 0.2s" in message
@@ -148,7 +148,7 @@ def test_a_deployment_not_made_by_this_step_is_not_rolled_back(api, cluster, man
     _deploy(cluster, manifests_text, "v1")
     del api.state.objects[DEP]["metadata"]["annotations"][RELEASE_ANNOTATION]  # e.g. kubectl apply
     api.state.rollout["v2"] = "never"
-    with pytest.raises(DeployFailed, match="nothing to roll back to"):
+    with pytest.raises(DeployError, match="nothing to roll back to"):
         _deploy(cluster, manifests_text, "v2", timeout_s=0.2)
 
 
@@ -176,8 +176,26 @@ def test_api_errors_on_first_deploy_are_one_clear_line(
 def test_an_api_error_mid_apply_re_applies_the_previous_version(api, cluster, manifests_text):
     _deploy(cluster, manifests_text, "v1")
     mark = len(api.state.calls())
+    api.state.failures[("PATCH", APPLY_ORDER[4])] = (422, "Invalid", 1)  # the HPA, once
+    with pytest.raises(DeployError) as err:
+        _deploy(cluster, manifests_text, "v2")
+    assert str(err.value) == (
+        "deploy of version v2 to serving/automl-serving failed: applying HorizontalPodAutoscaler "
+        "serving/automl-serving: HTTP 422 Unprocessable Entity: Invalid (stand-in); "
+        "rolled back to version v1 (ready again)"
+    )
+    calls = _calls(api, mark)
+    assert calls[1:6] == [("PATCH", p) for p in APPLY_ORDER[:5]]  # v2 up to the refused HPA
+    assert calls[6:15] == [("PATCH", p) for p in APPLY_ORDER]  # all of v1 again
+    assert calls[15:] == [("GET", DEP)]
+    assert _template_version(api.state.objects[DEP]) == "v1"
+
+
+def test_a_rollback_refused_too_says_both(api, cluster, manifests_text):
+    _deploy(cluster, manifests_text, "v1")
+    mark = len(api.state.calls())
     api.state.failures[("PATCH", APPLY_ORDER[4])] = (422, "Invalid")  # the HPA
-    with pytest.raises(DeployFailed) as err:
+    with pytest.raises(DeployError) as err:
         _deploy(cluster, manifests_text, "v2")
     assert str(err.value) == (
         "deploy of version v2 to serving/automl-serving failed: applying HorizontalPodAutoscaler "

@@ -63,6 +63,13 @@ def test_render_sets_url_version_namespace_and_apply_order(manifests_text):
             assert {**before, "metadata": {**before["metadata"], "namespace": "prod"}} == after
 
 
+def test_a_namespace_object_is_left_out(manifests_text):
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kfp-automl"}}
+    release = render([ns, *parse_manifests(manifests_text)], URL, "v1", "prod")
+    assert "Namespace" not in {o["kind"] for o in release.objects}
+    assert len(release.objects) == 9
+
+
 def test_bento_url_from_value_from_is_replaced(manifests_text):
     objects = parse_manifests(manifests_text)
     env = _deployment(objects)["spec"]["template"]["spec"]["initContainers"][0]["env"]
@@ -120,8 +127,9 @@ def _break(path: str):
             dep["metadata"]["name"] = "other"
         elif path == "two":
             objects.append(copy.deepcopy(dep))
-        elif path == "namespace":
-            objects.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "p"}})
+        elif path == "cluster-role":
+            role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole"}
+            objects.append({**role, "metadata": {"name": "p"}})
         elif path == "no-template":
             del dep["spec"]["template"]
         return objects
@@ -138,7 +146,7 @@ def _break(path: str):
         ("label", "must be labelled app.kubernetes.io/name: automl-serving"),
         ("rename", "no Deployment named 'automl-serving' (found: "),
         ("two", "2 Deployment named 'automl-serving'"),
-        ("namespace", "Namespace 'p' is cluster-scoped"),
+        ("cluster-role", "ClusterRole 'p' is cluster-scoped"),
         ("no-template", "has no spec.template.spec"),
     ],
 )

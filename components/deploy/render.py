@@ -7,7 +7,8 @@ pod template is labelled `app.kubernetes.io/name: automl-serving`, with an initC
 Rendering sets BENTO_URL, the `app.kubernetes.io/version` label and the namespace; it never
 touches the Deployment's selector (immutable on a live object). A Namespace object (overlays may
 carry one for `kubectl apply -k`) is left out: the namespace is the deploy's parameter and must
-exist; other cluster-scoped objects are refused.
+exist; other cluster-scoped objects are refused. When an HPA or a KEDA ScaledObject scales the
+Deployment, its `spec.replicas` is left out, so a deploy never resets the autoscaler's count.
 """
 
 from __future__ import annotations
@@ -199,9 +200,23 @@ def render(
         obj["metadata"]["namespace"] = namespace
         if _is_deployment(obj, name):
             _set_version(obj, bento_url, version)
+            if autoscaled(objects, name):
+                # the autoscaler owns the replica count: applying it would reset the scale
+                obj["spec"].pop("replicas", None)
         out.append(obj)
     out.sort(key=_apply_rank)  # stable: document order within a rank
     return Release(version, bento_url, namespace, name, out)
+
+
+def autoscaled(objects: list[dict[str, Any]], name: str = DEFAULT_NAME) -> bool:
+    """True when an HPA (or a KEDA ScaledObject) in `objects` scales the Deployment `name`."""
+    for obj in objects:
+        if obj["kind"] not in ("HorizontalPodAutoscaler", "ScaledObject"):
+            continue
+        ref = (obj.get("spec") or {}).get("scaleTargetRef") or {}
+        if ref.get("name") == name and ref.get("kind", "Deployment") == "Deployment":
+            return True
+    return False
 
 
 def _set_version(dep: dict[str, Any], bento_url: str, version: str) -> None:

@@ -210,6 +210,9 @@ class _Handler(BaseHTTPRequestHandler):
         with self.state.lock:
             old = self.state.objects.get(req.path)
             meta = body.setdefault("metadata", {})
+            if body.get("kind") == "Deployment" and "replicas" not in body.get("spec", {}):
+                # a field no manager applies keeps its value (the HPA's), else the default 1
+                body["spec"]["replicas"] = ((old or {}).get("spec") or {}).get("replicas", 1)
             generation = 1
             if old is not None:
                 generation = old["metadata"]["generation"]

@@ -81,7 +81,7 @@ def test_a_slow_rollout_is_waited_for(api, cluster, manifests_text):
     api.state.rollout["v1"] = "slow"  # first status still shows the old generation
     outcome = _deploy(cluster, manifests_text, "v1")
     assert _calls(api)[10:] == [("GET", DEP), ("GET", DEP)]
-    assert outcome.rollout.startswith("2/2 updated, 2 available")
+    assert outcome.rollout.startswith("1/1 updated, 1 available")
 
 
 def test_timeout_rolls_back_to_the_previous_version_and_fails(api, cluster, manifests_text):
@@ -93,7 +93,7 @@ def test_timeout_rolls_back_to_the_previous_version_and_fails(api, cluster, mani
         _deploy(cluster, manifests_text, "v2", timeout_s=0.3)
     message = str(err.value)
     assert message.startswith("deploy of version v2 to serving/automl-serving failed: ")
-    assert "not ready within 0.3s (2/2 updated, 0 available, 2 total)" in message
+    assert "not ready within 0.3s (1/1 updated, 0 available, 1 total)" in message
     assert message.endswith("rolled back to version v1 (ready again)")
     assert "\n" not in message
     calls = _calls(api, mark)
@@ -113,6 +113,17 @@ def test_timeout_rolls_back_to_the_previous_version_and_fails(api, cluster, mani
     assert calls[-1] == ("GET", DEP)
 
 
+def test_a_deploy_keeps_the_autoscalers_replica_count(api, cluster, manifests_text):
+    _deploy(cluster, manifests_text, "v1")
+    api.state.objects[DEP]["spec"]["replicas"] = 5  # the HPA scaled up under load
+    mark = len(api.state.calls())
+    outcome = _deploy(cluster, manifests_text, "v2")
+    v2 = next(r.body for r in _patches(api, mark) if r.path == DEP)
+    assert "replicas" not in v2["spec"]  # the HPA owns it; applying 2 would scale down
+    assert api.state.objects[DEP]["spec"]["replicas"] == 5
+    assert outcome.rollout == "5/5 updated, 5 available, 5 total"
+
+
 def test_progress_deadline_exceeded_fails_before_the_timeout(api, cluster, manifests_text):
     _deploy(cluster, manifests_text, "v1")
     api.state.rollout["v2"] = "deadline"
@@ -128,7 +139,7 @@ def test_rollback_that_is_not_ready_either_says_so(api, cluster, manifests_text)
     with pytest.raises(DeployError) as err:
         _deploy(cluster, manifests_text, "v2", timeout_s=0.2)
     assert str(err.value).endswith(
-        "rolled back to version v1 (not ready either: not ready within 0.2s (2/2 updated, 0 available, 2 total))"
+        "rolled back to version v1 (not ready either: not ready within 0.2s (1/1 updated, 0 available, 1 total))"
     )
 
 

@@ -63,6 +63,23 @@ def test_render_sets_url_version_namespace_and_apply_order(manifests_text):
             assert {**before, "metadata": {**before["metadata"], "namespace": "prod"}} == after
 
 
+def test_replicas_are_left_to_an_autoscaler(manifests_text):
+    objects = parse_manifests(manifests_text)
+    assert "replicas" not in render(objects, URL, "v1", "prod").deployment["spec"]
+    no_hpa = [o for o in objects if o["kind"] != "HorizontalPodAutoscaler"]
+    assert render(no_hpa, URL, "v1", "prod").deployment["spec"]["replicas"] == 2
+    keda = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "automl-serving"},
+        "spec": {"scaleTargetRef": {"name": "automl-serving"}},
+    }
+    assert "replicas" not in render([*no_hpa, keda], URL, "v1", "prod").deployment["spec"]
+    other = copy.deepcopy(keda)
+    other["spec"]["scaleTargetRef"]["name"] = "another"
+    assert render([*no_hpa, other], URL, "v1", "prod").deployment["spec"]["replicas"] == 2
+
+
 def test_a_namespace_object_is_left_out(manifests_text):
     ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kfp-automl"}}
     release = render([ns, *parse_manifests(manifests_text)], URL, "v1", "prod")

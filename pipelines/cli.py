@@ -350,7 +350,11 @@ def compile_cmd(output_dir):
         click.echo(f"wrote {path}")
 
 
-from pipelines.fetch_cli import fetch_bento  # noqa: E402 (registered below the built-in commands)
+from pipelines.deploy_cli import deploy_cmd  # noqa: E402 (registered below the built-in commands)
+
+cli.add_command(deploy_cmd)
+
+from pipelines.fetch_cli import fetch_bento  # noqa: E402
 
 cli.add_command(fetch_bento)
 

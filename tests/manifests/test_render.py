@@ -338,3 +338,23 @@ def test_ray_ports_are_reachable_only_from_pipeline_pods_of_the_namespace():
                         }
                     }
                 ]  # a podSelector alone: pods of this namespace only
+
+
+@pytest.mark.parametrize(
+    "name", ["serving/overlays/dev", "serving/overlays/prod", "serving/overlays/prod-keda"]
+)
+def test_the_deploy_step_renders_the_overlays(name):
+    """components/deploy accepts these manifests and sets a version's URL and label."""
+    import copy
+
+    from components.deploy import render as deploy
+
+    objects = copy.deepcopy(list(render(name)))
+    release = deploy.render(objects, "s3://models/automl-churn.bento", "v2", "ml-serving")
+    assert "Namespace" not in {o["kind"] for o in release.objects}
+    pod = release.deployment["spec"]["template"]
+    assert pod["metadata"]["labels"]["app.kubernetes.io/version"] == "v2"
+    init = {c["name"]: c for c in pod["spec"]["initContainers"]}["fetch-bento"]
+    env = {e["name"]: e.get("value") for e in init["env"]}
+    assert env["BENTO_URL"] == "s3://models/automl-churn.bento"
+    assert "replicas" not in release.deployment["spec"]  # the autoscaler owns the count

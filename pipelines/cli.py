@@ -348,6 +348,7 @@ def compile_cmd(output_dir, image):
 cli.add_command(cluster_cli.submit)
 cli.add_command(cluster_cli.schedule)
 
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps user errors to `error: ...` and exit code 2."""
     # no usage reports to vendors from a tool that may run offline (set them to opt back in)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import socket
@@ -154,12 +155,37 @@ def _client_class():
     import kfp
 
     class Client(kfp.Client):
-        """kfp.Client that checks health once: the caller reports a failure instead of retrying."""
+        """kfp.Client that checks health once (the caller reports a failure, no 5 x 5 s retries)
+        and keeps the kubeconfig's service-proxy URL (see `_keep_proxy_host`)."""
 
         def get_kfp_healthz(self, sleep_duration: int = 5):  # noqa: ARG002 (signature kept)
+            _keep_proxy_host(self._existing_config)
             return self._healthz_api.healthz_service_get_healthz()
 
     return Client
+
+
+def _keep_proxy_host(config) -> None:
+    """Keep the API-server proxy path in the host when the kubeconfig's token is refreshed.
+
+    Without --host, kfp.Client (2.17.0) points at the kube-apiserver's service proxy
+    (`<server>/api/v1/namespaces/kubeflow/services/ml-pipeline:http/proxy/`), but the
+    kubernetes client's token refresh hook, run before every request, sets the host back
+    to the bare server (and installs itself again), so every request after the first misses
+    the proxy. Re-apply the host, and this wrapper, after the hook.
+    """
+    hook = getattr(config, "refresh_api_key_hook", None)
+    if hook is None or getattr(hook, "keeps_host", False) or "/proxy/" not in config.host:
+        return
+    host = config.host.rstrip("/")  # the API paths start with /: no "proxy//apis"
+
+    def refresh(cfg) -> None:
+        hook(cfg)  # sets the host, and installs a fresh hook of its own: put ours back
+        cfg.host = host
+        cfg.refresh_api_key_hook = refresh
+
+    refresh.keeps_host = True  # type: ignore[attr-defined]
+    config.refresh_api_key_hook = refresh
 
 
 @contextlib.contextmanager
@@ -237,6 +263,8 @@ def connect(conn: Connection):
         raise UserError(f"--host {conn.host!r} must start with http:// or https://")
     if not conn.host and not _has_cluster_config():
         raise UserError("pass --host URL (or run inside the cluster, or configure kubectl)")
+    # urllib3 logs each retry as a warning; the caller reports the failure once
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     if socket.getdefaulttimeout() is None:  # kfp.Client sets no timeout: a silent host would hang
         socket.setdefaulttimeout(REQUEST_TIMEOUT_S)
     kwargs: dict[str, Any] = {"host": conn.host, "kube_context": conn.kube_context}

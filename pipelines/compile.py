@@ -55,13 +55,15 @@ def _with_image(spec: pipeline_spec_pb2.PipelineSpec, image: str) -> pipeline_sp
 
 def compile_pipeline(name: str, output: str | Path, image: str | None = None) -> Path:
     """Write pipeline `name` as IR YAML to `output`; `image` replaces every executor's image."""
+    if image is not None:
+        check_image(image)  # before anything is written
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     func = PIPELINES[name]
     if image is None:
         compiler.Compiler().compile(func, str(output))
         return output
-    spec = _with_image(func.pipeline_spec, check_image(image))
+    spec = _with_image(func.pipeline_spec, image)
     pipeline_spec_builder.write_pipeline_spec_to_file(
         pipeline_spec=spec,
         pipeline_description=func.description,

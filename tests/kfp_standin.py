@@ -91,7 +91,11 @@ class KfpStandIn:
             return self.force_status, {"error": "forced", "message": f"forced {self.force_status}"}
         route = path[len(API) :] if path.startswith(API) else None
         if route == "healthz" and method == "GET":
-            return 200, {"commit_sha": "stand-in", "tag_name": "2.5.0", "multi_user": self.multi_user}
+            return 200, {
+                "commit_sha": "stand-in",
+                "tag_name": "2.5.0",
+                "multi_user": self.multi_user,
+            }
         if route == "experiments" and method == "GET":
             return 200, self._list_experiments(query)
         if route == "experiments" and method == "POST":
@@ -159,9 +163,7 @@ class KfpStandIn:
                     standin.requests.append(
                         Recorded(self.command, api_path, parts.path, query, headers, body)
                     )
-                    status, answer = standin._answer(
-                        self.command, api_path, query, headers, body
-                    )
+                    status, answer = standin._answer(self.command, api_path, query, headers, body)
                 data = json.dumps(answer).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")

@@ -15,7 +15,7 @@ import click
 
 from components import __version__
 from components.common.errors import PipelineFailed, UserError
-from pipelines import cluster_cli
+from pipelines import cluster_cli, retrain_cli
 
 DEFAULT_OUTPUT = "automl-output"
 
@@ -347,6 +347,7 @@ def compile_cmd(output_dir, image):
 
 cli.add_command(cluster_cli.submit)
 cli.add_command(cluster_cli.schedule)
+cli.add_command(retrain_cli.command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,9 @@ class KfpStandIn:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -84,9 +86,9 @@ class KfpStandIn:
     # ------------------------------------------------------------ answers
 
     def _answer(self, method: str, path: str, query: dict, headers: dict, body: Any):
-        if self.require_token is not None:
-            if headers.get("authorization") != f"Bearer {self.require_token}":
-                return 401, {"error": "unauthenticated", "code": 16, "message": "bad token"}
+        token = self.require_token
+        if token is not None and headers.get("authorization") != f"Bearer {token}":
+            return 401, {"error": "unauthenticated", "code": 16, "message": "bad token"}
         if self.force_status is not None:
             return self.force_status, {"error": "forced", "message": f"forced {self.force_status}"}
         route = path[len(API) :] if path.startswith(API) else None

@@ -43,6 +43,7 @@ class KfpStandIn:
     force_status: int | None = None
     fail_runs: int = 0
     multi_user: bool = False
+    port_: int = 0  # 0: any free port
     requests: list[Recorded] = field(default_factory=list)
     experiments: list[dict] = field(default_factory=list)
     runs: list[dict] = field(default_factory=list)
@@ -50,7 +51,7 @@ class KfpStandIn:
 
     def __post_init__(self):
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port_), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from pipelines.compile import COMPILED_DIR
-from tests.integration.servers import CLI, free_port, start, stop, wait_ready
+from tests.integration.servers import CLI, free_port, stop, wait_ready
 from tests.kfp_standin import KfpStandIn
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,9 @@ the environment, so the YAML depends only on the source and the arguments.
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 
 from kfp import compiler
@@ -60,16 +62,19 @@ def compile_pipeline(name: str, output: str | Path, image: str | None = None) ->
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     func = PIPELINES[name]
-    if image is None:
-        compiler.Compiler().compile(func, str(output))
-        return output
-    spec = _with_image(func.pipeline_spec, image)
-    pipeline_spec_builder.write_pipeline_spec_to_file(
-        pipeline_spec=spec,
-        pipeline_description=func.description,
-        platform_spec=func.platform_spec,
-        package_path=str(output),
-    )
+    # written beside the output, then renamed: never a half-written YAML
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.", dir=output.parent) as tmp:
+        staged = Path(tmp) / output.name
+        if image is None:
+            compiler.Compiler().compile(func, str(staged))
+        else:
+            pipeline_spec_builder.write_pipeline_spec_to_file(
+                pipeline_spec=_with_image(func.pipeline_spec, image),
+                pipeline_description=func.description,
+                platform_spec=func.platform_spec,
+                package_path=str(staged),
+            )
+        os.replace(staged, output)
     return output
 
 

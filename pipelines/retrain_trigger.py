@@ -248,6 +248,12 @@ def create_app(config: TriggerConfig) -> Starlette:
                 log.error("run for %s not created: %s", key, exc)
                 errors.append(f"{key}: {exc}")
                 continue
+            except Exception as exc:  # noqa: BLE001 (a client bug must not take the receiver down)
+                state.release(key, due)
+                metrics.failures.inc()
+                log.exception("run for %s not created", key)
+                errors.append(f"{key}: unexpected {type(exc).__name__}: {exc}")
+                continue
             state.confirm(key, due, run.id)
             metrics.submitted.inc()
             log.info("started run %s for %s (alerts %s)", run.id, key, ", ".join(due))

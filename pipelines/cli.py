@@ -345,6 +345,9 @@ def compile_cmd(output_dir, image):
         click.echo(f"wrote {path}")
 
 
+from pipelines.deploy_cli import deploy_cmd  # noqa: E402 (registered below the built-in commands)
+
+cli.add_command(deploy_cmd)
 cli.add_command(cluster_cli.submit)
 cli.add_command(cluster_cli.schedule)
 cli.add_command(retrain_cli.command)

@@ -26,6 +26,7 @@ and `GET /healthz`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hmac
 import json
@@ -202,7 +203,10 @@ def create_app(config: TriggerConfig) -> Starlette:
     async def alerts(request: Request) -> Response:
         if not _authorized(request, config.token):
             return _error(401, "missing or wrong bearer token", metrics, "unauthorized")
-        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        declared = request.headers.get("content-length") or "0"
+        if not declared.isdigit():
+            return _error(400, "bad content-length header", metrics, "bad_request")
+        if int(declared) > MAX_BODY:
             return _error(413, f"body over {MAX_BODY} bytes", metrics, "too_large")
         body = await request.body()
         if len(body) > MAX_BODY:
@@ -225,14 +229,20 @@ def create_app(config: TriggerConfig) -> Starlette:
             elif alert.labels.get(RETRAIN_LABEL[0]) != RETRAIN_LABEL[1]:
                 metrics.ignored.labels("no_retrain_label").inc()
                 ignored += 1
-            else:
-                model = alert.labels.get(MODEL_LABEL) or ""
-                groups.setdefault(model, []).append(alert)
+            else:  # one run per model; an alert without a model label is its own group
+                key = alert.labels.get(MODEL_LABEL) or f"fingerprint:{alert.fingerprint}"
+                groups.setdefault(key, []).append(alert)
         runs, errors = [], []
-        for model, group in groups.items():
+        for key, group in groups.items():
+            model = group[0].labels.get(MODEL_LABEL) or ""
             by_fp = {a.fingerprint: a for a in group}
-            key = model or f"fingerprint:{group[0].fingerprint}"  # no model label: per alert
-            due, why = state.claim(key, list(by_fp))
+            try:
+                due, why = state.claim(key, list(by_fp))
+            except UserError as exc:  # the state cannot be written: start nothing, retry later
+                metrics.failures.inc()
+                log.error("state not writable: %s", exc)
+                errors.append(str(exc))
+                continue
             if not due:
                 metrics.deduplicated.inc(len(group))
                 deduplicated += len(group)
@@ -242,19 +252,21 @@ def create_app(config: TriggerConfig) -> Starlette:
             deduplicated += len(group) - len(due)
             try:
                 run = await run_in_threadpool(_submit, config, model, [by_fp[fp] for fp in due])
-            except (cluster.KfpApiError, UserError) as exc:
-                state.release(key, due)
+            except Exception as exc:  # noqa: BLE001 (unreachable, refused, or a client bug: 502)
+                with contextlib.suppress(UserError):
+                    state.release(key, due)
                 metrics.failures.inc()
-                log.error("run for %s not created: %s", key, exc)
-                errors.append(f"{key}: {exc}")
+                if isinstance(exc, cluster.KfpApiError | UserError):
+                    log.error("run for %s not created: %s", key, exc)
+                    errors.append(f"{key}: {exc}")
+                else:
+                    log.exception("run for %s not created", key)
+                    errors.append(f"{key}: unexpected {type(exc).__name__}: {exc}")
                 continue
-            except Exception as exc:  # noqa: BLE001 (a client bug must not take the receiver down)
-                state.release(key, due)
-                metrics.failures.inc()
-                log.exception("run for %s not created", key)
-                errors.append(f"{key}: unexpected {type(exc).__name__}: {exc}")
-                continue
-            state.confirm(key, due, run.id)
+            try:
+                state.confirm(key, due, run.id)
+            except UserError as exc:  # the claim (written before) still stands
+                log.error("run %s started, its id not recorded: %s", run.id, exc)
             metrics.submitted.inc()
             log.info("started run %s for %s (alerts %s)", run.id, key, ", ".join(due))
             runs.append({"model": model, "run_id": run.id, "url": run.url, "alerts": due})

@@ -314,3 +314,22 @@ def test_startup_mistakes_exit_2_in_one_line(tmp_path, env_token, args, message)
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
     assert message in done.stderr
+
+
+def test_alerts_without_a_model_label_each_start_their_own_run(kfp, trigger):
+    quality = []
+    for fp in ("q-1", "q-2"):
+        a = alert("unused", fingerprint=fp, annotations={"data_url": f"s3://lake/{fp}.csv"})
+        a["labels"] = {"alertname": "AutomlQualityDrop", "action": "retrain"}
+        quality.append(a)
+    r = trigger.post(notification(*quality))
+    assert r.status_code == 200
+    assert sorted(x["alerts"][0] for x in r.json()["runs"]) == ["q-1", "q-2"]
+    created = [x["run_id"] for x in r.json()["runs"]]
+    runs = [run for run in kfp.runs if run["run_id"] in created]
+    assert sorted(run["runtime_config"]["parameters"]["data"] for run in runs) == [
+        "s3://lake/q-1.csv",
+        "s3://lake/q-2.csv",
+    ]
+    assert all("model_name" not in run["runtime_config"]["parameters"] for run in runs)
+    assert trigger.post(notification(*quality)).json()["deduplicated"] == 2

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ DEFAULT_PIPELINE = Path(__file__).parent / "compiled" / "training.yaml"
 DEFAULT_EXPERIMENT = "kfp-automl"
 SA_TOKEN_ENV = "KF_PIPELINES_SA_TOKEN_PATH"  # the variable kfp.Client reads
 SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
-REQUEST_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 15.0  # connect and read, per attempt (urllib3 retries 3 times)
 
 
 class KfpApiError(Exception):
@@ -160,9 +159,30 @@ def _client_class():
 
         def get_kfp_healthz(self, sleep_duration: int = 5):  # noqa: ARG002 (signature kept)
             _keep_proxy_host(self._existing_config)
+            _set_timeout(self._healthz_api.api_client)
             return self._healthz_api.healthz_service_get_healthz()
 
     return Client
+
+
+def _set_timeout(api_client) -> None:
+    """A connect and read timeout on every request (kfp.Client sets none: a silent host hangs).
+
+    The generated REST client passes `timeout=None` (wait forever) to urllib3 unless a call
+    gives `_request_timeout`, which kfp.Client never does; all of the client's service APIs
+    share this one REST client, so its `request` supplies the timeout instead.
+    """
+    rest = api_client.rest_client
+    if getattr(rest, "has_default_timeout", False):
+        return
+    original = rest.request
+
+    def request(method, url, *args, _request_timeout=None, **kwargs):
+        timeout = _request_timeout or (REQUEST_TIMEOUT_S, REQUEST_TIMEOUT_S)
+        return original(method, url, *args, _request_timeout=timeout, **kwargs)
+
+    rest.request = request
+    rest.has_default_timeout = True
 
 
 def _keep_proxy_host(config) -> None:
@@ -265,8 +285,6 @@ def connect(conn: Connection):
         raise UserError("pass --host URL (or run inside the cluster, or configure kubectl)")
     # urllib3 logs each retry as a warning; the caller reports the failure once
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
-    if socket.getdefaulttimeout() is None:  # kfp.Client sets no timeout: a silent host would hang
-        socket.setdefaulttimeout(REQUEST_TIMEOUT_S)
     kwargs: dict[str, Any] = {"host": conn.host, "kube_context": conn.kube_context}
     token = _token_file(conn) if conn.host else None
     if token:

@@ -253,3 +253,19 @@ def test_server_error_exits_1(kfp, capsys):
     kfp.fail_runs = 1
     assert main(["submit", "--host", kfp.url]) == 1
     assert "answered HTTP 503: try later" in capsys.readouterr().err
+
+
+def test_a_host_that_never_answers_times_out(capsys, monkeypatch):
+    from pipelines import cluster
+
+    monkeypatch.setattr(cluster, "REQUEST_TIMEOUT_S", 0.5)
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        t0 = time.monotonic()
+        assert main(["submit", "--host", f"http://127.0.0.1:{port}"]) == 2
+        assert time.monotonic() - t0 < 15
+    err = _one_error_line(capsys)
+    assert f"cannot reach the KFP API at http://127.0.0.1:{port}" in err
+    assert "Read timed out" in err

@@ -22,12 +22,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create .venv and install the project with its dev tools
 
-# The tests run a Prometheus server and promtool, and render the report in headless Chromium:
-# Debian/Ubuntu packages prometheus, chromium, chromium-driver.
-SYSTEM_PACKAGES := prometheus chromium chromium-driver
+# The tests run a Prometheus server and promtool, an Alertmanager, and render the report in
+# headless Chromium: Debian/Ubuntu packages prometheus, prometheus-alertmanager, chromium, chromium-driver.
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager chromium chromium-driver
 system-deps: ## Install the system packages the tests use (prometheus, chromium) if missing
 	@if command -v promtool >/dev/null && command -v prometheus >/dev/null && \
-	  command -v chromium >/dev/null && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	  command -v prometheus-alertmanager >/dev/null && command -v chromium >/dev/null && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null; then \
 	  echo "the tests need: $(SYSTEM_PACKAGES); install them with your package manager"; exit 1; fi; \
 	sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \

@@ -15,6 +15,7 @@ import click
 
 from components import __version__
 from components.common.errors import PipelineFailed, UserError
+from pipelines import cluster_cli, retrain_cli
 
 DEFAULT_OUTPUT = "automl-output"
 
@@ -342,17 +343,26 @@ def rollback(name, reason, registry):
     default=None,
     help="Directory for the YAML files (default: pipelines/compiled/).",
 )
-def compile_cmd(output_dir):
+@click.option(
+    "--image",
+    default=None,
+    help="Image for every step, e.g. registry.example.com/team/components:1.2.0 "
+    "(default: the project's versioned components image).",
+)
+def compile_cmd(output_dir, image):
     """Compile the pipelines to KFP IR YAML for a Kubeflow cluster."""
     from pipelines.compile import COMPILED_DIR, compile_all
 
-    for path in compile_all(output_dir or COMPILED_DIR):
+    for path in compile_all(output_dir or COMPILED_DIR, image=image):
         click.echo(f"wrote {path}")
 
 
 from pipelines.deploy_cli import deploy_cmd  # noqa: E402 (registered below the built-in commands)
 
 cli.add_command(deploy_cmd)
+cli.add_command(cluster_cli.submit)
+cli.add_command(cluster_cli.schedule)
+cli.add_command(retrain_cli.command)
 
 from pipelines.fetch_cli import fetch_bento  # noqa: E402
 

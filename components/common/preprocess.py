@@ -224,9 +224,9 @@ def _datetime_parts(t: pd.Series) -> pd.DataFrame:
             "year": t.dt.year,
             "month": t.dt.month,
             "day": t.dt.day,
-            "weekday": t.dt.weekday,
+            "weekday": t.dt.day_of_week,
             "hour": t.dt.hour,
-            "dayofyear": t.dt.dayofyear,
+            "dayofyear": t.dt.day_of_year,
             "days": days,
         }
     ).astype(float)
@@ -286,8 +286,13 @@ def _encoder(encoding: str, n_categories: int, task: str, seed: int):
         encoding = "target" if n_categories > HIGH_CARDINALITY else "onehot"
     if encoding == "target":
         # cross-fitted: fit_transform encodes each row with a model fitted on the other folds
-        target_type = "continuous" if task == "regression" else "auto"
-        return TargetEncoder(target_type=target_type, cv=5, shuffle=True, random_state=seed)
+        from sklearn.model_selection import KFold, StratifiedKFold
+
+        if task == "regression":
+            return TargetEncoder(
+                target_type="continuous", cv=KFold(5, shuffle=True, random_state=seed)
+            )
+        return TargetEncoder(cv=StratifiedKFold(5, shuffle=True, random_state=seed))
     if encoding == "ordinal":
         return OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)
     return OneHotEncoder(handle_unknown="ignore", max_categories=32, sparse_output=False)

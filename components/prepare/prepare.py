@@ -318,9 +318,9 @@ def prepare(
             or ptypes.is_numeric_dtype(work[options.time_column])
         )
     ):
-        work[options.time_column] = pd.to_datetime(
-            work[options.time_column], errors="coerce", format="mixed"
-        )
+        parsed = pd.to_datetime(work[options.time_column], errors="coerce", format="mixed")
+        if parsed.notna().mean() >= 0.95:  # otherwise the split names the column and a value
+            work[options.time_column] = parsed
     train, valid, test = split(
         work,
         target,

@@ -275,6 +275,11 @@ def prepare(
     if n_duplicates:
         data = data.loc[~duplicated]
         decisions.append(_decision("(all)", "dropped rows", f"{n_duplicates} exact duplicate rows"))
+        if len(data) < MIN_ROWS:
+            raise UserError(
+                f"only {len(data)} distinct rows have a value for target {target!r} "
+                f"({n_duplicates} exact duplicate rows dropped); at least {MIN_ROWS} are needed"
+            )
     resolved = _check_target(data, target, task)
     if resolved == "classification" and task == "auto":
         decisions.append(

@@ -133,7 +133,8 @@ def test_validate_rejects_bad_tables(df, target, task, match):
 def test_prepare_rejects_a_table_with_only_constant_features():
     df = pd.DataFrame({"row": np.arange(60), "k": [1] * 60, "t": ["a", "b"] * 30})
     with pytest.raises(
-        UserError, match=r"no usable feature columns besides target 't' \(row: identifier.*k: constant"
+        UserError,
+        match=r"no usable feature columns besides target 't' \(row: identifier.*k: constant",
     ):
         prepare(df, "t")
 

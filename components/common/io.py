@@ -212,7 +212,7 @@ def _read_jsonl(path: str, notes: list[str]):
     # a column with values of different JSON types: read it with pandas (object columns)
     notes.append(f"read with mixed JSON value types ({message})")
     with _open(path) as fh:
-        return pd.read_json(fh, lines=True, dtype=False, convert_dates=False)
+        return pd.read_json(fh, lines=True, dtype=False)
 
 
 def _not_utf8(column) -> str:

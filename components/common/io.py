@@ -240,7 +240,7 @@ def _to_pandas(table, path: str) -> pd.DataFrame:
         for f in table.schema:
             if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type):
                 raise UserError(f"column {f.name!r} of {path} {_not_utf8(table[f.name])}")
-        df = table.to_pandas(split_blocks=True, self_destruct=True)
+        df = table.to_pandas(split_blocks=True, self_destruct=True, date_as_object=False)
     names = [str(c) for c in df.columns]
     seen: dict[str, int] = {}
     for i, name in enumerate(names):

@@ -67,6 +67,8 @@ def category_strings(values) -> pd.Series:
         out[~integral & ~np.isnan(v)] = s[~integral & ~np.isnan(v)].astype(str)
         out[np.isnan(v)] = np.nan
         return out
+    if pd.api.types.is_string_dtype(s) and s.dtype != object:
+        return s  # pandas' text dtype: already text, NaN for missing
     out = s.astype(object)
     mask = s.isna().to_numpy()
     if not pd.api.types.is_string_dtype(s) or s.dtype == object:

@@ -265,7 +265,7 @@ def prepare(
     warnings: list[str] = [f"read: {note}" for note in df.attrs.get("read_notes", [])]
 
     missing = df[target].isna()
-    data = df.loc[~missing].copy()
+    data = df.loc[~missing] if missing.any() else df.copy(deep=False)  # copy-on-write
     if missing.any():
         decisions.append(
             _decision(target, "dropped rows", f"{int(missing.sum())} rows have no target value")
@@ -297,6 +297,7 @@ def prepare(
     work = pd.DataFrame(
         {c.name: (c.values if c.values is not None else data[c.name]) for c in kept},
         index=data.index,
+        copy=False,
     )
     work[target] = data[target]
     scores = association(work, {c.name: c.role for c in kept}, target, resolved, seed)

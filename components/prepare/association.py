@@ -38,10 +38,8 @@ def _groups(s: pd.Series, role: str) -> np.ndarray:
     return codes
 
 
-def _score_classification(g: np.ndarray, y: np.ndarray, train: np.ndarray) -> float:
+def _score_classification(g: np.ndarray, onehot: np.ndarray, train: np.ndarray) -> float:
     """1 - Brier score of per-group class shares (smoothed towards the overall shares) / baseline."""
-    labels, codes = np.unique(y, return_inverse=True)
-    onehot = np.eye(len(labels))[codes]
     prior = onehot[train].mean(axis=0)
     sums = pd.DataFrame(onehot[train]).groupby(g[train]).sum()
     sizes = sums.sum(axis=1).to_numpy()[:, None]
@@ -74,7 +72,8 @@ def association(
     rng = np.random.default_rng(seed)
     train = rng.random(len(df)) < 0.5
     if task == "classification":
-        y = category_strings(df[target]).to_numpy(dtype=object)
+        codes, labels = pd.factorize(df[target])
+        y = np.eye(len(labels))[codes]  # one column per class
         score = _score_classification
     else:
         y = df[target].to_numpy(dtype=float)

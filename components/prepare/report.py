@@ -13,12 +13,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.evaluate.plots import _figure, _png
+from components.evaluate.plots import _png
 from components.evaluate.report import STYLE, _img, _note, _section, _table, esc
 
 MAX_PLOTS = 60
 PLOT_ROWS = 100_000
 TOP_CATEGORIES = 15
+
+
+def _figure(width: float, height: float):
+    """A small figure with fixed margins (no constrained layout: dozens are drawn per report)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=80)
+    fig.subplots_adjust(left=0.28, right=0.97, bottom=0.14, top=0.88)
+    return fig, fig.add_subplot()
 
 
 def _distribution(name: str, values: pd.Series, role: str) -> str:

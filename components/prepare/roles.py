@@ -187,8 +187,11 @@ def infer_column(name: str, s: pd.Series, n_rows: int) -> Column:
         return Column(name, "numeric", "numbers")
     if not _is_text_like(s):
         return Column(name, "categorical", f"values of type {s.dtype}", values=category_strings(s))
-    as_number = pd.to_numeric(non_null, errors="coerce")
-    share = float(as_number.notna().mean())
+    head = non_null.head(SAMPLE)
+    share = float(pd.to_numeric(head, errors="coerce").notna().mean())
+    if share >= MIXED_NUMERIC_SHARE:  # maybe numbers: check every value
+        as_number = pd.to_numeric(non_null, errors="coerce")
+        share = float(as_number.notna().mean())
     if share == 1.0:
         return Column(name, "numeric", "numbers stored as text", values=_numbers(s))
     if share >= MIXED_NUMERIC_SHARE:

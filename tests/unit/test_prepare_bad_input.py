@@ -170,3 +170,22 @@ def test_random_frame_strategy_reaches_both_outcomes():
 
     probe()
     assert outcomes == {"ok", "error"}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(random_tables(), st.sampled_from(["csv", "jsonl", "parquet"]))
+def test_random_frames_through_a_file_give_outputs_or_a_user_error(tmp_path_factory, df, fmt):
+    path = tmp_path_factory.mktemp("frames") / f"t.{fmt}"
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+    elif fmt == "jsonl":
+        df.to_json(path, orient="records", lines=True)
+    else:
+        df.astype({c: str for c in df.columns if df[c].dtype == object}).to_parquet(path)
+    try:
+        p = prepare(read_table(path), "y")
+    except UserError as exc:
+        assert len(str(exc).splitlines()) == 1
+        return
+    assert len(p.train) and len(p.valid) and len(p.test)
+    json.dumps(p.schema)

@@ -184,7 +184,7 @@ def infer_column(name: str, s: pd.Series, n_rows: int) -> Column:
         reason = _identifier_reason(name, s, non_null, n_rows)
         if reason:
             return Column(name, None, reason)
-        return Column(name, "numeric", "numbers")
+        return _finite(Column(name, "numeric", "numbers"), s)
     if not _is_text_like(s):
         return Column(name, "categorical", f"values of type {s.dtype}", values=category_strings(s))
     head = non_null.head(SAMPLE)
@@ -193,7 +193,7 @@ def infer_column(name: str, s: pd.Series, n_rows: int) -> Column:
         as_number = pd.to_numeric(non_null, errors="coerce")
         share = float(as_number.notna().mean())
     if share == 1.0:
-        return Column(name, "numeric", "numbers stored as text", values=_numbers(s))
+        return _finite(Column(name, "numeric", "numbers stored as text", values=_numbers(s)), s)
     if share >= MIXED_NUMERIC_SHARE:
         row, value = _row(non_null, as_number.isna().to_numpy())
         raise UserError(
@@ -217,6 +217,24 @@ def infer_column(name: str, s: pd.Series, n_rows: int) -> Column:
         f"{non_null.nunique()} distinct text values",
         values=category_strings(s),
     )
+
+
+def _finite(col: Column, s: pd.Series) -> Column:
+    """Infinite numbers become missing values (serving refuses them), with a warning."""
+    values = col.values if col.values is not None else s
+    v = values.to_numpy(dtype=float, na_value=np.nan)
+    infinite = np.isinf(v)
+    if infinite.any():
+        row, value = _row(values, infinite)
+        col.values = values.where(~infinite).astype(float)
+        col.warnings.append(
+            f"column {col.name!r}: {int(infinite.sum())} infinite values (row {row}: {value}); read as missing"
+        )
+        if col.values.notna().sum() == 0:
+            return Column(
+                col.name, None, "every value is missing or infinite", warnings=col.warnings
+            )
+    return col
 
 
 def _as_datetime(name: str, s: pd.Series, reason: str) -> Column:
@@ -251,9 +269,10 @@ def apply_override(name: str, s: pd.Series, role: str) -> Column:
             )
         if values.notna().sum() == 0:
             raise UserError(f"--numeric {name}: no value of column {name!r} is a number")
-        return Column(
+        col = Column(
             name, "numeric", "numeric on request", values=values.astype(float), warnings=warnings
         )
+        return _finite(col, s)
     if role == "datetime":
         return _as_datetime(name, s, "datetime on request")
     if role == "boolean":

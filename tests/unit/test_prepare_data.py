@@ -262,3 +262,16 @@ def test_run_writes_every_output_and_nothing_on_error(tmp_path):
             summary_path=str(bad / "s.md"),
         )
     assert not bad.exists() or not any(bad.iterdir())
+
+
+def test_infinite_numbers_become_missing_with_a_warning():
+    df = messy()
+    df["ratio"] = np.random.default_rng(2).normal(size=len(df))
+    df.loc[[10, 20], "ratio"] = [np.inf, -np.inf]
+    s = prepare(df, "churn").schema
+    ratio = _by_name(s)["ratio"]
+    assert np.isfinite([ratio["min"], ratio["max"]]).all()
+    assert any("'ratio': 2 infinite values (row 11: inf)" in w for w in s["warnings"])
+    json.loads(json.dumps(s, allow_nan=False))
+    profile = build_profile(prepare(df, "churn").train, s)
+    json.dumps(profile, allow_nan=False)

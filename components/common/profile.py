@@ -43,7 +43,8 @@ def fast_bin_index(values: pd.Series, spec: dict[str, Any]) -> np.ndarray:
     n_bins = len(spec["bins"])
     plain_text = pd.api.types.is_string_dtype(values) and values.dtype != object
     text = values if plain_text else values.astype(str)  # str(v) per value, as bin_index does
-    codes = pd.Categorical(text, categories=spec["categories"]).codes.astype(np.int64)
+    codes = pd.Index(spec["categories"], dtype=object).get_indexer(text)
+    codes = codes.astype(np.int64)
     codes[codes < 0] = n_bins - 2  # other
     codes[values.isna().to_numpy()] = n_bins - 1  # missing
     return codes

@@ -148,9 +148,11 @@ def _identifier_reason(name: str, s: pd.Series, non_null: pd.Series, n_rows: int
         return None
     if non_null.nunique() != len(non_null):
         return None
-    if ptypes.is_integer_dtype(s) or (
-        ptypes.is_float_dtype(s) and bool(np.all(np.mod(non_null.to_numpy(float), 1) == 0))
-    ):
+    with np.errstate(invalid="ignore"):
+        integral = ptypes.is_float_dtype(s) and bool(
+            np.all(np.mod(non_null.to_numpy(float), 1) == 0)
+        )
+    if ptypes.is_integer_dtype(s) or integral:
         v = non_null.to_numpy(dtype=float)
         consecutive = v.max() - v.min() + 1 <= 1.5 * len(v)
         if consecutive or _ID_NAME.search(name):

@@ -234,6 +234,51 @@ def _decision(column: str, action: str, reason: str) -> dict[str, str]:
     return {"column": column, "action": action, "reason": reason}
 
 
+def _fitted_decisions(feature: dict[str, Any], train: pd.Series) -> list[dict[str, str]]:
+    """What the model's preprocessing will learn from these training rows: clip bounds, rare groups."""
+    from components.common.preprocess import (
+        CLIP_QUANTILES,
+        RARE,
+        RARE_MIN_COUNT,
+        RARE_MIN_SHARE,
+        category_strings,
+    )
+
+    name, role = feature["name"], feature["role"]
+    if role == "numeric":
+        v = train.to_numpy(dtype=float, na_value=np.nan)
+        v = v[np.isfinite(v)]
+        if not len(v):
+            return []
+        low, high = np.quantile(v, CLIP_QUANTILES)
+        n_out = int(np.sum((v < low) | (v > high)))
+        if not n_out:
+            return []
+        return [
+            _decision(
+                name,
+                "clipping",
+                f"clipped to [{low:.6g}, {high:.6g}] (train 0.1/99.9 percentiles): "
+                f"{n_out} train values beyond",
+            )
+        ]
+    if role == "categorical":
+        counts = category_strings(train).value_counts()
+        rare = counts[counts < max(RARE_MIN_COUNT, RARE_MIN_SHARE * len(train))]
+        if not len(rare):
+            return []
+        shown = ", ".join(map(repr, rare.index[:3])) + (", ..." if len(rare) > 3 else "")
+        return [
+            _decision(
+                name,
+                "grouping",
+                f"{len(rare)} rare categories ({int(rare.sum())} train rows, e.g. {shown}) "
+                f"grouped as {RARE!r}",
+            )
+        ]
+    return []
+
+
 def _split_name(options: Options) -> str:
     if options.time_column:
         return f"time-ordered on {options.time_column!r}: the latest rows are the test rows"
@@ -345,6 +390,7 @@ def prepare(
         f["association"] = scores.get(f["name"])
         if f["missing_rate"] > HIGH_MISSING:
             warnings.append(f"column {f['name']!r} is {f['missing_rate']:.0%} missing")
+        decisions.extend(_fitted_decisions(f, train[f["name"]]))
         if f["role"] == "categorical":
             how = (
                 "target encoding (cross-fitted)"

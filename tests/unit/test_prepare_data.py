@@ -275,3 +275,16 @@ def test_infinite_numbers_become_missing_with_a_warning():
     json.loads(json.dumps(s, allow_nan=False))
     profile = build_profile(prepare(df, "churn").train, s)
     json.dumps(profile, allow_nan=False)
+
+
+def test_clipping_and_rare_grouping_are_reported_from_the_train_rows():
+    df = messy()
+    df.loc[5, "tenure"] = 10_000.0  # an outlier
+    df.loc[[7, 8], "plan"] = "legacy"  # a rare category
+    p = prepare(df, "churn")
+    decided = {(d["column"], d["action"]): d["reason"] for d in p.schema["decisions"]}
+    assert decided[("tenure", "clipping")].startswith("clipped to [")
+    if 10_000.0 in set(p.train["tenure"]):
+        assert "train values beyond" in decided[("tenure", "clipping")]
+    grouping = decided[("plan", "grouping")]
+    assert "'legacy'" in grouping and "grouped as '(rare)'" in grouping

@@ -189,7 +189,10 @@ def test_pipeline_scores_training_frame_and_serving_records_identically():
 def test_unseen_and_missing_values_at_predict_time_do_not_fail():
     df, y, schema = _mixed()
     model = Pipeline(
-        [("preprocess", build_preprocessor(schema)), ("model", LogisticRegression(max_iter=500))]
+        [
+            ("preprocess", build_preprocessor(schema, scale_numeric=True)),
+            ("model", LogisticRegression(max_iter=500)),
+        ]
     )
     model.fit(df, y)
     odd = pd.DataFrame(

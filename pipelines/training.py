@@ -75,7 +75,8 @@ def training(
         min_improvement: The least gain on the metric for a new model to replace the champion.
         slice_column: Categorical column for per-slice metrics in the report; empty picks one.
         n_bootstrap: Bootstrap resamples for the holdout metrics' confidence intervals.
-        drop_columns: Comma-separated columns to drop before training.
+        drop_columns: Columns to drop before training: comma-separated or a JSON array (as are the
+            five role lists below).
         categorical_columns: Comma-separated columns to treat as categorical.
         numeric_columns: Comma-separated columns to treat as numbers.
         datetime_columns: Comma-separated columns to parse as dates/times.

@@ -47,7 +47,7 @@ def prepare_data(
         seed: Seed of the split.
         valid_fraction: Share of rows for validation.
         test_fraction: Share of rows for the holdout test.
-        drop_columns: Comma-separated columns to drop.
+        drop_columns: Columns to drop: comma-separated or a JSON array (as are the role lists below).
         categorical_columns: Comma-separated columns to treat as categorical.
         numeric_columns: Comma-separated columns to treat as numbers (other values become missing).
         datetime_columns: Comma-separated columns to parse as dates/times.

@@ -67,6 +67,7 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     """
     path = str(path)
     fmt = table_format(path)
+    _refuse_credentials(path)
     if not _is_url(path):
         local = Path(path.removeprefix("file://"))
         if not local.exists():
@@ -108,6 +109,18 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise UserError(f"data file has no columns: {path}")
     df.attrs["read_notes"] = notes
     return df
+
+
+def _refuse_credentials(path: str) -> None:
+    """A password in a URL would travel as a pipeline parameter: refuse it."""
+    from urllib.parse import urlsplit
+
+    if _is_url(path) and urlsplit(path).password is not None:
+        scheme = urlsplit(path).scheme
+        raise UserError(
+            f"the {scheme}:// URL holds a password: pass credentials through the environment "
+            "(or a Kubernetes Secret), never in the data URL"
+        )
 
 
 def _first_line(exc: BaseException) -> str:

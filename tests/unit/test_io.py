@@ -319,3 +319,14 @@ def test_read_table_types_columns(tmp_path):
     assert pd.api.types.is_datetime64_any_dtype(df["d"])
     assert pd.api.types.is_bool_dtype(df["b"])
     assert pd.isna(df["s"].iloc[1]) and pd.isna(df["n"].iloc[1])  # empty strings are missing
+
+
+@pytest.mark.parametrize(
+    "url", ["https://ann:s3cret@example.com/t.csv", "s3://KEY:SECRET@bucket/t.parquet"]
+)
+def test_read_table_refuses_a_password_in_the_url(url):
+    with pytest.raises(
+        UserError, match=r"holds a password: pass credentials through the environment"
+    ) as info:
+        read_table(url)
+    assert "s3cret" not in str(info.value) and "SECRET" not in str(info.value)

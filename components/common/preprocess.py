@@ -99,7 +99,18 @@ def datetime_values(values) -> pd.Series:
         if getattr(s.dt, "tz", None) is not None:
             s = s.dt.tz_convert("UTC").dt.tz_localize(None)
         return s.astype("datetime64[ns]")
-    parsed = pd.to_datetime(category_strings(s), errors="coerce", utc=True, format="mixed")
+    text = category_strings(s)
+    parsed = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")  # the fast path
+    retry = parsed.isna() & text.notna()
+    if retry.any():  # another layout: guess it from one value, parse the column with it
+        from pandas.tseries.api import guess_datetime_format
+
+        layout = guess_datetime_format(str(text[retry].iloc[0]))
+        if layout:
+            parsed[retry] = pd.to_datetime(text[retry], errors="coerce", utc=True, format=layout)
+            retry = parsed.isna() & text.notna()
+    if retry.any():  # mixed layouts: value by value
+        parsed[retry] = pd.to_datetime(text[retry], errors="coerce", utc=True, format="mixed")
     return parsed.dt.tz_localize(None).astype("datetime64[ns]")
 
 

@@ -220,3 +220,17 @@ def test_old_schema_without_roles_still_builds():
     X = pd.DataFrame({"a": [1.0, 2.0, np.nan, 4.0] * 10, "b": ["u", "v"] * 20})
     out = build_preprocessor(schema).fit_transform(X, np.arange(40.0))
     assert out.shape[0] == 40 and np.isfinite(out).all()
+
+
+def test_datetime_values_iso_guessed_layout_and_mixed():
+    from components.common.preprocess import datetime_values
+
+    iso = datetime_values(pd.Series(["2024-01-02", "2024-01-02T10:00:00+02:00", None]))
+    assert iso.tolist()[:2] == [pd.Timestamp("2024-01-02"), pd.Timestamp("2024-01-02 08:00")]
+    dotted = datetime_values(pd.Series(["27.07.2020", "01.12.2021", "31.12.2021"] * 1000))
+    assert dotted.iloc[0] == pd.Timestamp("2020-07-27") and dotted.notna().all()
+    mixed = datetime_values(pd.Series(["27.07.2020", "2021-03-04", "March 5, 2022", "nope"]))
+    assert mixed.tolist()[:3] == [
+        pd.Timestamp(d) for d in ("2020-07-27", "2021-03-04", "2022-03-05")
+    ]
+    assert pd.isna(mixed.iloc[3])

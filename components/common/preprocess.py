@@ -22,6 +22,7 @@ Feature roles (schema `role`, falling back to `kind` for older schemas):
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -105,7 +106,9 @@ def datetime_values(values) -> pd.Series:
     if retry.any():  # another layout: guess it from one value, parse the column with it
         from pandas.tseries.api import guess_datetime_format
 
-        layout = guess_datetime_format(str(text[retry].iloc[0]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "day first?": the guessed layout settles it
+            layout = guess_datetime_format(str(text[retry].iloc[0]))
         if layout:
             parsed[retry] = pd.to_datetime(text[retry], errors="coerce", utc=True, format=layout)
             retry = parsed.isna() & text.notna()

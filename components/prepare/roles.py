@@ -44,6 +44,7 @@ DATETIME_SHARE = 0.95
 TEXT_MIN_WORDS = 4.0  # mean words per value
 SAMPLE = 2000
 _DATE_LIKE = re.compile(r"^\s*\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}.*)?\s*$")
+_PLACEHOLDER = re.compile(r"[^\w]*")  # no letter or digit: "?", "-", "." ...
 _ID_NAME = re.compile(r"(^|[_\s-])(id|uuid|guid|key)$|^id[_\s-]", re.IGNORECASE)
 
 
@@ -197,6 +198,16 @@ def infer_column(name: str, s: pd.Series, n_rows: int) -> Column:
     if share == 1.0:
         return _finite(Column(name, "numeric", "numbers stored as text", values=_numbers(s)), s)
     if share >= MIXED_NUMERIC_SHARE:
+        text = non_null[as_number.isna().to_numpy()].astype(str)
+        if text.str.fullmatch(_PLACEHOLDER).all():  # "?", "-", "." ... stand for missing
+            shown = ", ".join(repr(v) for v in text.unique()[:3])
+            col = Column(
+                name, "numeric", "numbers with placeholders for missing", values=_numbers(s)
+            )
+            col.warnings.append(
+                f"column {name!r}: {len(text)} placeholder values ({shown}) read as missing"
+            )
+            return _finite(col, s)
         row, value = _row(non_null, as_number.isna().to_numpy())
         raise UserError(
             f"column {name!r} mixes numbers and text: {share:.1%} of its values are numbers but "

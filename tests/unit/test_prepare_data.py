@@ -288,3 +288,14 @@ def test_clipping_and_rare_grouping_are_reported_from_the_train_rows():
         assert "train values beyond" in decided[("tenure", "clipping")]
     grouping = decided[("plan", "grouping")]
     assert "'legacy'" in grouping and "grouped as '(rare)'" in grouping
+
+
+def test_placeholders_in_a_number_column_are_missing_values():
+    df = messy()
+    df["income"] = np.random.default_rng(4).normal(50, 5, size=len(df)).round(1).astype(object)
+    df.loc[[3, 9], "income"] = "?"
+    df.loc[12, "income"] = " - "
+    s = prepare(df, "churn").schema
+    assert _by_name(s)["income"]["role"] == "numeric"
+    assert _by_name(s)["income"]["missing_rate"] > 0
+    assert any("'income': 3 placeholder values ('?', ' - ')" in w for w in s["warnings"])

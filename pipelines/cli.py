@@ -16,6 +16,7 @@ import click
 from components import __version__
 from components.common.errors import PipelineFailed, UserError
 from pipelines import cluster_cli, retrain_cli
+from pipelines.prepare_cli import prepare_options
 
 DEFAULT_OUTPUT = "automl-output"
 
@@ -95,6 +96,7 @@ def cli() -> None:
     "--ray-address", default="", help="Join this Ray cluster instead of starting Ray locally."
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show every log line, not just progress.")
+@prepare_options
 def run(
     data,
     target,
@@ -108,13 +110,15 @@ def run(
     model_name,
     ray_address,
     verbose,
+    **prepare_flags,
 ):
     """Run the training pipeline locally (kfp.local, no cluster, no Docker)."""
     from components.common.io import DEFAULT_DATASET, DEFAULT_TARGET, read_table
     from components.common.metrics import resolve_metric
-    from components.prepare.prepare import validate
+    from components.prepare.prepare import prepare, validate
     from components.tune.families import select_families
     from pipelines.local_run import run_pipeline
+    from pipelines.prepare_cli import prepare_params
 
     if not data:
         if target and target != DEFAULT_TARGET:
@@ -130,6 +134,8 @@ def run(
     # Validate everything up front: a user mistake must not cost a Ray start or leave outputs behind.
     click.echo(f"checking {data}")
     df = read_table(data)
+    prep_params, options = prepare_params(prepare_flags)
+    prepare(df, target, task, seed, options=options)  # every table/flag mistake, before any work
     rows, resolved, _ = validate(df, target, task)
     n_classes = int(rows[target].nunique()) if resolved == "classification" else 0
     chosen = resolve_metric(metric, resolved, n_classes)
@@ -153,6 +159,7 @@ def run(
         seed=seed,
         ray_address=ray_address,
         model_name=model_name,
+        **prep_params,
     )
     s = run_pipeline(params, out, verbose=verbose)
     click.echo("")
@@ -164,6 +171,7 @@ def run(
     )
     click.echo(f"  leaderboard  {s['leaderboard_csv']}")
     click.echo(f"  report       {s['report_html']}")
+    click.echo(f"  data report  {s['data_report_html']}")
     click.echo(f"  bento        {s['bento_tag']}  ({s['bento_archive']})")
     stage = "champion" if s["deploy"] else "challenger"
     click.echo(f"  gate         {stage}: {s['gate_reason']}")

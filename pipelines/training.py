@@ -27,6 +27,8 @@ class Outputs(NamedTuple):
     model_card: Artifact
     bento: Model
     decision: Artifact
+    data_report: HTML
+    data_summary: Markdown
 
 
 @dsl.pipeline(
@@ -50,6 +52,14 @@ def training(
     n_bootstrap: int = 200,
     deploy_namespace: str = "",
     deploy_manifests: str = "",
+    drop_columns: str = "",
+    categorical_columns: str = "",
+    numeric_columns: str = "",
+    datetime_columns: str = "",
+    text_columns: str = "",
+    boolean_columns: str = "",
+    time_column: str = "",
+    group_column: str = "",
 ) -> Outputs:
     """Train and package a model for `target` in `data`.
 
@@ -72,8 +82,30 @@ def training(
             when not ready); empty deploys nothing.
         deploy_manifests: Rendered serving manifests (path or URL) for the deploy step; empty
             uses the copy baked into the components image.
+        drop_columns: Columns to drop before training: comma-separated or a JSON array (as are the
+            five role lists below).
+        categorical_columns: Comma-separated columns to treat as categorical.
+        numeric_columns: Comma-separated columns to treat as numbers.
+        datetime_columns: Comma-separated columns to parse as dates/times.
+        text_columns: Comma-separated columns to treat as free text.
+        boolean_columns: Comma-separated columns to treat as true/false.
+        time_column: Time-ordered split on this column (empty: random, stratified for classification).
+        group_column: Split so one value of this column never spans train and test.
     """
-    prep = prepare_data(data=data, target=target, task=task, seed=seed).set_display_name("prepare")
+    prep = prepare_data(
+        data=data,
+        target=target,
+        task=task,
+        seed=seed,
+        drop_columns=drop_columns,
+        categorical_columns=categorical_columns,
+        numeric_columns=numeric_columns,
+        datetime_columns=datetime_columns,
+        text_columns=text_columns,
+        boolean_columns=boolean_columns,
+        time_column=time_column,
+        group_column=group_column,
+    ).set_display_name("prepare")
     tune = tune_models(
         train=prep.outputs["train"],
         valid=prep.outputs["valid"],
@@ -144,4 +176,6 @@ def training(
         model_card=evaluation.outputs["model_card"],
         bento=pkg.outputs["bento"],
         decision=gate.outputs["decision"],
+        data_report=prep.outputs["data_report"],
+        data_summary=prep.outputs["data_summary"],
     )

@@ -80,4 +80,6 @@ def test_pipeline_wiring_and_defaults():
         "schema",
         "profile",
         "decision",
+        "data_report",
+        "data_summary",
     } == set(outputs)

@@ -1,7 +1,7 @@
-"""KFP component: prepare (validate, describe, split)."""
+"""KFP component: prepare (validate, infer column roles, clean, split, profile, data report)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Output
+from kfp.dsl import HTML, Artifact, Dataset, Markdown, Output
 
 from components._image import COMPONENTS_IMAGE
 
@@ -15,28 +15,60 @@ def prepare_data(
     test: Output[Dataset],
     schema: Output[Artifact],
     profile: Output[Artifact],
+    data_report: Output[HTML],
+    data_summary: Output[Markdown],
     task: str = "auto",
     seed: int = 42,
     valid_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    drop_columns: str = "",
+    categorical_columns: str = "",
+    numeric_columns: str = "",
+    datetime_columns: str = "",
+    text_columns: str = "",
+    boolean_columns: str = "",
+    time_column: str = "",
+    group_column: str = "",
 ):
-    """Validate a table, infer the task and column roles, and split it.
+    """Validate a table, infer the task and column roles, clean it, split it, and report on it.
 
     Args:
-        data: Table path or fsspec URL (CSV, TSV, Parquet, JSON Lines); empty for the built-in demo table.
+        data: Table path or fsspec URL (CSV, TSV, Parquet, JSON Lines); empty for the built-in
+            demo table. Credentials for s3://, gs:// ... come from the pod's environment.
         target: Target column; empty with empty `data` means the demo table's target.
         train: Training rows (Parquet).
         valid: Validation rows used to compare trials (Parquet).
         test: Holdout rows used only by evaluation (Parquet).
-        schema: Column roles, dtypes, categories and ranges (JSON).
-        profile: Reference bins, shares and calibrated drift thresholds per feature (JSON).
+        schema: Column roles, dtypes, categories, ranges, required columns, decisions (JSON).
+        profile: Reference bins, counts, shares and calibrated drift thresholds per feature (JSON).
+        data_report: The data report (HTML).
+        data_summary: The data report's summary (Markdown).
         task: "auto", "classification" or "regression".
         seed: Seed of the split.
         valid_fraction: Share of rows for validation.
         test_fraction: Share of rows for the holdout test.
+        drop_columns: Columns to drop: comma-separated or a JSON array (as are the role lists below).
+        categorical_columns: Comma-separated columns to treat as categorical.
+        numeric_columns: Comma-separated columns to treat as numbers (other values become missing).
+        datetime_columns: Comma-separated columns to parse as dates/times.
+        text_columns: Comma-separated columns to treat as free text.
+        boolean_columns: Comma-separated columns to treat as true/false.
+        time_column: Split by time on this column (the latest rows are the test rows).
+        group_column: Split so that one value of this column never spans two splits.
     """
-    from components.prepare.prepare import run
+    from components.prepare.prepare import Options, run
+    from components.prepare.roles import parse_list
 
+    options = Options(
+        drop=parse_list(drop_columns),
+        categorical=parse_list(categorical_columns),
+        numeric=parse_list(numeric_columns),
+        datetime=parse_list(datetime_columns),
+        text=parse_list(text_columns),
+        boolean=parse_list(boolean_columns),
+        time_column=time_column,
+        group_column=group_column,
+    )
     result = run(
         data,
         target,
@@ -49,6 +81,9 @@ def prepare_data(
         seed,
         valid_fraction,
         test_fraction,
+        options,
+        data_report.path,
+        data_summary.path,
     )
     for art, key in ((train, "train"), (valid, "valid"), (test, "test")):
         art.metadata["rows"] = result["rows"][key]
@@ -59,3 +94,4 @@ def prepare_data(
             "data_fingerprint": result["data_fingerprint"],
         }
     )
+    data_report.metadata["warnings"] = len(result["warnings"])

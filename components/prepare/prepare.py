@@ -1,28 +1,65 @@
-"""Data preparation: validate the table, infer task and column roles, split.
+"""Data preparation: validate the table, infer the task and column roles, clean, split.
 
 Plain functions with no KFP imports; `component.py` is the thin adapter.
-The schema written here is what tuning builds its preprocessing from and
-what serving later checks requests against.
+The schema written here is what tuning builds its preprocessing from
+(components/common/preprocess.py) and what serving checks requests against.
+Every automatic decision (a role, a dropped column or row, the split) is
+recorded in the schema's `decisions` with its reason; `warnings` lists what
+a person should look at.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
-from sklearn.model_selection import train_test_split
 
 from components.common.errors import UserError
+from components.prepare.association import LEAK_SCORE, association
+from components.prepare.roles import Column, Overrides, apply_override, describe, infer_column
+from components.prepare.splitting import split
+
+__all__ = ["Options", "Prepared", "describe_features", "infer_task", "prepare", "split", "validate"]
 
 TASKS = ("auto", "classification", "regression")
 MIN_ROWS = 50
 MIN_ROWS_PER_CLASS = 3
 MAX_CLASSES = 50
 MAX_CATEGORIES_RECORDED = 200
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+HIGH_MISSING = 0.5
+IMBALANCE = 0.05
+
+
+@dataclass
+class Options:
+    """What the user may set about preparation (flags, component parameters, a schema file)."""
+
+    drop: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    numeric: list[str] = field(default_factory=list)
+    datetime: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    boolean: list[str] = field(default_factory=list)
+    schema_file: str = ""
+    time_column: str = ""
+    group_column: str = ""
+
+    def overrides(self) -> Overrides:
+        from_file = load_schema_file(self.schema_file) if self.schema_file else Overrides()
+        flags = Overrides.from_lists(
+            drop=self.drop,
+            categorical=self.categorical,
+            numeric=self.numeric,
+            datetime=self.datetime,
+            text=self.text,
+            boolean=self.boolean,
+        )
+        return from_file.merged(flags)
 
 
 @dataclass
@@ -31,6 +68,33 @@ class Prepared:
     valid: pd.DataFrame
     test: pd.DataFrame
     schema: dict[str, Any]
+
+
+def load_schema_file(path: str) -> Overrides:
+    """Column roles from a small YAML/JSON file: `{columns: {name: role}}` and/or `{drop: [names]}`."""
+    import yaml
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"--schema-file {path!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        doc = yaml.safe_load(text)  # JSON is YAML too
+    except yaml.YAMLError as exc:
+        raise UserError(
+            f"--schema-file {path!r} is not valid YAML/JSON: {str(exc).splitlines()[0]}"
+        ) from None
+    if not isinstance(doc, dict) or not set(doc) <= {"columns", "drop"}:
+        raise UserError(
+            f"--schema-file {path!r} must be a mapping with 'columns' ({{name: role}}) and/or 'drop' ([names])"
+        )
+    columns = doc.get("columns") or {}
+    if not isinstance(columns, dict):
+        raise UserError(f"--schema-file {path!r}: 'columns' must map column names to roles")
+    lists: dict[str, list[str]] = {"drop": [str(c) for c in doc.get("drop") or []]}
+    for name, role in columns.items():
+        lists.setdefault(str(role), []).append(str(name))
+    return Overrides.from_lists(**lists)
 
 
 def _preview(values) -> str:
@@ -62,81 +126,28 @@ def infer_task(y: pd.Series, requested: str = "auto") -> str:
     return "regression"
 
 
-def _feature_kind(s: pd.Series) -> str:
-    if ptypes.is_bool_dtype(s) or ptypes.is_numeric_dtype(s):
-        return "numeric"
-    if ptypes.is_datetime64_any_dtype(s):
-        return "datetime"
-    return "categorical"
-
-
-def describe_features(df: pd.DataFrame, target: str) -> tuple[list[dict], list[dict]]:
-    """Column roles: (kept features with their statistics, dropped columns with the reason)."""
-    features, dropped = [], []
-    n = len(df)
-    for name in df.columns:
-        if name == target:
-            continue
-        s = df[name]
-        kind = _feature_kind(s)
-        non_null = s.dropna()
-        n_unique = non_null.nunique()
-        if non_null.empty:
-            dropped.append({"name": name, "reason": "every value is missing"})
-            continue
-        if n_unique <= 1:
-            dropped.append({"name": name, "reason": "constant column"})
-            continue
-        if kind == "datetime":
-            dropped.append({"name": name, "reason": "datetime columns are not used yet"})
-            continue
-        if (
-            kind == "categorical"
-            and n_unique == len(non_null)
-            and n_unique > 0.5 * n
-            and n >= MIN_ROWS
-        ):
-            dropped.append({"name": name, "reason": "identifier: a different value in every row"})
-            continue
-        info: dict[str, Any] = {
-            "name": name,
-            "kind": kind,
-            "dtype": str(s.dtype),
-            "required": True,
-            "missing_rate": round(float(s.isna().mean()), 6),
-        }
-        if kind == "numeric":
-            values = non_null.astype(float)
-            info["min"] = float(values.min())
-            info["max"] = float(values.max())
-        else:
-            counts = non_null.astype(str).value_counts()
-            info["n_categories"] = int(len(counts))
-            info["categories"] = counts.index[:MAX_CATEGORIES_RECORDED].tolist()
-        features.append(info)
-    return features, dropped
-
-
-def validate(df: pd.DataFrame, target: str, task: str = "auto") -> tuple[pd.DataFrame, str, int]:
-    """Check the table can be trained on.
-
-    Returns the rows with a target, the resolved task and how many rows were
-    dropped for a missing target. Every problem is a UserError naming it.
-    """
+def _check_table(df: pd.DataFrame, target: str, task: str) -> None:
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    names = [str(c) for c in df.columns]
+    if len(set(names)) < len(names):
+        dup = next(n for i, n in enumerate(names) if n in names[:i])
+        raise UserError(f"column name {dup!r} appears more than once; column names must be unique")
     if len(df) == 0:
         raise UserError("the table has no rows")
     if target not in df.columns:
-        cols = list(map(str, df.columns))
-        shown = ", ".join(cols[:20]) + (", ..." if len(cols) > 20 else "")
+        shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         raise UserError(f"target column {target!r} not found; columns are: {shown}")
     if df.shape[1] < 2:
         raise UserError(
             f"the table has only the target column {target!r}; there is nothing to learn from"
         )
-    missing = df[target].isna()
-    data = df.loc[~missing].reset_index(drop=True)
+    if df[target].isna().all():
+        raise UserError(f"target column {target!r} is empty: no row has a value")
+
+
+def _check_target(data: pd.DataFrame, target: str, task: str) -> str:
+    """The resolved task; every problem with the target is a UserError naming it."""
     if len(data) < MIN_ROWS:
         raise UserError(
             f"only {len(data)} rows have a value for target {target!r}; at least {MIN_ROWS} are needed"
@@ -146,6 +157,11 @@ def validate(df: pd.DataFrame, target: str, task: str = "auto") -> tuple[pd.Data
         if as_number.notna().all():  # numbers stored as text
             data[target] = as_number
     y = data[target]
+    if ptypes.is_numeric_dtype(y) and not ptypes.is_bool_dtype(y):
+        bad = ~np.isfinite(y.to_numpy(dtype=float))
+        if bad.any():
+            row = int(data.index[np.flatnonzero(bad)[0]]) + 1
+            raise UserError(f"target {target!r} has an infinite value in row {row}")
     resolved = infer_task(y, task)
     if resolved == "classification":
         counts = y.value_counts()
@@ -164,46 +180,111 @@ def validate(df: pd.DataFrame, target: str, task: str = "auto") -> tuple[pd.Data
                 f"target class {rare.index[0]!r} has only {int(rare.iloc[0])} rows; "
                 f"every class needs at least {MIN_ROWS_PER_CLASS} to split into train, valid and test"
             )
-    features, _ = describe_features(data.head(5000), target)
-    if not features:
-        raise UserError(f"no usable feature columns besides target {target!r}")
-    return data, resolved, int(missing.sum())
+    return resolved
 
 
-def split(
-    df: pd.DataFrame,
-    target: str,
-    task: str,
-    seed: int = 42,
-    valid_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Train/valid/test split, stratified on the target for classification."""
-    if not (0 < valid_fraction < 0.5 and 0 < test_fraction < 0.5):
-        raise UserError("valid and test fractions must each be between 0 and 0.5")
-    strat = df[target] if task == "classification" else None
-    try:
-        rest, test = train_test_split(
-            df, test_size=test_fraction, random_state=seed, stratify=strat
-        )
-        strat = rest[target] if task == "classification" else None
-        train, valid = train_test_split(
-            rest,
-            test_size=valid_fraction / (1 - test_fraction),
-            random_state=seed,
-            stratify=strat,
-        )
-    except ValueError as exc:
-        raise UserError(f"cannot split the table: {exc}") from None
-    return (
-        train.reset_index(drop=True),
-        valid.reset_index(drop=True),
-        test.reset_index(drop=True),
-    )
+def validate(df: pd.DataFrame, target: str, task: str = "auto") -> tuple[pd.DataFrame, str, int]:
+    """Check the table's shape and target can be trained on.
+
+    Returns the rows with a target (index reset), the resolved task and how many
+    rows were dropped for a missing target. Every problem is a UserError naming it.
+    """
+    _check_table(df, target, task)
+    missing = df[target].isna()
+    data = df.loc[~missing].copy()
+    resolved = _check_target(data, target, task)
+    return data.reset_index(drop=True), resolved, int(missing.sum())
+
+
+def _roles(
+    data: pd.DataFrame, target: str, overrides: Overrides, group_column: str
+) -> list[Column]:
+    out = []
+    for name in data.columns:
+        if name == target:
+            continue
+        if name in overrides.roles:
+            out.append(apply_override(name, data[name], overrides.roles[name]))
+        elif name == group_column:
+            out.append(Column(name, None, "the group column: used to split, not as a feature"))
+        else:
+            out.append(infer_column(name, data[name], len(data)))
+    return out
+
+
+def describe_features(
+    df: pd.DataFrame, target: str, overrides: Overrides | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Column roles: (kept features with their statistics, dropped columns with the reason)."""
+    features, dropped = [], []
+    for col in _roles(df, target, overrides or Overrides(), ""):
+        if col.role is None:
+            dropped.append({"name": col.name, "reason": col.reason})
+        else:
+            values = col.values if col.values is not None else df[col.name]
+            features.append(describe(col.name, col.role, values, MAX_CATEGORIES_RECORDED))
+    return features, dropped
 
 
 def _json_labels(values) -> list:
     return [v.item() if hasattr(v, "item") else v for v in values]
+
+
+def _decision(column: str, action: str, reason: str) -> dict[str, str]:
+    return {"column": column, "action": action, "reason": reason}
+
+
+def _fitted_decisions(feature: dict[str, Any], train: pd.Series) -> list[dict[str, str]]:
+    """What the model's preprocessing will learn from these training rows: clip bounds, rare groups."""
+    from components.common.preprocess import (
+        CLIP_QUANTILES,
+        RARE,
+        RARE_MIN_COUNT,
+        RARE_MIN_SHARE,
+        category_strings,
+    )
+
+    name, role = feature["name"], feature["role"]
+    if role == "numeric":
+        v = train.to_numpy(dtype=float, na_value=np.nan)
+        v = v[np.isfinite(v)]
+        if not len(v):
+            return []
+        low, high = np.quantile(v, CLIP_QUANTILES)
+        n_out = int(np.sum((v < low) | (v > high)))
+        if not n_out:
+            return []
+        return [
+            _decision(
+                name,
+                "clipping",
+                f"clipped to [{low:.6g}, {high:.6g}] (train 0.1/99.9 percentiles): "
+                f"{n_out} train values beyond",
+            )
+        ]
+    if role == "categorical":
+        counts = category_strings(train).value_counts()
+        rare = counts[counts < max(RARE_MIN_COUNT, RARE_MIN_SHARE * len(train))]
+        if not len(rare):
+            return []
+        shown = ", ".join(map(repr, rare.index[:3])) + (", ..." if len(rare) > 3 else "")
+        return [
+            _decision(
+                name,
+                "grouping",
+                f"{len(rare)} rare categories ({int(rare.sum())} train rows, e.g. {shown}) "
+                f"grouped as {RARE!r}",
+            )
+        ]
+    return []
+
+
+def _split_name(options: Options) -> str:
+    if options.time_column:
+        return f"time-ordered on {options.time_column!r}: the latest rows are the test rows"
+    if options.group_column:
+        return f"by group {options.group_column!r}: a group never spans two splits"
+    return "random"
 
 
 def prepare(
@@ -213,17 +294,118 @@ def prepare(
     seed: int = 42,
     valid_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    options: Options | None = None,
 ) -> Prepared:
-    """Validate, describe and split `df`; return the splits and their schema."""
+    """Validate, clean, describe and split `df`; return the splits and their schema."""
+    from components.common.preprocess import HIGH_CARDINALITY
     from components.common.profile import fingerprint
 
+    options = options or Options()
+    _check_table(df, target, task)
+    overrides = options.overrides()
+    overrides.check([str(c) for c in df.columns], target)
     n_input = len(df)
     data_fingerprint = fingerprint(df)
-    data, resolved, n_missing_target = validate(df, target, task)
-    features, dropped = describe_features(data, target)
-    keep = [f["name"] for f in features] + [target]
-    data = data[keep]
-    train, valid, test = split(data, target, resolved, seed, valid_fraction, test_fraction)
+    decisions: list[dict[str, str]] = []
+    warnings: list[str] = [f"read: {note}" for note in df.attrs.get("read_notes", [])]
+
+    missing = df[target].isna()
+    data = df.loc[~missing] if missing.any() else df.copy(deep=False)  # copy-on-write
+    if missing.any():
+        decisions.append(
+            _decision(target, "dropped rows", f"{int(missing.sum())} rows have no target value")
+        )
+    duplicated = data.duplicated()
+    n_duplicates = int(duplicated.sum())
+    if n_duplicates:
+        data = data.loc[~duplicated]
+        decisions.append(_decision("(all)", "dropped rows", f"{n_duplicates} exact duplicate rows"))
+        if len(data) < MIN_ROWS:
+            raise UserError(
+                f"only {len(data)} distinct rows have a value for target {target!r} "
+                f"({n_duplicates} exact duplicate rows dropped); at least {MIN_ROWS} are needed"
+            )
+    resolved = _check_target(data, target, task)
+    if resolved == "classification" and task == "auto":
+        decisions.append(
+            _decision(target, "task", "classification: text, boolean or few whole-number values")
+        )
+    elif task == "auto":
+        decisions.append(_decision(target, "task", "regression: numbers with many distinct values"))
+
+    columns = _roles(data, target, overrides, options.group_column)
+    for col in columns:
+        warnings.extend(col.warnings)
+        action = f"role {col.role}" if col.role else "dropped"
+        decisions.append(_decision(col.name, action, col.reason))
+    kept = [c for c in columns if c.role is not None]
+    work = pd.DataFrame(
+        {c.name: (c.values if c.values is not None else data[c.name]) for c in kept},
+        index=data.index,
+        copy=False,
+    )
+    work[target] = data[target]
+    scores = association(work, {c.name: c.role for c in kept}, target, resolved, seed)
+    dropped = [{"name": c.name, "reason": c.reason} for c in columns if c.role is None]
+    leaks = [n for n, v in scores.items() if v >= LEAK_SCORE]
+    for name in leaks:
+        reason = f"leakage: predicts the target on its own (held-out score {scores[name]:.3f})"
+        dropped.append({"name": name, "reason": reason})
+        decisions.append(_decision(name, "dropped", reason))
+        warnings.append(f"column {name!r} {reason}; it was dropped")
+    kept = [c for c in kept if c.name not in leaks]
+    if not kept:
+        reasons = "; ".join(f"{d['name']}: {d['reason']}" for d in dropped[:5])
+        raise UserError(f"no usable feature columns besides target {target!r} ({reasons})")
+
+    for extra in (options.time_column, options.group_column):
+        if extra and extra not in work.columns and extra in data.columns:
+            work[extra] = data[extra]
+    if (
+        options.time_column
+        and options.time_column in work
+        and not (
+            ptypes.is_datetime64_any_dtype(work[options.time_column])
+            or ptypes.is_numeric_dtype(work[options.time_column])
+        )
+    ):
+        parsed = pd.to_datetime(work[options.time_column], errors="coerce", format="mixed")
+        if parsed.notna().mean() >= 0.95:  # otherwise the split names the column and a value
+            work[options.time_column] = parsed
+    train, valid, test = split(
+        work,
+        target,
+        resolved,
+        seed,
+        valid_fraction,
+        test_fraction,
+        options.time_column,
+        options.group_column,
+    )
+    decisions.append(_decision("(all)", "split", f"{_split_name(options)}, seed {seed}"))
+    names = [c.name for c in kept]
+    train, valid, test = (part[[*names, target]] for part in (train, valid, test))
+    features = [describe(c.name, c.role, work[c.name], MAX_CATEGORIES_RECORDED) for c in kept]
+    for f in features:
+        f["association"] = scores.get(f["name"])
+        if f["missing_rate"] > HIGH_MISSING:
+            warnings.append(f"column {f['name']!r} is {f['missing_rate']:.0%} missing")
+        decisions.extend(_fitted_decisions(f, train[f["name"]]))
+        if f["role"] == "categorical":
+            how = (
+                "target encoding (cross-fitted)"
+                if f["n_categories"] > HIGH_CARDINALITY
+                else "one-hot"
+            )
+            decisions.append(
+                _decision(f["name"], "encoding", f"{how}: {f['n_categories']} categories")
+            )
+        if f["role"] in ("numeric", "boolean", "datetime") and f["missing_rate"] > 0:
+            decisions.append(
+                _decision(
+                    f["name"], "imputation", "missing values imputed, with a missing indicator"
+                )
+            )
     schema: dict[str, Any] = {
         "version": SCHEMA_VERSION,
         "target": target,
@@ -231,16 +413,38 @@ def prepare(
         "data_fingerprint": data_fingerprint,
         "features": features,
         "dropped": dropped,
+        "required": [f["name"] for f in features],
+        "decisions": decisions,
+        "warnings": warnings,
+        "split": {
+            "strategy": "time"
+            if options.time_column
+            else "group"
+            if options.group_column
+            else "random",
+            "time_column": options.time_column,
+            "group_column": options.group_column,
+            "seed": seed,
+            "valid_fraction": valid_fraction,
+            "test_fraction": test_fraction,
+        },
         "rows": {
             "input": n_input,
-            "missing_target": n_missing_target,
+            "missing_target": int(missing.sum()),
+            "duplicates": n_duplicates,
             "train": len(train),
             "valid": len(valid),
             "test": len(test),
         },
     }
     if resolved == "classification":
-        schema["classes"] = _json_labels(sorted(data[target].unique()))
+        y = data[target]
+        schema["classes"] = _json_labels(sorted(y.unique()))
+        shares = y.value_counts(normalize=True)
+        if shares.iloc[-1] < IMBALANCE:
+            warnings.append(
+                f"target class {shares.index[-1]!r} is {shares.iloc[-1]:.1%} of the rows: imbalanced classes"
+            )
     return Prepared(train, valid, test, schema)
 
 
@@ -256,27 +460,37 @@ def run(
     seed: int = 42,
     valid_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    options: Options | None = None,
+    report_path: str = "",
+    summary_path: str = "",
 ) -> dict[str, Any]:
-    """Read `data`, prepare it; write the splits (Parquet), the schema and the reference profile (JSON).
+    """Read `data`, prepare it; write the splits (Parquet), the schema and profile (JSON), the report.
 
     An empty `data` means the built-in demo table (and its target when `target` is empty).
-    Returns the schema.
+    Nothing is written unless preparation succeeds. Returns the schema.
     """
     from components.common.io import (
         DEFAULT_DATASET,
         DEFAULT_TARGET,
+        atomic_path,
         read_table,
         write_json,
         write_parquet,
     )
     from components.common.profile import build_profile
     from components.common.progress import say
+    from components.prepare.report import render_html, render_markdown
 
     if not data:
         data, target = str(DEFAULT_DATASET), target or DEFAULT_TARGET
     say("prepare", f"reading {data}")
     df = read_table(data)
-    prepared = prepare(df, target, task, seed, valid_fraction, test_fraction)
+    say("prepare", f"{len(df)} rows, {df.shape[1]} columns; inferring roles and cleaning")
+    prepared = prepare(df, target, task, seed, valid_fraction, test_fraction, options)
+    del df
+    profile = build_profile(prepared.train, prepared.schema)
+    html = render_html(prepared.schema, prepared.train, profile) if report_path else ""
+    markdown = render_markdown(prepared.schema) if summary_path else ""
     for path, frame in (
         (train_path, prepared.train),
         (valid_path, prepared.valid),
@@ -284,7 +498,11 @@ def run(
     ):
         write_parquet(path, frame)
     write_json(schema_path, prepared.schema)
-    write_json(profile_path, build_profile(prepared.train, prepared.schema))
+    write_json(profile_path, profile)
+    for path, text in ((report_path, html), (summary_path, markdown)):
+        if path:
+            with atomic_path(path) as tmp:
+                tmp.write_text(text, encoding="utf-8")
     s = prepared.schema
     rows = s["rows"]
     say(
@@ -292,4 +510,6 @@ def run(
         f"{s['task']} on {target!r}: {len(s['features'])} features, {len(s['dropped'])} columns dropped; "
         f"train/valid/test rows {rows['train']}/{rows['valid']}/{rows['test']}",
     )
+    for warning in s["warnings"]:
+        say("prepare", f"warning: {warning}")
     return prepared.schema

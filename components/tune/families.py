@@ -21,10 +21,8 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
-from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.pipeline import Pipeline
 
 from components.common.errors import UserError
 
@@ -210,32 +208,10 @@ def suggest(trial, families: tuple[str, ...], n_rows: int, task: str) -> None:
 
 
 def preprocessor(schema: dict[str, Any], scale_numeric: bool) -> ColumnTransformer:
-    """Imputation, one-hot encoding and (optionally) scaling, fitted with the model."""
-    numeric = [f["name"] for f in schema["features"] if f["kind"] == "numeric"]
-    categorical = [f["name"] for f in schema["features"] if f["kind"] == "categorical"]
-    num_steps = [SimpleImputer(strategy="median", add_indicator=True)]
-    if scale_numeric:
-        num_steps.append(StandardScaler())
-    transformers = []
-    if numeric:
-        transformers.append(("numeric", make_pipeline(*num_steps), numeric))
-    if categorical:
-        transformers.append(
-            (
-                "categorical",
-                make_pipeline(
-                    SimpleImputer(strategy="constant", fill_value="(missing)"),
-                    OneHotEncoder(
-                        handle_unknown="infrequent_if_exist",
-                        min_frequency=5,
-                        max_categories=32,
-                        sparse_output=False,
-                    ),
-                ),
-                categorical,
-            )
-        )
-    return ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
+    """The schema's in-model preprocessing (components/common/preprocess.py), fitted with the model."""
+    from components.common.preprocess import build_preprocessor
+
+    return build_preprocessor(schema, scale_numeric=scale_numeric)
 
 
 def build_model(schema: dict[str, Any], config: dict[str, Any], seed: int = 0) -> Pipeline:

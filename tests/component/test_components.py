@@ -29,6 +29,8 @@ def _run_chain(tmp: Path, data: str, target: str, task: str = "auto", metric: st
     arts["schema"] = _art(Artifact, tmp, "schema")
     arts["profile"] = _art(Artifact, tmp, "profile")
     arts["model"] = _art(Model, tmp, "model")
+    arts["data_report"] = _art(HTML, tmp, "data_report")
+    arts["data_summary"] = _art(Markdown, tmp, "data_summary")
     prepare_data.python_func(
         data=data,
         target=target,
@@ -38,6 +40,8 @@ def _run_chain(tmp: Path, data: str, target: str, task: str = "auto", metric: st
         test=arts["test"],
         schema=arts["schema"],
         profile=arts["profile"],
+        data_report=arts["data_report"],
+        data_summary=arts["data_summary"],
     )
     tune_models.python_func(
         train=arts["train"],

@@ -273,3 +273,60 @@ def test_default_dataset_is_the_telco_churn_table():
     assert df["churn"].notna().all()
     assert df["churn"].nunique() == 2
     assert df["total_charges"].isna().sum() > 0
+
+
+# --- URLs, type clashes, notes ---------------------------------------------
+
+
+def test_read_table_over_http_from_a_real_server(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    _frame().to_parquet(tmp_path / "t.parquet", index=False)
+    _frame().to_csv(tmp_path / "t.csv.gz", index=False, compression="gzip")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        _assert_same(read_table(f"{base}/t.parquet"), _frame())
+        _assert_same(read_table(f"{base}/t.csv.gz"), _frame())
+        with pytest.raises(UserError, match=r"not found: http://.*/nope\.csv"):
+            read_table(f"{base}/nope.csv")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_read_table_numbers_then_text_late_in_a_big_file(tmp_path):
+    # pyarrow infers a column's type from the first block; text far below must not fail the read
+    n = 400_000
+    values = [str(i) for i in range(n)]
+    values[-3] = "n/a?"
+    path = tmp_path / "late.csv"
+    pd.DataFrame({"x": values, "y": np.arange(n)}).to_csv(path, index=False)
+    df = read_table(path)
+    assert len(df) == n and df["x"].iloc[-3] == "n/a?"
+    assert pd.api.types.is_integer_dtype(df["y"])
+
+
+def test_read_table_types_columns(tmp_path):
+    path = tmp_path / "typed.csv"
+    path.write_text("d,b,s,n\n2024-01-02,true,x,1.5\n2024-02-03,false,,\n")
+    df = read_table(path)
+    assert pd.api.types.is_datetime64_any_dtype(df["d"])
+    assert pd.api.types.is_bool_dtype(df["b"])
+    assert pd.isna(df["s"].iloc[1]) and pd.isna(df["n"].iloc[1])  # empty strings are missing
+
+
+@pytest.mark.parametrize(
+    "url", ["https://ann:s3cret@example.com/t.csv", "s3://KEY:SECRET@bucket/t.parquet"]
+)
+def test_read_table_refuses_a_password_in_the_url(url):
+    with pytest.raises(
+        UserError, match=r"holds a password: pass credentials through the environment"
+    ) as info:
+        read_table(url)
+    assert "s3cret" not in str(info.value) and "SECRET" not in str(info.value)

@@ -121,13 +121,6 @@ def _table(n: int, target) -> pd.DataFrame:
             id="too-many-classes",
         ),
         pytest.param(
-            pd.DataFrame({"k": [1] * 60, "t": ["a", "b"] * 30}),
-            "t",
-            "auto",
-            r"no usable feature columns besides target 't'",
-            id="only-constant-features",
-        ),
-        pytest.param(
             _table(60, ["a", "b"] * 30), "t", "magic", r"unknown task 'magic'", id="bad-task"
         ),
     ],
@@ -135,6 +128,15 @@ def _table(n: int, target) -> pd.DataFrame:
 def test_validate_rejects_bad_tables(df, target, task, match):
     with pytest.raises(UserError, match=match):
         validate(df, target, task)
+
+
+def test_prepare_rejects_a_table_with_only_constant_features():
+    df = pd.DataFrame({"row": np.arange(60), "k": [1] * 60, "t": ["a", "b"] * 30})
+    with pytest.raises(
+        UserError,
+        match=r"no usable feature columns besides target 't' \(row: identifier.*k: constant",
+    ):
+        prepare(df, "t")
 
 
 def test_validate_unknown_target_lists_at_most_20_columns():
@@ -246,13 +248,14 @@ def _roles_frame(n: int = 60) -> pd.DataFrame:
 def test_describe_features_roles_and_reasons():
     features, dropped = describe_features(_roles_frame(), "t")
     kept = {f["name"]: f for f in features}
-    assert list(kept) == ["num", "count", "colour"]  # column order is kept; target excluded
+    assert list(kept) == ["num", "count", "colour", "when"]  # column order kept; no target
     reasons = {d["name"]: d["reason"] for d in dropped}
-    assert set(reasons) == {"const", "all_missing", "all_none", "ident", "when"}
+    assert set(reasons) == {"const", "all_missing", "all_none", "ident"}
     assert "constant" in reasons["const"]
     assert "missing" in reasons["all_missing"] and "missing" in reasons["all_none"]
     assert "identifier" in reasons["ident"]
-    assert "datetime" in reasons["when"]
+    assert (kept["when"]["role"], kept["when"]["kind"]) == ("datetime", "categorical")
+    assert kept["when"]["min"] == "2024-01-01T00:00:00"
 
     num = kept["num"]
     assert num["kind"] == "numeric"

@@ -1,0 +1,237 @@
+"""The data report: one self-contained HTML page and a Markdown summary of the prepare step.
+
+Per column: role, type, missing rate, range or categories, association with
+the target, and a distribution plot (from the training rows); the target's
+balance; every warning and automatic decision. Figures are inline PNGs drawn
+with matplotlib's Agg renderer (the evaluate report's helpers), no scripts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.evaluate.plots import _png
+from components.evaluate.report import STYLE, _img, _note, _section, _table, esc
+
+MAX_PLOTS = 60
+PLOT_ROWS = 100_000
+TOP_CATEGORIES = 15
+
+
+def _figure(width: float, height: float):
+    """A small figure with fixed margins (no constrained layout: dozens are drawn per report)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=80)
+    fig.subplots_adjust(left=0.28, right=0.97, bottom=0.14, top=0.88)
+    return fig, fig.add_subplot()
+
+
+def _distribution(name: str, values: pd.Series, role: str) -> str:
+    fig, ax = _figure(4.2, 2.6)
+    values = values.dropna()
+    if role in ("numeric", "datetime"):
+        v = values.astype("int64") if role == "datetime" else values
+        v = pd.to_numeric(v, errors="coerce").to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        ax.hist(v, bins=40, color="#4c72b0")
+        if role == "datetime" and len(v):
+            ticks = np.linspace(v.min(), v.max(), 4)
+            ax.set_xticks(
+                ticks, [str(pd.Timestamp(int(t)).date()) for t in ticks], fontsize="small"
+            )
+    else:
+        counts = values.astype(str).str.slice(0, 24).value_counts().head(TOP_CATEGORIES)[::-1]
+        ax.barh(range(len(counts)), counts.to_numpy(), color="#4c72b0")
+        ax.set_yticks(range(len(counts)), counts.index.tolist(), fontsize="small")
+    ax.set_title(name[:40], fontsize="medium")
+    return _png(fig)
+
+
+def _target_plot(schema: dict[str, Any], profile: dict[str, Any]) -> str:
+    spec = profile["target"]
+    fig, ax = _figure(4.5, 2.8)
+    if spec["kind"] == "categorical":
+        labels = [*spec["categories"], "other", "missing"]
+        pairs = [(lab, c) for lab, c in zip(labels, spec["counts"], strict=True) if c]
+        ax.bar([p[0][:16] for p in pairs], [p[1] for p in pairs], color="#dd8452")
+        ax.set_ylabel("train rows")
+    else:
+        edges = [spec["min"], *spec["edges"], spec["max"]]
+        counts = spec["counts"][: len(edges) - 1]
+        ax.bar(range(len(counts)), counts, color="#dd8452")
+        ax.set_xticks(range(len(counts)), [f"{e:.3g}" for e in edges[:-1]], fontsize="x-small")
+        ax.set_xlabel("bin (lower edge)")
+    ax.set_title(f"target {schema['target']}"[:40])
+    return _png(fig)
+
+
+def _feature_table(schema: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for f in schema["features"]:
+        if "min" in f:
+            summary = f"{f['min']} .. {f['max']}"
+        elif "categories" in f:
+            shown = ", ".join(map(str, f["categories"][:5]))
+            summary = f"{f['n_categories']} categories: {shown}" + (
+                " ..." if f["n_categories"] > 5 else ""
+            )
+        else:
+            summary = ""
+        rows.append(
+            {
+                "column": f["name"],
+                "role": f.get("role", f["kind"]),
+                "dtype": f["dtype"],
+                "missing": f"{f['missing_rate']:.1%}",
+                "range / categories": summary,
+                "association": "" if f.get("association") is None else f"{f['association']:.3f}",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _list(items: list[str], cls: str = "warnings") -> str:
+    if not items:
+        return _note("none")
+    return f'<ul class="{cls}">' + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>"
+
+
+def render_html(schema: dict[str, Any], train: pd.DataFrame, profile: dict[str, Any]) -> str:
+    """The data report page."""
+    rows = schema["rows"]
+    sample = train.sample(PLOT_ROWS, random_state=0) if len(train) > PLOT_ROWS else train
+    overview = _table(
+        pd.DataFrame(
+            [
+                ("task", schema["task"]),
+                ("target", schema["target"]),
+                ("rows read", rows["input"]),
+                ("rows without a target (dropped)", rows["missing_target"]),
+                ("exact duplicate rows (dropped)", rows.get("duplicates", 0)),
+                (
+                    "train / valid / test rows",
+                    f"{rows['train']} / {rows['valid']} / {rows['test']}",
+                ),
+                ("split", schema.get("split", {}).get("strategy", "random")),
+                (
+                    "features kept / columns dropped",
+                    f"{len(schema['features'])} / {len(schema['dropped'])}",
+                ),
+            ],
+            columns=["", "value"],
+        )
+    )
+    plots = []
+    for f in schema["features"][:MAX_PLOTS]:
+        role = f.get("role", f["kind"])
+        if role == "text":
+            continue
+        plots.append(
+            _img(_distribution(f["name"], sample[f["name"]], role), f"distribution of {f['name']}")
+        )
+    if len(schema["features"]) > MAX_PLOTS:
+        plots.append(_note(f"plots of the first {MAX_PLOTS} features only"))
+    decisions = pd.DataFrame(schema.get("decisions", []), columns=["column", "action", "reason"])
+    sections = [
+        _section("overview", "Overview", overview),
+        _section("warnings", "Warnings", _list(schema.get("warnings", []))),
+        _section(
+            "target",
+            "Target",
+            [
+                _img(_target_plot(schema, profile), "target distribution"),
+                _note(_balance(schema, profile)),
+            ],
+        ),
+        _section(
+            "columns",
+            "Columns",
+            [
+                _table(_feature_table(schema)),
+                _note(
+                    "association: the share of the target's error a column removes on its own, "
+                    "on held-out rows (0 none, 1 perfect); a column at or above 0.98 is treated as leakage"
+                ),
+            ],
+        ),
+        _section("distributions", "Distributions (training rows)", plots),
+        _section(
+            "dropped",
+            "Columns dropped",
+            _table(pd.DataFrame(schema["dropped"], columns=["name", "reason"]))
+            if schema["dropped"]
+            else _note("none"),
+        ),
+        _section("decisions", "Automatic decisions", _table(decisions)),
+    ]
+    title = f"Data report: {esc(schema['target'])} ({esc(schema['task'])})"
+    nav = " ".join(
+        f'<a href="#{s}">{s}</a>'
+        for s in (
+            "overview",
+            "warnings",
+            "target",
+            "columns",
+            "distributions",
+            "dropped",
+            "decisions",
+        )
+    )
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>kfp-automl data report: {esc(schema['target'])}</title>",
+            f"<style>{STYLE}</style></head><body>",
+            f"<h1>{title}</h1>",
+            f"<nav>{nav}</nav>",
+            *sections,
+            "</body></html>",
+        ]
+    )
+
+
+def _balance(schema: dict[str, Any], profile: dict[str, Any]) -> str:
+    spec = profile["target"]
+    if spec["kind"] != "categorical":
+        return f"train target range {spec['min']:.4g} .. {spec['max']:.4g}"
+    parts = [
+        f"{c}: {s:.1%}" for c, s in zip(spec["categories"], spec["shares"], strict=False) if s > 0
+    ]
+    return "class shares in train: " + ", ".join(parts)
+
+
+def render_markdown(schema: dict[str, Any]) -> str:
+    """A short Markdown summary: counts, warnings, dropped columns, feature roles."""
+    rows = schema["rows"]
+    lines = [
+        f"# Data: {schema['target']} ({schema['task']})",
+        "",
+        f"- rows read: {rows['input']}; without a target: {rows['missing_target']}; "
+        f"duplicates: {rows.get('duplicates', 0)}",
+        f"- train / valid / test: {rows['train']} / {rows['valid']} / {rows['test']} "
+        f"({schema.get('split', {}).get('strategy', 'random')} split)",
+        f"- features: {len(schema['features'])}; dropped: {len(schema['dropped'])}",
+        "",
+        "## Warnings",
+        "",
+        *([f"- {w}" for w in schema.get("warnings", [])] or ["- none"]),
+        "",
+        "## Columns dropped",
+        "",
+        *([f"- `{d['name']}`: {d['reason']}" for d in schema["dropped"]] or ["- none"]),
+        "",
+        "## Features",
+        "",
+        "| column | role | missing | association |",
+        "|---|---|---|---|",
+    ]
+    for f in schema["features"]:
+        assoc = "" if f.get("association") is None else f"{f['association']:.3f}"
+        name = str(f["name"]).replace("|", "\\|")
+        lines.append(f"| {name} | {f.get('role', f['kind'])} | {f['missing_rate']:.1%} | {assoc} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,67 @@
+"""`kfp-automl run` on the bad-input table: exit 2, one `error: ...` line, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines.cli import main
+from pipelines.prepare_cli import prepare_params
+from tests.bad_tables import CASES, good_frame
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_run_rejects_bad_table(case, tmp_path, capsys):
+    path = case.write(tmp_path)
+    out = tmp_path / "out"
+    argv = ["run", "--data", str(path), "--target", case.target, "--output", str(out), *case.args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    for word in case.words:
+        assert word in err[0], (word, err[0])
+    assert not out.exists()  # no partial artifact, not even the output directory
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--drop", "age", "--numeric", "age"], ["column 'age' is given two roles"]),
+        (["--schema-file", "{dir}/none.yaml"], ["--schema-file", "cannot be read"]),
+        (["--group-column", "nope"], ["--group-column 'nope' is not a column"]),
+        (["--numeric", "label"], ["--numeric names the target column 'label'"]),
+    ],
+)
+def test_run_rejects_bad_prepare_flags(args, words, tmp_path, capsys):
+    data = tmp_path / "ok.csv"
+    good_frame().to_csv(data, index=False)
+    args = [a.replace("{dir}", str(tmp_path)) for a in args]
+    out = tmp_path / "out"
+    assert main(["run", "--data", str(data), "--target", "label", "--output", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in words), err
+    assert not out.exists()
+
+
+def test_prepare_flags_and_schema_file_become_pipeline_parameters(tmp_path):
+    spec = tmp_path / "roles.yaml"
+    spec.write_text("columns:\n  plan: text\n  'a, b': boolean\ndrop: [spend]\n")
+    params, options = prepare_params(
+        {
+            "drop_columns": ("age",),
+            "categorical_columns": ("plan,x",),
+            "numeric_columns": (),
+            "datetime_columns": (),
+            "text_columns": (),
+            "schema_file": str(spec),
+            "time_column": "when",
+            "group_column": "",
+        }
+    )
+    assert json.loads(params["drop_columns"]) == ["spend", "age"]
+    assert json.loads(params["categorical_columns"]) == ["plan", "x"]  # the flag wins over the file
+    assert json.loads(params["boolean_columns"]) == ["a, b"]  # a comma in a name survives
+    assert "text_columns" not in params and params["time_column"] == "when"
+    assert "group_column" not in params  # defaults stay the pipeline's own
+    assert options.categorical == ["plan", "x"]

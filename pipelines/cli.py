@@ -15,6 +15,7 @@ import click
 
 from components import __version__
 from components.common.errors import PipelineFailed, UserError
+from pipelines.feedback_cli import export_feedback, prediction_log_options, prediction_log_settings
 
 DEFAULT_OUTPUT = "automl-output"
 
@@ -221,10 +222,12 @@ def predict(model, data, output):
     show_default=True,
     help="Larger request bodies get 413.",
 )
-def serve(model, port, host, workers, reject_unknown_fields, no_monitoring, max_body_mb):
+@prediction_log_options
+def serve(model, port, host, workers, reject_unknown_fields, no_monitoring, max_body_mb, **log):
     """Serve a packaged model over HTTP with BentoML.
 
-    POST /predict with {"records": [...]}; GET /metrics (Prometheus), /livez, /readyz.
+    POST /predict with {"records": [...]}; GET /metrics (Prometheus), /livez, /readyz;
+    POST /feedback with {"labels": [...]} when predictions are logged.
     """
     from pipelines.bentos import resolve_bento
 
@@ -235,6 +238,7 @@ def serve(model, port, host, workers, reject_unknown_fields, no_monitoring, max_
         "AUTOML_UNKNOWN_FIELDS": "reject" if reject_unknown_fields else "ignore",
         "AUTOML_MONITORING": str(not no_monitoring).lower(),
         "AUTOML_MAX_BODY_BYTES": str(int(max_body_mb * 1024 * 1024)),
+        **prediction_log_settings(bento, **log),
     }
     bentoml_bin = Path(sys.executable).with_name("bentoml")
     cmd = [str(bentoml_bin), "serve", str(bento.tag), "--host", host, "--port", str(port)]
@@ -336,6 +340,9 @@ def compile_cmd(output_dir):
 
     for path in compile_all(output_dir or COMPILED_DIR):
         click.echo(f"wrote {path}")
+
+
+cli.add_command(export_feedback)
 
 
 def main(argv: list[str] | None = None) -> int:

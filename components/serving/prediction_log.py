@@ -33,8 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prediction_store import PredictionStore
-from quality import QualityMetrics, check_id, check_label, live_metrics
+try:  # beside service.py in a Bento
+    from prediction_store import PredictionStore
+    from quality import QualityMetrics, check_id, check_label, live_metrics
+except ImportError:  # imported as part of the kfp-automl package
+    from components.serving.prediction_store import PredictionStore
+    from components.serving.quality import QualityMetrics, check_id, check_label, live_metrics
 
 log = logging.getLogger("kfp_automl.prediction_log")
 MODES = ("off", "sampled", "on")

@@ -11,7 +11,11 @@ import math
 from typing import Any
 
 import numpy as np
-from automl_io import check_id  # noqa: F401 (re-exported for the feedback path)
+
+try:  # beside service.py in a Bento
+    from automl_io import check_id
+except ImportError:  # imported as part of the kfp-automl package
+    from components.serving.automl_io import check_id
 
 # direction of each metric the service can compute live ("max": greater is better)
 GOALS = {
@@ -31,6 +35,7 @@ GOALS = {
 CLASSIFICATION = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "roc_auc", "pr_auc")
 CLASSIFICATION += ("log_loss", "brier")
 REGRESSION = ("mae", "rmse", "r2", "mape")
+__all__ = ["check_id", "check_label", "live_metrics", "parse_feedback", "QualityMetrics"]
 OUTCOMES = ("matched", "duplicate", "unknown_id", "wrong_type", "bad_id")
 
 

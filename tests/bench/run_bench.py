@@ -11,7 +11,10 @@ Pipeline (this module):
 Serving (tests/bench/serving_bench.py): our Bento against a plain BentoML service,
 with monitoring on and off, and against the in-process model; a bounded load test.
 
-    python -m tests.bench.run_bench [pipeline|serving]   # default: both
+Feedback (tests/bench/feedback_bench.py): /predict with prediction logging on vs
+off, side by side; /feedback labels per second.
+
+    python -m tests.bench.run_bench [pipeline|serving|feedback]   # default: all
 """
 
 from __future__ import annotations
@@ -147,7 +150,11 @@ def pipeline_bench() -> str:
     return table
 
 
-SECTIONS = {"pipeline": "Pipeline", "serving": "Serving"}
+SECTIONS = {
+    "pipeline": "Pipeline",
+    "serving": "Serving",
+    "feedback": "Prediction logging and feedback",
+}
 
 
 def main(argv: list[str]) -> None:
@@ -156,7 +163,7 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise SystemExit(f"unknown bench {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
     OUT.mkdir(exist_ok=True)
-    if "serving" in parts:
+    if "serving" in parts or "feedback" in parts:
         from tests.bench.serving_bench import require_wrk
 
         require_wrk()  # fail before the long pipeline bench, not after it
@@ -166,6 +173,10 @@ def main(argv: list[str]) -> None:
         from tests.bench import serving_bench
 
         serving_bench.main()
+    if "feedback" in parts:
+        from tests.bench import feedback_bench
+
+        feedback_bench.main()
     # One table of the latest results of each part (a part run alone keeps the other's).
     sections = [
         f"## {title}\n\n{(OUT / f'{part}.md').read_text().strip()}"

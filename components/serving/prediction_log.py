@@ -95,6 +95,14 @@ class PredictionLog:
         ]
         self.metrics = metrics
         self.directory = Path(settings.directory)
+        self._keep = frozenset(self.features)
+        self._head = (
+            f'{{"kind":"prediction","model":{json.dumps(model)},"version":{json.dumps(version)},'
+            '"id":'
+        )
+        self._proba_keys = [str(c) for c in self.classes or []]
+        self._proba_heads = [json.dumps(k) + ":" for k in self._proba_keys]
+        self._predictions: dict[tuple[type, Any], str] = {}
         self._schema = schema
         self._queue: collections.deque = collections.deque()
         self._pending = 0
@@ -157,51 +165,56 @@ class PredictionLog:
                 log.exception("prediction log: unexpected error in the writer thread")
 
     def flush(self) -> int:
-        """Write everything queued so far to the log file and the store; returns the count."""
+        """Write everything queued so far to the log file and the store; returns the count.
+
+        Lines are assembled from pre-encoded parts: JSON encoding is most of the
+        writer's cost, and the writer shares the CPU with the model.
+        """
         with self._lock:
             batches = []
             while self._queue:
                 batches.append(self._queue.popleft())
             if not batches:
                 return 0
-            lines, rows = [], []
+            parts, rows = [], []
+            dumps, head, keep = json.dumps, self._head, self._keep
             for ts, ids, records, answers in batches:
+                ts_text = f',"ts":{ts!r},"features":'
                 for pid, rec, ans in zip(ids, records, answers, strict=True):
+                    features = rec if rec.keys() <= keep else {k: rec.get(k) for k in self.features}
+                    pred_text = self._encode_prediction(ans["prediction"])
                     probabilities = ans.get("probabilities")
-                    lines.append(
-                        {
-                            "kind": "prediction",
-                            "id": pid,
-                            "ts": ts,
-                            "model": self.model,
-                            "version": self.version,
-                            "features": {k: rec.get(k) for k in self.features},
-                            "prediction": ans["prediction"],
-                            "probabilities": probabilities,
-                        }
-                    )
-                    proba = (
-                        json.dumps([probabilities.get(str(c)) for c in self.classes or []])
-                        if probabilities
-                        else None
-                    )
-                    rows.append(
-                        (
-                            pid,
-                            self.model,
-                            self.version,
-                            ts,
-                            json.dumps(ans["prediction"]),
-                            proba,
+                    if probabilities:
+                        values = [repr(float(probabilities[k])) for k in self._proba_keys]
+                        proba_row = "[" + ",".join(values) + "]"
+                        proba_obj = (
+                            "{"
+                            + ",".join(map("".join, zip(self._proba_heads, values, strict=True)))
+                            + "}"
                         )
+                    else:
+                        proba_row, proba_obj = None, "null"
+                    parts.append(
+                        f"{head}{dumps(pid)}{ts_text}{dumps(features)}"
+                        f',"prediction":{pred_text},"probabilities":{proba_obj}}}\n'
                     )
-            self._pending = max(0, self._pending - len(lines))
-            if self._write_lines(lines):
-                self.metrics.logged.inc(len(lines))
+                    rows.append((pid, self.model, self.version, ts, pred_text, proba_row))
+            self._pending = max(0, self._pending - len(parts))
+            if self._write_text("".join(parts)):
+                self.metrics.logged.inc(len(parts))
             else:
-                self.metrics.dropped["write_error"].inc(len(lines))
+                self.metrics.dropped["write_error"].inc(len(parts))
             self._store_call("add", rows)
-            return len(lines)
+            return len(parts)
+
+    def _encode_prediction(self, value: Any) -> str:
+        key = (type(value), value)  # True and 1 are equal keys but different JSON
+        text = self._predictions.get(key)
+        if text is None:
+            text = json.dumps(value)
+            if len(self._predictions) < 1000:  # class labels; regression values rarely repeat
+                self._predictions[key] = text
+        return text
 
     def expire(self) -> int:
         n = self._store_call(
@@ -294,8 +307,11 @@ class PredictionLog:
                         }
                     )
             if label_lines:
+                text = "".join(
+                    json.dumps(line, separators=(",", ":")) + "\n" for line in label_lines
+                )
                 with self._lock:
-                    self._write_lines(label_lines)
+                    self._write_text(text)
                 self._quality_dirty = True
                 self._wake.set()
         counts = collections.Counter(r["status"] for r in results)
@@ -358,8 +374,8 @@ class PredictionLog:
         except OSError as exc:
             self._failed("log_file", exc)
 
-    def _write_lines(self, lines: list[dict[str, Any]]) -> bool:
-        data = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+    def _write_text(self, text: str) -> bool:
+        data = text.encode()
         try:
             if self._file is None:
                 self._open_file()

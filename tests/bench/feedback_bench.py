@@ -11,6 +11,7 @@ labels per request (4 clients) and with one label per request (8 clients).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -94,13 +95,14 @@ def in_process_cost(records: list[dict]) -> dict[str, float]:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         metrics = QualityMetrics("m", "v", "classification", "roc_auc", None, CollectorRegistry())
-        settings = LogSettings(mode="on", directory=tmp, flush_interval_s=3600)
+        settings = LogSettings(mode="on", directory=tmp, flush_interval_s=3600, max_buffered=10**9)
         plog = PredictionLog(settings, "m", "v", schema, metrics)
+        prefix, counter = uuid.uuid4().hex[:16], itertools.count()  # as the service makes ids
         for size in (1, 100):
             recs, ans = records[:size], answers[:size]
             n, start = 0, time.perf_counter()
             while time.perf_counter() - start < 1.0:
-                ids = [uuid.uuid4().hex for _ in recs]
+                ids = [f"{prefix}-{next(counter):08x}" for _ in recs]
                 plog.submit(ids, recs, ans)
                 _ = [{"id": i, **a} for i, a in zip(ids, ans, strict=True)]
                 n += 1

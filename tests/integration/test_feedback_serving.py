@@ -233,3 +233,48 @@ def test_an_unwritable_log_dir_never_stops_predictions(pipeline_run, churn_df, t
         assert _metric(base, "automl_prediction_log_errors_total", kind="log_file") >= 1
         r = _feedback(base, [{"id": answers[0]["id"], "label": "Yes"}])
         assert r.status_code == 503 and r.json()["error"]["reason"] == "store"
+
+
+# (method, content type, body, expected status, words in the answer)
+BAD_FEEDBACK = [
+    ("POST", "application/json", b"{not json", 400, ["not valid JSON"]),
+    ("POST", "application/json", b'{"records": []}', 400, ["expected an object"]),
+    ("POST", "application/json", b'{"labels": {"id": "a"}}', 400, ["expected an object"]),
+    ("POST", "application/json", b'{"labels": []}', 400, ["'labels' is empty"]),
+    ("POST", "application/json", b"[1, 2]", 400, ["expected an object"]),
+    ("POST", "application/json", b'{"labels": [' + b'{"id": 1},' * 10_000 + b"1]}", 400,
+     ["at most 10000"]),
+    ("POST", "application/x-python-pickle", b"\x80\x04K\x01.", 415, ["application/json"]),
+    ("POST", "text/plain", b'{"labels": [{"id": "a", "label": "No"}]}', 415, ["application/json"]),
+    ("POST", "application/json", b'{"labels": ["' + b"x" * (2 * 1024 * 1024) + b'"]}', 413,
+     ["request body is over"]),
+    ("GET", "", b"", 405, ["use POST"]),
+    # well-formed bodies whose every item is refused: 422 with a report per item
+    ("POST", "application/json", b'{"labels": [{"id": "nobody", "label": "No"}]}', 422,
+     ["unknown_id"]),
+    ("POST", "application/json", b'{"labels": [{"id": null, "label": "No"}, {"label": "No"}]}',
+     422, ["bad_id"]),
+    ("POST", "application/json", b'{"labels": [{"id": "x", "label": ["No"]}]}', 422,
+     ["wrong_type", "expected one of the classes"]),
+    ("POST", "application/json", b'{"labels": [3, "a", null]}', 422, ["bad_id"]),
+]  # fmt: skip
+
+
+def test_bad_feedback_gets_a_4xx_json_answer_and_the_server_stays_healthy(pipeline_run, tmp_path):
+    _, summary, _ = pipeline_run
+    args = ["--log-predictions", "on", "--log-dir", str(tmp_path / "logs"), "--max-body-mb", "1"]
+    with serve(summary["bento_tag"], *args) as base, httpx.Client(timeout=60) as client:
+        for method, ctype, content, status, words in BAD_FEEDBACK:
+            headers = {"content-type": ctype} if ctype else {}
+            r = client.request(method, f"{base}/feedback", content=content, headers=headers)
+            assert r.status_code == status, (content[:60], r.status_code, r.text[:300])
+            assert r.headers["content-type"] == "application/json"
+            for word in words:
+                assert word in r.text, (content[:60], word, r.text[:300])
+        assert client.get(f"{base}/readyz").status_code == 200
+        assert _metric(base, "automl_feedback_labels_total", outcome="bad_id") == 5
+
+
+def test_feedback_without_logging_is_409(server):
+    r = _feedback(server, [{"id": "a", "label": "No"}])
+    assert r.status_code == 409 and r.json()["error"]["reason"] == "logging_off"

@@ -8,7 +8,7 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps bench-deps run test test-quick lint format compile rules bench bench-serving images clean
+.PHONY: help setup system-deps bench-deps run test test-quick lint format compile rules bench bench-serving bench-feedback images clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ bench: $(STAMP) bench-deps ## Benchmarks: pipeline (wall clock, memory, score) +
 
 bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)
 	$(BIN)/python -m tests.bench.run_bench serving
+
+bench-feedback: $(STAMP) bench-deps ## Prediction logging on/off and /feedback benchmark only (about 4 minutes)
+	$(BIN)/python -m tests.bench.run_bench feedback
 
 images: ## Build the components image (needs docker, podman or buildah)
 	@tool=$$(command -v docker || command -v podman || command -v buildah); \

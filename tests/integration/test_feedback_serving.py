@@ -278,3 +278,26 @@ def test_bad_feedback_gets_a_4xx_json_answer_and_the_server_stays_healthy(pipeli
 def test_feedback_without_logging_is_409(server):
     r = _feedback(server, [{"id": "a", "label": "No"}])
     assert r.status_code == 409 and r.json()["error"]["reason"] == "logging_off"
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--log-exclude", "tenure,ssn"], ["--log-exclude 'ssn'", "not a column"]),
+        (["--log-predictions", "always"], ["--log-predictions", "always"]),
+        (["--log-sample-rate", "0"], ["--log-sample-rate"]),
+        (["--quality-window", "0"], ["--quality-window"]),
+    ],
+)
+def test_bad_logging_flags_exit_2_before_serving(pipeline_run, args, words):
+    _, summary, _ = pipeline_run
+    done = subprocess.run(
+        [*CLI, "serve", "--model", summary["bento_tag"], "--port", "1", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    for word in words:
+        assert word in done.stderr, (word, done.stderr)

@@ -110,17 +110,21 @@ class RequestGuard:
 
         return await self.app(scope, replay, send)
 
-    async def _body(self, scope, receive, send) -> bytes | None:
-        """The request body, or None after answering 415/413 (or on a disconnect)."""
+    async def _body(self, scope, receive, send, count: bool = True) -> bytes | None:
+        """The request body, or None after answering 415/413 (or on a disconnect).
+
+        `count`: add the rejection to automl_requests_rejected_total (/predict only).
+        """
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if ctype != b"application/json":
             problem = "send the body as application/json"
-            await self._error(send, 415, RecordError(None, None, problem, "unsupported_media_type"))
+            error = RecordError(None, None, problem, "unsupported_media_type")
+            await self._error(send, 415, error, count)
             return None
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._error(send, 413, self._too_large())
+            await self._error(send, 413, self._too_large(), count)
             return None
         body, more = b"", True
         while more:
@@ -130,7 +134,7 @@ class RequestGuard:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_body_bytes:
-                await self._error(send, 413, self._too_large())
+                await self._error(send, 413, self._too_large(), count)
                 return None
         return body
 
@@ -139,7 +143,7 @@ class RequestGuard:
         if scope["method"] != "POST":
             problem = 'use POST with {"labels": [...]}'
             return await self._send(send, 405, {"error": _problem(problem, "method")})
-        body = await self._body(scope, receive, send)
+        body = await self._body(scope, receive, send, count=False)
         if body is None:
             return None
         plog: PredictionLog | None = _state.get("log")
@@ -160,9 +164,9 @@ class RequestGuard:
         return RecordError(None, None, problem, "too_large")
 
     @staticmethod
-    async def _error(send, status: int, exc: RecordError):
+    async def _error(send, status: int, exc: RecordError, count: bool = True):
         monitor = _state.get("monitor")
-        if monitor is not None:
+        if monitor is not None and count:
             monitor.rejected(exc.reason)
         await RequestGuard._send(send, status, {"error": exc.as_dict()})
 

@@ -273,6 +273,8 @@ def test_bad_feedback_gets_a_4xx_json_answer_and_the_server_stays_healthy(pipeli
                 assert word in r.text, (content[:60], word, r.text[:300])
         assert client.get(f"{base}/readyz").status_code == 200
         assert _metric(base, "automl_feedback_labels_total", outcome="bad_id") == 5
+        # /predict's rejected-request count (and its alert) is not moved by /feedback
+        assert _metric(base, "automl_requests_rejected_total") == 0
 
 
 def test_feedback_without_logging_is_409(server):

@@ -8,7 +8,7 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps bench-deps run test test-quick lint format compile rules bench bench-serving bench-feedback images clean
+.PHONY: help setup system-deps bench-deps run test test-quick lint format compile rules bench bench-serving bench-feedback images clean serving-manifests
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -22,12 +22,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create .venv and install the project with its dev tools
 
-# The tests run a Prometheus server and promtool, and render the report in headless Chromium:
-# Debian/Ubuntu packages prometheus, chromium, chromium-driver.
-SYSTEM_PACKAGES := prometheus chromium chromium-driver
+# The tests run a Prometheus server and promtool, an Alertmanager, and render the report in
+# headless Chromium: Debian/Ubuntu packages prometheus, prometheus-alertmanager, chromium, chromium-driver.
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager chromium chromium-driver
 system-deps: ## Install the system packages the tests use (prometheus, chromium) if missing
 	@if command -v promtool >/dev/null && command -v prometheus >/dev/null && \
-	  command -v chromium >/dev/null && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	  command -v prometheus-alertmanager >/dev/null && command -v chromium >/dev/null && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null; then \
 	  echo "the tests need: $(SYSTEM_PACKAGES); install them with your package manager"; exit 1; fi; \
 	sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
@@ -63,8 +63,10 @@ format: $(STAMP) ## Format and fix with ruff
 compile: $(STAMP) ## Compile pipelines to pipelines/compiled/*.yaml
 	$(BIN)/kfp-automl compile
 
-rules: $(STAMP) ## Render manifests/monitoring/prometheus-rules.yaml (drift, latency, error alerts)
-	$(BIN)/python -m pipelines.monitoring_rules --output manifests/monitoring/prometheus-rules.yaml
+rules: $(STAMP) ## Render the Prometheus rules (plain file + PrometheusRule) and the Grafana dashboard
+	$(BIN)/python -m pipelines.monitoring_rules --output manifests/monitoring/prometheus-rules.yaml \
+	  --prometheus-rule manifests/serving/base/prometheusrule.yaml \
+	  --dashboard manifests/serving/base/grafana-dashboard.yaml
 
 bench: $(STAMP) bench-deps ## Benchmarks: pipeline (wall clock, memory, score) + serving (vs plain BentoML, wrk) -> bench-output/results.md
 	$(BIN)/python -m tests.bench.run_bench
@@ -75,11 +77,15 @@ bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)
 bench-feedback: $(STAMP) bench-deps ## Prediction logging on/off and /feedback benchmark only (about 4 minutes)
 	$(BIN)/python -m tests.bench.run_bench feedback
 
-images: ## Build the components image (needs docker, podman or buildah)
-	@tool=$$(command -v docker || command -v podman || command -v buildah); \
-	if [ -z "$$tool" ]; then echo "no container engine found: install docker, podman or buildah to build images/"; exit 1; fi; \
-	version=$$(grep -E '^__version__' components/__init__.py | cut -d'"' -f2); \
-	$$tool build -f images/components.Dockerfile -t ghcr.io/kfp-automl/components:$$version .
+# The deploy step's default manifests (/opt/kfp-automl/serving.yaml in the components image).
+serving-manifests: ## Render manifests/serving/overlays/prod to images/rendered/serving.yaml (baked into the image)
+	@tmp=$$(mktemp images/rendered/.serving.yaml.XXXXXX) && \
+	{ echo "# Rendered by \`make serving-manifests\` (kubectl kustomize manifests/serving/overlays/prod): do not edit."; \
+	  kubectl kustomize manifests/serving/overlays/prod; } > $$tmp && chmod 644 $$tmp && mv $$tmp images/rendered/serving.yaml && \
+	echo "wrote images/rendered/serving.yaml"
+
+images: ## Build the components and serving images (docker, podman or buildah; says what to install)
+	bash images/build.sh
 
 clean: ## Remove the venv, caches and local outputs
 	rm -rf $(VENV) automl-output bench-output .pytest_cache .ruff_cache *.egg-info

@@ -15,6 +15,7 @@ import click
 
 from components import __version__
 from components.common.errors import PipelineFailed, UserError
+from pipelines import cluster_cli, retrain_cli
 from pipelines.feedback_cli import export_feedback, prediction_log_options, prediction_log_settings
 
 DEFAULT_OUTPUT = "automl-output"
@@ -240,6 +241,18 @@ def serve(model, port, host, workers, reject_unknown_fields, no_monitoring, max_
         "AUTOML_MAX_BODY_BYTES": str(int(max_body_mb * 1024 * 1024)),
         **prediction_log_settings(bento, **log),
     }
+    # A flag left at its default does not override the variable already set (a pod's env).
+    default = click.core.ParameterSource.DEFAULT
+    ctx = click.get_current_context()
+    flag_of = {
+        "AUTOML_WORKERS": "workers",
+        "AUTOML_UNKNOWN_FIELDS": "reject_unknown_fields",
+        "AUTOML_MONITORING": "no_monitoring",
+        "AUTOML_MAX_BODY_BYTES": "max_body_mb",
+    }
+    for key, flag in flag_of.items():
+        if key in os.environ and ctx.get_parameter_source(flag) is default:
+            del settings[key]
     bentoml_bin = Path(sys.executable).with_name("bentoml")
     cmd = [str(bentoml_bin), "serve", str(bento.tag), "--host", host, "--port", str(port)]
     click.echo(f"serving {bento.tag} on http://{host}:{port} (POST /predict); Ctrl-C stops it")
@@ -334,14 +347,30 @@ def rollback(name, reason, registry):
     default=None,
     help="Directory for the YAML files (default: pipelines/compiled/).",
 )
-def compile_cmd(output_dir):
+@click.option(
+    "--image",
+    default=None,
+    help="Image for every step, e.g. registry.example.com/team/components:1.2.0 "
+    "(default: the project's versioned components image).",
+)
+def compile_cmd(output_dir, image):
     """Compile the pipelines to KFP IR YAML for a Kubeflow cluster."""
     from pipelines.compile import COMPILED_DIR, compile_all
 
-    for path in compile_all(output_dir or COMPILED_DIR):
+    for path in compile_all(output_dir or COMPILED_DIR, image=image):
         click.echo(f"wrote {path}")
 
 
+from pipelines.deploy_cli import deploy_cmd  # noqa: E402 (registered below the built-in commands)
+
+cli.add_command(deploy_cmd)
+cli.add_command(cluster_cli.submit)
+cli.add_command(cluster_cli.schedule)
+cli.add_command(retrain_cli.command)
+
+from pipelines.fetch_cli import fetch_bento  # noqa: E402
+
+cli.add_command(fetch_bento)
 cli.add_command(export_feedback)
 
 

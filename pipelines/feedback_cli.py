@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -85,15 +86,24 @@ def prediction_log_settings(bento: Any, **log: Any) -> dict[str, str]:
                 f"--log-exclude {unknown[0]!r} is not a column of the model "
                 f"(its columns: {', '.join(features)})"
             )
+    settings = {
+        "AUTOML_LOG_PREDICTIONS": ("log_predictions", log["log_predictions"]),
+        "AUTOML_LOG_SAMPLE_RATE": ("log_sample_rate", repr(log["log_sample_rate"])),
+        "AUTOML_LOG_DIR": ("log_dir", str(Path(log["log_dir"]).expanduser().resolve())),
+        "AUTOML_LOG_EXCLUDE": ("log_exclude", ",".join(exclude)),
+        "AUTOML_LOG_MAX_FILE_MB": ("log_max_file_mb", repr(log["log_max_file_mb"])),
+        "AUTOML_LOG_MAX_TOTAL_MB": ("log_max_total_mb", repr(log["log_max_total_mb"])),
+        "AUTOML_LABEL_TTL_S": ("label_ttl_hours", repr(log["label_ttl_hours"] * 3600)),
+        "AUTOML_QUALITY_WINDOW": ("quality_window", str(log["quality_window"])),
+    }
+    # As for serve's other flags: one left at its default does not override a variable already
+    # set (a pod's environment).
+    ctx = click.get_current_context(silent=True)
+    default = click.core.ParameterSource.DEFAULT
     return {
-        "AUTOML_LOG_PREDICTIONS": log["log_predictions"],
-        "AUTOML_LOG_SAMPLE_RATE": repr(log["log_sample_rate"]),
-        "AUTOML_LOG_DIR": str(Path(log["log_dir"]).expanduser().resolve()),
-        "AUTOML_LOG_EXCLUDE": ",".join(exclude),
-        "AUTOML_LOG_MAX_FILE_MB": repr(log["log_max_file_mb"]),
-        "AUTOML_LOG_MAX_TOTAL_MB": repr(log["log_max_total_mb"]),
-        "AUTOML_LABEL_TTL_S": repr(log["label_ttl_hours"] * 3600),
-        "AUTOML_QUALITY_WINDOW": str(log["quality_window"]),
+        key: value
+        for key, (flag, value) in settings.items()
+        if not (key in os.environ and ctx is not None and ctx.get_parameter_source(flag) is default)
     }
 
 

@@ -32,6 +32,7 @@ STEP_NAMES = {
     "package-model": "package",
     "gate-model": "gate",
     "promote-model": "promote",
+    "deploy-model": "deploy",
 }
 
 

@@ -5,6 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics, Model
 
+from components.deploy.component import deploy_model
 from components.evaluate.component import evaluate_model
 from components.gate.component import gate_model
 from components.package.component import package_model
@@ -47,6 +48,8 @@ def training(
     min_improvement: float = 0.0,
     slice_column: str = "",
     n_bootstrap: int = 200,
+    deploy_namespace: str = "",
+    deploy_manifests: str = "",
 ) -> Outputs:
     """Train and package a model for `target` in `data`.
 
@@ -65,6 +68,10 @@ def training(
         min_improvement: The least gain on the metric for a new model to replace the champion.
         slice_column: Categorical column for per-slice metrics in the report; empty picks one.
         n_bootstrap: Bootstrap resamples for the holdout metrics' confidence intervals.
+        deploy_namespace: Namespace to roll a promoted model out to (server-side apply, rollback
+            when not ready); empty deploys nothing.
+        deploy_manifests: Rendered serving manifests (path or URL) for the deploy step; empty
+            uses the copy baked into the components image.
     """
     prep = prepare_data(data=data, target=target, task=task, seed=seed).set_display_name("prepare")
     tune = tune_models(
@@ -114,11 +121,18 @@ def training(
         pkg
     )  # the champion is read after the new version is registered, never promoted in between
     with dsl.If(gate.outputs["Output"] == True, name="deploy"):  # noqa: E712 (a KFP condition)
-        promote_model(
+        promote = promote_model(
             bento=pkg.outputs["bento"],
             decision=gate.outputs["decision"],
             registry_root=registry_root,
         ).set_display_name("promote")
+        with dsl.If(deploy_namespace != "", name="deploy-to-cluster"):
+            deploy_model(
+                bento=pkg.outputs["bento"],
+                decision=gate.outputs["decision"],
+                namespace=deploy_namespace,
+                manifests=deploy_manifests,
+            ).set_display_name("deploy").after(promote)
     return Outputs(
         schema=prep.outputs["schema"],
         profile=prep.outputs["profile"],

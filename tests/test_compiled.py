@@ -19,7 +19,7 @@ def test_committed_yaml_is_up_to_date(tmp_path):
 def test_every_step_runs_the_versioned_project_image():
     spec = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 6
+    assert len(executors) == 7
     for name, ex in executors.items():
         container = ex["container"]
         assert container["image"] == COMPONENTS_IMAGE, name
@@ -46,7 +46,17 @@ def test_pipeline_wiring_and_defaults():
         "inputs.parameter_values['pipelinechannel--gate-model-Output'] == true"
     )
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(inner) == {"promote-model"}  # only a passing model is promoted
+    assert set(inner) == {"promote-model", "condition-2"}  # only a passing model is promoted
+    # ... and deployed after its promotion, only when a namespace is given
+    assert inner["condition-2"]["dependentTasks"] == ["promote-model"]
+    assert inner["condition-2"]["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--deploy_namespace'] != ''"
+    )
+    deploy = spec["components"]["comp-condition-2"]["dag"]["tasks"]["deploy-model"]
+    assert deploy["inputs"]["artifacts"]["bento"]["componentInputArtifact"] == (
+        "pipelinechannel--package-model-bento"
+    )
+    assert set(deploy["inputs"]["parameters"]) == {"namespace", "manifests"}
     assert tasks["tune-models"]["dependentTasks"] == ["prepare-data"]
     assert set(tasks["package-model"]["dependentTasks"]) == {
         "evaluate-model",
@@ -56,6 +66,8 @@ def test_pipeline_wiring_and_defaults():
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["time_budget_s"]["defaultValue"] == 60
     assert params["data"]["defaultValue"] == ""  # no data path baked in at compile time
+    assert params["deploy_namespace"]["defaultValue"] == ""  # local runs deploy nothing
+    assert params["deploy_manifests"]["defaultValue"] == ""  # the copy in the image
     outputs = spec["root"]["outputDefinitions"]["artifacts"]
     assert {
         "bento",

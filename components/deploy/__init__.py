@@ -1,0 +1,1 @@
+"""deploy: render the serving manifests for a new model version, apply them, roll back on failure."""

@@ -1,0 +1,45 @@
+"""KFP component: deploy (apply the serving manifests for the new version, roll back on failure)."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Model, Output
+
+from components._image import COMPONENTS_IMAGE
+
+
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
+def deploy_model(
+    bento: Input[Model],
+    decision: Input[Artifact],
+    release: Output[Artifact],
+    namespace: str,
+    manifests: str = "",
+    name: str = "automl-serving",
+    timeout_s: int = 300,
+):
+    """Roll the packaged Bento out to the serving Deployment; roll back if it is not ready in time.
+
+    Credentials come from the pod's service account (or a kubeconfig), never from a parameter.
+
+    Args:
+        bento: The package step's Bento archive; its URI is the URL the serving pod fetches.
+        decision: The gate's decision; nothing is deployed unless it says deploy.
+        release: What was applied (JSON: version, namespace, objects, rollout state).
+        namespace: Namespace of the serving Deployment.
+        manifests: Rendered serving manifests (path or URL); empty uses the copy in the image.
+        name: Name of the serving Deployment in the manifests.
+        timeout_s: Seconds to wait for the rollout before rolling back.
+    """
+    from components.deploy.deploy import run
+
+    outcome = run(
+        bento.uri,
+        dict(bento.metadata),
+        dict(decision.metadata),
+        release.path,
+        namespace,
+        manifests,
+        name,
+        timeout_s,
+    )
+    if outcome is not None:
+        release.metadata.update({"version": outcome.version, "namespace": namespace, "name": name})

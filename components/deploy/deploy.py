@@ -1,0 +1,271 @@
+"""Deploy one model version: render, server-side apply, wait for the rollout, roll back on failure.
+
+Plain logic (no kfp import): the component (`component.py`) and `kfp-automl deploy` call `deploy`.
+Every applied Deployment carries the release it belongs to (the annotation
+`kfp-automl.io/release`: the rendered objects, version and Bento URL), so when a new version is
+not ready within the timeout the objects of the version that was live before are applied again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from components.common.errors import PipelineFailed, UserError
+from components.common.progress import say
+from components.deploy.kube import ApiProblem, Cluster
+from components.deploy.render import (
+    DEFAULT_NAME,
+    RELEASE_ANNOTATION,
+    Release,
+    decode_release,
+    parse_manifests,
+    render,
+    with_record,
+)
+
+# The rendered serving overlay, baked into the components image at build time.
+DEFAULT_MANIFESTS = "/opt/kfp-automl/serving.yaml"
+STEP = "deploy"
+
+
+class DeployError(PipelineFailed):
+    """The new version did not become ready (or could not be applied); says what was rolled back."""
+
+
+@dataclass
+class Outcome:
+    """What a deploy did: the applied objects (kind/name) and the rollout's last state."""
+
+    version: str
+    namespace: str
+    name: str
+    applied: list[str] = field(default_factory=list)
+    previous_version: str | None = None
+    rollout: str = ""
+    elapsed_s: float = 0.0
+
+
+def read_manifests(source: str) -> str:
+    """The manifests' text from a local path or an fsspec URL; a UserError names the source."""
+    source = source or DEFAULT_MANIFESTS
+    if "://" in source and not source.startswith("file://"):
+        import fsspec
+
+        try:
+            with fsspec.open(source, "rt") as f:
+                return f.read()
+        except (OSError, ValueError, ImportError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot read manifests {source}: {first}") from None
+    path = Path(source.removeprefix("file://"))
+    if not path.is_file():
+        raise UserError(f"manifests file not found: {source}")
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read manifests {source}: {exc}") from None
+
+
+def rollout_status(dep: dict[str, Any]) -> tuple[bool, str | None, str]:
+    """(done, failure, summary) for a Deployment, the way `kubectl rollout status` judges it.
+
+    Done when the controller has seen the latest spec (observedGeneration) and every desired
+    replica is updated and available with no old replica left; failed when the Progressing
+    condition reports ProgressDeadlineExceeded.
+    """
+    spec, status = dep.get("spec") or {}, dep.get("status") or {}
+    desired = spec.get("replicas", 1)
+    generation = (dep.get("metadata") or {}).get("generation", 0)
+    observed = status.get("observedGeneration", 0)
+    replicas = status.get("replicas", 0)
+    updated = status.get("updatedReplicas", 0)
+    available = status.get("availableReplicas", 0)
+    summary = f"{updated}/{desired} updated, {available} available, {replicas} total"
+    if observed < generation:
+        return False, None, f"waiting for the controller to see generation {generation}"
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return False, f"ProgressDeadlineExceeded: {cond.get('message', '')}".strip(), summary
+    done = updated >= desired and replicas <= updated and available >= updated
+    return done, None, summary
+
+
+def wait_rollout(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    timeout_s: float,
+    poll_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[bool, str]:
+    """Poll the Deployment until it is rolled out, failed, or `timeout_s` passed: (ready, why)."""
+    deadline = clock() + timeout_s
+    last = "no status yet"
+    while True:
+        dep = cluster.get_deployment(namespace, name)
+        if dep is None:
+            return False, f"Deployment {namespace}/{name} disappeared"
+        done, failure, last = rollout_status(dep)
+        if done:
+            return True, last
+        if failure:
+            return False, failure
+        if clock() >= deadline:
+            return False, f"not ready within {timeout_s:g}s ({last})"
+        time.sleep(poll_s)
+
+
+def previous_release(cluster: Cluster, namespace: str, name: str) -> Release | None:
+    """The release recorded on the live Deployment, or None (none live, or not deployed by us)."""
+    live = cluster.get_deployment(namespace, name)
+    if live is None:
+        return None
+    value = ((live.get("metadata") or {}).get("annotations") or {}).get(RELEASE_ANNOTATION)
+    if not value:
+        return None
+    try:
+        return decode_release(value, namespace)
+    except ValueError:
+        return None
+
+
+def _apply_all(cluster: Cluster, release: Release) -> list[str]:
+    applied = []
+    for obj in with_record(release):
+        cluster.apply(obj)
+        ref = f"{obj['kind']}/{obj['metadata']['name']}"
+        applied.append(ref)
+        say(STEP, f"applied {ref}")
+    return applied
+
+
+def check(
+    manifests: str,
+    bento_url: str,
+    version: str,
+    namespace: str,
+    name: str = DEFAULT_NAME,
+    source: str = "manifests",
+) -> list[dict[str, Any]]:
+    """The objects `deploy` would apply; every input problem is a UserError before any API call."""
+    objects = parse_manifests(manifests, source)
+    return with_record(render(objects, bento_url, version, namespace, name))
+
+
+def deploy(
+    cluster: Cluster,
+    manifests: str,
+    bento_url: str,
+    version: str,
+    namespace: str,
+    name: str = DEFAULT_NAME,
+    timeout_s: float = 300,
+    poll_s: float = 2.0,
+) -> Outcome:
+    """Apply `version` and wait for it; on failure re-apply the previous release and raise.
+
+    `manifests` is the rendered multi-document YAML. Raises UserError for input that breaks the
+    contract or an API call the server refuses, DeployError when the rollout does not finish.
+    """
+    started = time.monotonic()
+    release = render(parse_manifests(manifests), bento_url, version, namespace, name)
+    target = f"{namespace}/{name}"
+    try:
+        before = previous_release(cluster, namespace, name)
+    except ApiProblem as exc:
+        raise UserError(f"deploy to {target}: {exc}") from None
+    was = f"version {before.version}" if before else "no recorded version"
+    say(STEP, f"deploying version {version} to {target} ({was} live)")
+    outcome = Outcome(version, namespace, name, previous_version=before and before.version)
+    try:
+        outcome.applied = _apply_all(cluster, release)
+    except ApiProblem as exc:
+        if before is None:
+            raise UserError(f"deploy to {target}: {exc}") from None
+        # some objects of the new version may be applied: put the previous ones back
+        say(STEP, f"{exc}; re-applying version {before.version}")
+        failed = f"deploy of version {version} to {target} failed: {exc}"
+        _rollback(cluster, before, failed, timeout_s, poll_s)
+    say(STEP, f"waiting up to {timeout_s:g}s for the rollout of {target}")
+    try:
+        ready, why = wait_rollout(cluster, namespace, name, timeout_s, poll_s)
+    except ApiProblem as exc:
+        raise UserError(f"deploy to {target}: {exc}") from None
+    outcome.rollout = why
+    if ready:
+        outcome.elapsed_s = round(time.monotonic() - started, 1)
+        say(STEP, f"version {version} is live in {target} ({why})")
+        return outcome
+    failed = f"deploy of version {version} to {target} failed: {why}"
+    if before is None:
+        raise DeployError(
+            f"{failed}; nothing to roll back to (the Deployment had no earlier release recorded by "
+            "this step), so the new version stays applied: inspect it with "
+            f"`kubectl -n {namespace} rollout status deployment/{name}`"
+        )
+    say(STEP, f"{why}; rolling back to version {before.version}")
+    _rollback(cluster, before, failed, timeout_s, poll_s)
+
+
+def _rollback(
+    cluster: Cluster, before: Release, failed: str, timeout_s: float, poll_s: float
+) -> NoReturn:
+    """Re-apply `before`, wait for its rollout, and raise DeployError saying how that went."""
+    try:
+        _apply_all(cluster, before)
+        back, back_why = wait_rollout(cluster, before.namespace, before.name, timeout_s, poll_s)
+    except ApiProblem as exc:
+        raise DeployError(
+            f"{failed}; the rollback to version {before.version} failed too: {exc}"
+        ) from None
+    state = "ready again" if back else f"not ready either: {back_why}"
+    raise DeployError(f"{failed}; rolled back to version {before.version} ({state})")
+
+
+def run(
+    bento_uri: str,
+    bento_metadata: dict[str, Any],
+    decision_metadata: dict[str, Any],
+    release_path: str,
+    namespace: str,
+    manifests: str = "",
+    name: str = DEFAULT_NAME,
+    timeout_s: float = 300,
+    cluster_factory: Callable[[], Cluster] | None = None,
+) -> Outcome | None:
+    """The deploy step: deploy the Bento at `bento_uri` if the gate passed; write the release JSON."""
+    from dataclasses import asdict
+
+    from components.common.io import write_json
+
+    if not decision_metadata.get("deploy", False):
+        reason = decision_metadata.get("reason", "")
+        say(STEP, f"nothing deployed: the gate did not pass this model ({reason})")
+        write_json(release_path, {"deployed": False, "reason": reason})
+        return None
+    tag = str(bento_metadata.get("bento_tag", ""))
+    if ":" not in tag:
+        raise UserError(f"the Bento artifact has no bento_tag name:version (got {tag!r})")
+    text = read_manifests(manifests)
+    version = tag.split(":", 1)[1]
+    check(text, bento_uri, version, namespace, name, manifests or DEFAULT_MANIFESTS)
+    if cluster_factory is None:
+        from components.deploy.kube import api_client
+
+        def cluster_factory() -> Cluster:
+            return Cluster(api_client())
+
+    try:
+        cluster = cluster_factory()
+    except ApiProblem as exc:
+        raise UserError(f"deploy to {namespace}/{name}: {exc}") from None
+    try:
+        outcome = deploy(cluster, text, bento_uri, version, namespace, name, timeout_s)
+    finally:
+        cluster.close()
+    write_json(release_path, {"deployed": True, **asdict(outcome)})
+    return outcome

@@ -1,0 +1,58 @@
+"""`kfp-automl serve` settings: an explicit flag wins, else a pod's AUTOML_* variable, else
+the flag's default. The process image is replaced by `bentoml serve` (os.execve), so the
+tests capture the environment it would get; tests/integration/test_fetch_bento.py checks
+the effect on a real server."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from pipelines import bentos
+from pipelines.cli import main
+
+KEYS = ("AUTOML_WORKERS", "AUTOML_UNKNOWN_FIELDS", "AUTOML_MONITORING", "AUTOML_MAX_BODY_BYTES")
+
+
+@pytest.fixture
+def exec_env(monkeypatch):
+    captured = {}
+
+    def fake_execve(path, argv, env):
+        captured.update(path=path, argv=argv, env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(bentos, "resolve_bento", lambda ref: SimpleNamespace(tag="m:v1"))
+    monkeypatch.setattr("os.execve", fake_execve)
+    for key in KEYS:
+        monkeypatch.delenv(key, raising=False)
+    return captured
+
+
+def _serve(*flags):
+    with pytest.raises(SystemExit):
+        main(["serve", "--model", "m:v1", *flags])
+
+
+def test_defaults_without_variables(exec_env):
+    _serve()
+    env = exec_env["env"]
+    assert [env[k] for k in KEYS] == ["1", "ignore", "true", str(8 * 1024 * 1024)]
+    assert exec_env["argv"][1:3] == ["serve", "m:v1"]
+
+
+def test_pod_variables_win_over_defaults(exec_env, monkeypatch):
+    pod = dict(zip(KEYS, ["2", "reject", "false", "1000"], strict=True))
+    for key, value in pod.items():
+        monkeypatch.setenv(key, value)
+    _serve()
+    assert {k: exec_env["env"][k] for k in KEYS} == pod
+
+
+def test_explicit_flags_win_over_variables(exec_env, monkeypatch):
+    for key, value in zip(KEYS, ["2", "ignore", "true", "1000"], strict=True):
+        monkeypatch.setenv(key, value)
+    _serve("--workers", "3", "--reject-unknown-fields", "--no-monitoring", "--max-body-mb", "1")
+    env = exec_env["env"]
+    assert [env[k] for k in KEYS] == ["3", "reject", "false", str(1024 * 1024)]

@@ -8,7 +8,7 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps bench-deps run test test-quick lint format compile rules bench bench-serving bench-prepare images clean serving-manifests
+.PHONY: help setup system-deps bench-deps run test test-quick lint format compile rules bench bench-serving bench-prepare bench-feedback images clean serving-manifests
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -68,7 +68,7 @@ rules: $(STAMP) ## Render the Prometheus rules (plain file + PrometheusRule) and
 	  --prometheus-rule manifests/serving/base/prometheusrule.yaml \
 	  --dashboard manifests/serving/base/grafana-dashboard.yaml
 
-bench: $(STAMP) bench-deps ## Benchmarks: pipeline (wall clock, memory, score) + serving (vs plain BentoML, wrk) -> bench-output/results.md
+bench: $(STAMP) bench-deps ## Benchmarks: pipeline, serving, prepare, feedback -> bench-output/results.md
 	$(BIN)/python -m tests.bench.run_bench
 
 bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)
@@ -76,6 +76,9 @@ bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)
 
 bench-prepare: $(STAMP) ## Prepare benchmark only: 1,000,000 x 50 table vs read_csv + train_test_split (about 1 minute)
 	$(BIN)/python -m tests.bench.run_bench prepare
+
+bench-feedback: $(STAMP) bench-deps ## Prediction logging on/off and /feedback benchmark only (about 4 minutes)
+	$(BIN)/python -m tests.bench.run_bench feedback
 
 # The deploy step's default manifests (/opt/kfp-automl/serving.yaml in the components image).
 serving-manifests: ## Render manifests/serving/overlays/prod to images/rendered/serving.yaml (baked into the image)

@@ -16,6 +16,7 @@ import click
 from components import __version__
 from components.common.errors import PipelineFailed, UserError
 from pipelines import cluster_cli, retrain_cli
+from pipelines.feedback_cli import export_feedback, prediction_log_options, prediction_log_settings
 from pipelines.prepare_cli import prepare_options
 
 DEFAULT_OUTPUT = "automl-output"
@@ -230,10 +231,12 @@ def predict(model, data, output):
     show_default=True,
     help="Larger request bodies get 413.",
 )
-def serve(model, port, host, workers, reject_unknown_fields, no_monitoring, max_body_mb):
+@prediction_log_options
+def serve(model, port, host, workers, reject_unknown_fields, no_monitoring, max_body_mb, **log):
     """Serve a packaged model over HTTP with BentoML.
 
-    POST /predict with {"records": [...]}; GET /metrics (Prometheus), /livez, /readyz.
+    POST /predict with {"records": [...]}; GET /metrics (Prometheus), /livez, /readyz;
+    POST /feedback with {"labels": [...]} when predictions are logged.
     """
     from pipelines.bentos import resolve_bento
 
@@ -244,6 +247,7 @@ def serve(model, port, host, workers, reject_unknown_fields, no_monitoring, max_
         "AUTOML_UNKNOWN_FIELDS": "reject" if reject_unknown_fields else "ignore",
         "AUTOML_MONITORING": str(not no_monitoring).lower(),
         "AUTOML_MAX_BODY_BYTES": str(int(max_body_mb * 1024 * 1024)),
+        **prediction_log_settings(bento, **log),
     }
     # A flag left at its default does not override the variable already set (a pod's env).
     default = click.core.ParameterSource.DEFAULT
@@ -375,6 +379,7 @@ cli.add_command(retrain_cli.command)
 from pipelines.fetch_cli import fetch_bento  # noqa: E402
 
 cli.add_command(fetch_bento)
+cli.add_command(export_feedback)
 
 
 def main(argv: list[str] | None = None) -> int:

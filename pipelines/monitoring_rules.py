@@ -37,6 +37,13 @@ Alerts (group `automl-alerts`), each with `for: alert_for`:
     AutomlHighErrorRate     critical  share of POST /predict answered 5xx above error_ratio
     AutomlHighRejectedRate  warning   automl_requests_rejected_total / POST /predict requests
                                       above rejected_ratio
+    AutomlQualityBelowEvaluation
+                            critical  the live value of the primary metric (automl_live_metric,
+                                      over the newest labelled predictions) is worse than its
+                                      evaluation-time 95% interval (automl_evaluation_metric:
+                                      below ci_low, or above ci_high for a loss), with at least
+                                      min_labels labels in the window; `for: quality_for`
+                                      (labels arrive slowly); action=retrain
 
 BentoML labels its request metrics with `service_name` and `service_version`
 (the Bento's name and version), `runner_name` (the service class's name,
@@ -123,10 +130,15 @@ def _check_arguments(
     latency_p99_s: float,
     error_ratio: float,
     rejected_ratio: float,
+    quality_for: str = "15m",
+    min_labels: int = 100,
 ) -> None:
     if _duration_ms("window", window) == 0:
         raise ValueError(f"window must be longer than 0, got {window!r}")
     _duration_ms("alert_for", alert_for)
+    _duration_ms("quality_for", quality_for)
+    if isinstance(min_labels, bool) or not isinstance(min_labels, int) or min_labels < 1:
+        raise ValueError(f"min_labels must be an integer >= 1, got {min_labels!r}")
     if isinstance(min_records, bool) or not isinstance(min_records, int) or min_records < 1:
         raise ValueError(f"min_records must be an integer >= 1, got {min_records!r}")
     if (
@@ -299,6 +311,42 @@ def _service_alerts(
     ]
 
 
+def _quality_alert(min_labels: int) -> dict[str, Any]:
+    mvm = "model, version, metric"
+    live = f"max by ({mvm}) (automl_live_metric)"
+
+    def bound(goal: str, name: str) -> str:
+        selector = f'primary="true", goal="{goal}", bound="{name}"'
+        return f"max by ({mvm}) (automl_evaluation_metric{{{selector}}})"
+
+    return {
+        "alert": "AutomlQualityBelowEvaluation",
+        "expr": _expr(f"""
+            (
+                {live}
+              < on ({mvm})
+                {bound("max", "ci_low")}
+            or
+                {live}
+              > on ({mvm})
+                {bound("min", "ci_high")}
+            )
+            and on (model, version)
+            (max by (model, version) (automl_live_window_labels) >= {min_labels})
+        """),
+        "labels": {"severity": "critical", "action": "retrain"},
+        "annotations": {
+            "summary": "Live {{ $labels.metric }} of {{ $labels.model }} version "
+            "{{ $labels.version }} is worse than at evaluation",
+            "description": "{{ $labels.metric }} of model {{ $labels.model }} version "
+            '{{ $labels.version }} is {{ $value | printf "%.3f" }} over its newest labelled '
+            "predictions (automl_live_metric), outside the 95% interval measured on the "
+            f"holdout at evaluation time (automl_evaluation_metric); at least {min_labels} "
+            "labels are in the window.",
+        },
+    }
+
+
 def rule_groups(
     window: str = "10m",
     alert_for: str = "5m",
@@ -306,9 +354,20 @@ def rule_groups(
     latency_p99_s: float = 0.5,
     error_ratio: float = 0.01,
     rejected_ratio: float = 0.05,
+    quality_for: str = "15m",
+    min_labels: int = 100,
 ) -> dict[str, Any]:
     """The rules file as Python data; see `render_rules`."""
-    _check_arguments(window, alert_for, min_records, latency_p99_s, error_ratio, rejected_ratio)
+    _check_arguments(
+        window,
+        alert_for,
+        min_records,
+        latency_p99_s,
+        error_ratio,
+        rejected_ratio,
+        quality_for,
+        min_labels,
+    )
     alerts = [
         _drift_alert(
             "AutomlFeatureDrift",
@@ -328,9 +387,12 @@ def rule_groups(
             min_records,
         ),
         *_service_alerts(window, latency_p99_s, error_ratio, rejected_ratio),
+        _quality_alert(min_labels),
     ]
     for alert in alerts:
-        alert["for"] = alert_for
+        alert["for"] = (
+            quality_for if alert["alert"] == "AutomlQualityBelowEvaluation" else alert_for
+        )
         alert["labels"] = alert.pop("labels")  # key order: alert, expr, for, labels, annotations
         alert["annotations"] = alert.pop("annotations")
     return {
@@ -348,6 +410,8 @@ def render_rules(
     latency_p99_s: float = 0.5,
     error_ratio: float = 0.01,
     rejected_ratio: float = 0.05,
+    quality_for: str = "15m",
+    min_labels: int = 100,
 ) -> str:
     """Return the Prometheus rules file (YAML) for served models.
 
@@ -356,11 +420,23 @@ def render_rules(
     `min_records` the fewest records in the window for a drift alert,
     `latency_p99_s` the p99 request latency limit in seconds, and
     `error_ratio` / `rejected_ratio` the largest tolerated share of 5xx
-    answers / requests rejected for bad input. A bad value raises ValueError.
+    answers / requests rejected for bad input, `quality_for` how long live
+    quality must stay outside its evaluation interval before the quality alert
+    fires, and `min_labels` the fewest labels in the live window for it. A bad
+    value raises ValueError.
     The window should span at least a few scrape intervals: increase() and
     rate() need two samples in it.
     """
-    data = rule_groups(window, alert_for, min_records, latency_p99_s, error_ratio, rejected_ratio)
+    data = rule_groups(
+        window,
+        alert_for,
+        min_records,
+        latency_p99_s,
+        error_ratio,
+        rejected_ratio,
+        quality_for,
+        min_labels,
+    )
     header = "# Generated by `python -m pipelines.monitoring_rules`: do not edit by hand.\n"
     return header + yaml.safe_dump(data, sort_keys=False, width=1000)  # no folded templates
 
@@ -414,7 +490,7 @@ def _write(path: str, text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.monitoring_rules",
-        description="Write the Prometheus drift and serving rules for kfp-automl models.",
+        description="Write the Prometheus drift, serving and quality rules for kfp-automl models.",
     )
     parser.add_argument("--window", default="10m", help="range of rates and drift (default 10m)")
     parser.add_argument(
@@ -424,6 +500,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency-p99", type=float, default=0.5, help="p99 limit in seconds")
     parser.add_argument("--error-ratio", type=float, default=0.01, help="largest 5xx share")
     parser.add_argument("--rejected-ratio", type=float, default=0.05, help="largest rejected share")
+    parser.add_argument(
+        "--quality-for", default="15m", help="how long before the quality alert fires (15m)"
+    )
+    parser.add_argument("--min-labels", type=int, default=100, help="fewest labels for quality")
     parser.add_argument("--output", help="file to write (atomically); default: print")
     parser.add_argument(
         "--prometheus-rule", help="also write the rules as a PrometheusRule manifest here"
@@ -438,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.latency_p99,
             args.error_ratio,
             args.rejected_ratio,
+            args.quality_for,
+            args.min_labels,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -454,6 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "latency_p99_s": args.latency_p99,
             "error_ratio": args.error_ratio,
             "rejected_ratio": args.rejected_ratio,
+            "quality_for": args.quality_for,
+            "min_labels": args.min_labels,
         }
         _write(args.prometheus_rule, render_prometheus_rule(**settings))
     if args.dashboard:

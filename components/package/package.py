@@ -19,7 +19,14 @@ from components.common.profile import add_prediction_profile
 
 SERVING_DIR = Path(__file__).resolve().parent.parent / "serving"
 SERVICE = "service:AutoMLService"
-SERVICE_FILES = ["service.py", "automl_io.py", "monitoring.py"]
+SERVICE_FILES = [
+    "service.py",
+    "automl_io.py",
+    "monitoring.py",
+    "prediction_log.py",
+    "prediction_store.py",
+    "quality.py",
+]
 # What the service imports; pinned to the versions that trained the model so it unpickles the same.
 RUNTIME_PACKAGES = ["scikit-learn", "pandas", "numpy", "joblib", "pyarrow", "prometheus-client"]
 
@@ -50,11 +57,14 @@ def package(
     name: str = "",
     profile: dict[str, Any] | None = None,
     holdout: pd.DataFrame | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> Packaged:
     """Save the model to the BentoML store, build a Bento around it and export the archive.
 
     With a reference `profile` and `holdout` rows, the model's predictions on them
-    complete the profile (prediction drift) that the service's metrics use.
+    complete the profile (prediction drift) that the service's metrics use. The
+    holdout `evaluation` metrics (with `<name>_ci_low/_ci_high`) are stored beside the
+    model, so the service exports them next to its live quality.
     """
     import bentoml
 
@@ -82,6 +92,8 @@ def package(
         write_json(stored.path_of("schema.json"), schema)
         if profile is not None:
             write_json(stored.path_of("profile.json"), profile)
+        if evaluation:
+            write_json(stored.path_of("evaluation.json"), evaluation)
     bento = bentoml.bentos.build(
         SERVICE,
         name=name,
@@ -128,7 +140,15 @@ def run(
     holdout = pd.read_parquet(holdout_path) if holdout_path else None
     schema = read_json(schema_path)
     packaged = package(
-        model_dir, model_info.get("sha256", ""), schema, info, archive_path, name, profile, holdout
+        model_dir,
+        model_info.get("sha256", ""),
+        schema,
+        info,
+        archive_path,
+        name,
+        profile,
+        holdout,
+        test_metrics,
     )
     model_name, version = packaged.model_tag.split(":", 1)
     Registry(registry_root or None).register(

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 MODEL_FILE = "model.joblib"
+MAX_ID_LENGTH = 128
 
 
 class ModelIntegrityError(RuntimeError):
@@ -118,6 +119,16 @@ def _check_number(i: int, name: str, value: Any) -> float:
     return number
 
 
+def check_id(value: Any) -> str | None:
+    """The problem with a caller-supplied prediction id, or None when it is usable."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return f"expected a string or an integer id, got {type(value).__name__}"
+    text = str(value)
+    if not 0 < len(text) <= MAX_ID_LENGTH or not text.isprintable():
+        return f"an id is 1 to {MAX_ID_LENGTH} printable characters"
+    return None
+
+
 def parse_request(body: bytes) -> list[Any]:
     """The `records` list of a /predict request body, or a RecordError (reason bad_json)."""
     try:
@@ -132,12 +143,21 @@ def parse_request(body: bytes) -> list[Any]:
     return records
 
 
-def _columns(records: list[Any], schema: dict[str, Any], unknown_fields: str) -> dict[str, list]:
-    """Check every record against the schema and gather its values column by column."""
+def _columns(
+    records: list[Any], schema: dict[str, Any], unknown_fields: str, id_field: str | None = None
+) -> dict[str, list]:
+    """Check every record against the schema and gather its values column by column.
+
+    With `id_field`, a record may carry its own prediction id in that field (checked,
+    unique within the request); it is not a feature.
+    """
     if not records:
         raise RecordError(None, None, "'records' is empty: send at least one record", "empty")
     features = _features(schema)
     known = {f["name"] for f in features}
+    if id_field:
+        _check_ids(records, id_field)
+        known.add(id_field)
     columns: dict[str, list] = {f["name"]: [None] * len(records) for f in features}
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
@@ -168,11 +188,27 @@ def _columns(records: list[Any], schema: dict[str, Any], unknown_fields: str) ->
     return columns
 
 
+def _check_ids(records: list[Any], id_field: str) -> None:
+    seen: set[str] = set()
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or rec.get(id_field) is None:
+            continue
+        problem = check_id(rec[id_field])
+        if problem is None and str(rec[id_field]) in seen:
+            problem = "the same id appears twice in this request"
+        if problem is not None:
+            raise RecordError(i, id_field, problem, "bad_id")
+        seen.add(str(rec[id_field]))
+
+
 def check_records(
-    records: list[Any], schema: dict[str, Any], unknown_fields: str = "ignore"
+    records: list[Any],
+    schema: dict[str, Any],
+    unknown_fields: str = "ignore",
+    id_field: str | None = None,
 ) -> None:
     """Raise a RecordError naming the first record and field the model cannot take."""
-    _columns(records, schema, unknown_fields)
+    _columns(records, schema, unknown_fields, id_field)
 
 
 def records_to_frame(

@@ -35,6 +35,7 @@ REJECT_REASONS = (
     "too_large",
     "unsupported_media_type",
     "bad_json",
+    "bad_id",
 )
 
 

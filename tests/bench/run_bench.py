@@ -14,7 +14,10 @@ with monitoring on and off, and against the in-process model; a bounded load tes
 Prepare (tests/bench/prepare_bench.py): a 1,000,000 x 50 table through the prepare
 step against pandas.read_csv + train_test_split of the same file.
 
-    python -m tests.bench.run_bench [pipeline|serving|prepare]   # default: all three
+Feedback (tests/bench/feedback_bench.py): /predict with prediction logging on vs
+off, side by side; /feedback labels per second.
+
+    python -m tests.bench.run_bench [pipeline|serving|prepare|feedback]   # default: all
 """
 
 from __future__ import annotations
@@ -150,7 +153,12 @@ def pipeline_bench() -> str:
     return table
 
 
-SECTIONS = {"pipeline": "Pipeline", "serving": "Serving", "prepare": "Prepare"}
+SECTIONS = {
+    "pipeline": "Pipeline",
+    "serving": "Serving",
+    "prepare": "Prepare",
+    "feedback": "Prediction logging and feedback",
+}
 
 
 def main(argv: list[str]) -> None:
@@ -159,7 +167,7 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise SystemExit(f"unknown bench {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
     OUT.mkdir(exist_ok=True)
-    if "serving" in parts:
+    if "serving" in parts or "feedback" in parts:
         from tests.bench.serving_bench import require_wrk
 
         require_wrk()  # fail before the long pipeline bench, not after it
@@ -173,6 +181,10 @@ def main(argv: list[str]) -> None:
         from tests.bench import prepare_bench
 
         prepare_bench.main()
+    if "feedback" in parts:
+        from tests.bench import feedback_bench
+
+        feedback_bench.main()
     # One table of the latest results of each part (a part run alone keeps the other's).
     sections = [
         f"## {title}\n\n{(OUT / f'{part}.md').read_text().strip()}"

@@ -210,7 +210,11 @@ def test_drift_rules_carry_the_label_the_trigger_acts_on():
     alerts = [r for g in rule_groups()["groups"] for r in g["rules"] if "alert" in r]
     retrain = [a["alert"] for a in alerts if a["labels"].get("action") == RETRAIN_LABEL[1]]
     assert RETRAIN_LABEL[0] == "action"
-    assert retrain == ["AutomlFeatureDrift", "AutomlPredictionDrift"]
+    assert retrain == [
+        "AutomlFeatureDrift",
+        "AutomlPredictionDrift",
+        "AutomlQualityBelowEvaluation",
+    ]
     for a in alerts:
         if a["alert"] in retrain:
             assert f"$labels.{MODEL_LABEL}" in a["annotations"]["description"]

@@ -21,7 +21,8 @@ from pipelines.monitoring_rules import EPS, render_rules
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "manifests" / "monitoring" / "prometheus-rules.yaml"
 TESTS_FILE = Path(__file__).with_name("rules_test.yaml")
-TEST_RULES = {"window": "5m", "alert_for": "1m"}  # what rules_test.yaml is written for
+# what rules_test.yaml is written for
+TEST_RULES = {"window": "5m", "alert_for": "1m", "quality_for": "3m", "min_labels": 100}
 
 # One categorical feature served by two replicas, each scoring half the records.
 # q: reference shares (the unseen-category and missing bins are 0 there, so EPS applies);
@@ -159,13 +160,15 @@ def test_rule_and_alert_names():
         "AutomlHighLatencyP99",
         "AutomlHighErrorRate",
         "AutomlHighRejectedRate",
+        "AutomlQualityBelowEvaluation",
     ]
     for name, alert in alerts.items():
-        assert alert["for"] == "5m"
+        quality = name == "AutomlQualityBelowEvaluation"
+        assert alert["for"] == ("15m" if quality else "5m")
         assert alert["labels"]["severity"] in {"warning", "critical"}
         assert set(alert["annotations"]) == {"summary", "description"}
-        drift = name.endswith("Drift")
-        assert (alert["labels"].get("action") == "retrain") == drift, name
+        retrain = name.endswith("Drift") or quality
+        assert (alert["labels"].get("action") == "retrain") == retrain, name
 
 
 def test_window_changes_ranges_not_names():
@@ -195,6 +198,9 @@ def test_window_changes_ranges_not_names():
         ({"latency_p99_s": -1.0}, "latency_p99_s must be a number of seconds > 0"),
         ({"min_records": 0}, "min_records must be an integer >= 1"),
         ({"min_records": 2.5}, "min_records must be an integer >= 1"),
+        ({"quality_for": "1 hour"}, "quality_for must be a Prometheus duration"),
+        ({"min_labels": 0}, "min_labels must be an integer >= 1"),
+        ({"min_labels": True}, "min_labels must be an integer >= 1"),
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs, message):

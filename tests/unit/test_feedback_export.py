@@ -1,0 +1,127 @@
+"""`kfp-automl export-feedback`: a log directory written by the real writer -> a table."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+from prometheus_client import CollectorRegistry
+
+from components.common.errors import UserError
+from components.serving.prediction_log import LogSettings, PredictionLog
+from components.serving.quality import QualityMetrics
+from pipelines.cli import main
+from pipelines.feedback_table import append_to, feedback_table, parse_since
+
+from ._data import schema_for, synthetic_frame
+
+
+@pytest.fixture
+def log_dir(tmp_path):
+    """A log of 30 predictions, 20 of them labelled (5 of those sent twice)."""
+    schema = {**schema_for("classification"), "classes": ["no", "yes"]}
+    metrics = QualityMetrics("m", "v1", "classification", "roc_auc", None, CollectorRegistry())
+    settings = LogSettings(mode="on", directory=str(tmp_path / "logs"), exclude=("x2",))
+    plog = PredictionLog(settings, "m", "v1", schema, metrics)
+    frame = synthetic_frame(30)
+    records = [
+        {k: (None if pd.isna(v) else v) for k, v in r.items() if k != "target"}
+        for r in frame.to_dict("records")
+    ]
+    answers = [{"prediction": "yes", "probabilities": {"no": 0.4, "yes": 0.6}}] * 30
+    plog.submit([f"r{i}" for i in range(30)], records, answers)
+    plog.flush()
+    labels = [{"id": f"r{i}", "label": frame["target"][i]} for i in range(20)]
+    plog.feedback(labels + labels[:5])
+    plog.close()
+    return tmp_path / "logs", frame
+
+
+def test_labelled_predictions_become_rows_with_the_training_schema(log_dir):
+    directory, frame = log_dir
+    fresh = feedback_table(directory)
+    assert (fresh.predictions, fresh.labelled, fresh.target) == (30, 20, "target")
+    assert list(fresh.table.columns) == ["x1", "x2", "colour", "target"]
+    assert fresh.excluded == ["x2"] and fresh.table["x2"].isna().all()
+    assert fresh.table["target"].tolist() == frame["target"][:20].tolist()
+    expected = frame["x1"][:20].to_numpy()
+    assert fresh.table["x1"].to_numpy() == pytest.approx(expected, nan_ok=True)
+
+
+def test_since_filters_by_prediction_time(log_dir):
+    directory, _ = log_dir
+    assert feedback_table(directory, since=time.time() + 60).labelled == 0
+    assert feedback_table(directory, since=time.time() - 60).labelled == 20
+
+
+def test_append_keeps_the_original_columns_and_dtypes(log_dir, tmp_path):
+    directory, frame = log_dir
+    original = synthetic_frame(50, seed=3).assign(customer="c")  # a column the model dropped
+    path = tmp_path / "train.csv"
+    original.to_csv(path, index=False)
+    table = append_to(str(path), feedback_table(directory))
+    assert list(table.columns) == list(original.columns)
+    assert len(table) == 70 and table["customer"].isna().sum() == 20
+    assert table["target"].tolist()[50:] == frame["target"][:20].tolist()
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [("7d", True), ("12h", True), ("90m", True), ("2026-11-20", True)]
+    + [("2026-11-20T08:00:00+01:00", True), ("yesterday", False), ("7 days", False)],
+)
+def test_parse_since(text, ok):
+    if ok:
+        assert parse_since(text, now=2_000_000_000.0) < 2_000_000_000.0
+    else:
+        with pytest.raises(UserError, match="--since"):
+            parse_since(text)
+
+
+def test_parse_since_ages_and_dates():
+    assert parse_since("2h", now=10_000.0) == 10_000.0 - 7200
+    assert parse_since("1970-01-02") == 86400.0  # UTC when no offset is given
+    assert parse_since("1970-01-02T01:00:00+01:00") == 86400.0
+
+
+# (arguments with {dir}/{tmp} placeholders, words the one-line message must contain)
+BAD_EXPORTS = [
+    (["--log-dir", "{tmp}/nowhere", "--output", "{tmp}/o.parquet"], ["nowhere", "not a directory"]),
+    (["--log-dir", "{tmp}", "--output", "{tmp}/o.parquet"], ["no prediction log"]),
+    (["--log-dir", "{dir}", "--output", "{tmp}/o.xlsx"], ["cannot tell the format", "o.xlsx"]),
+    (["--log-dir", "{dir}", "--output", "{tmp}/o.csv", "--since", "soon"], ["--since", "soon"]),
+    (["--log-dir", "{dir}", "--output", "{tmp}/o.csv", "--since", "1d", "--model", "x"], ["--model"]),
+    (["--log-dir", "{dir}", "--output", "{tmp}/o.csv", "--since", "2999-01-01"], ["no labelled"]),
+    (["--log-dir", "{dir}", "--output", "{tmp}/o.csv", "--append-to", "{tmp}/no.csv"], ["not found"]),
+    (["--log-dir", "{dir}", "--output", "{tmp}/o.csv", "--append-to", "{tmp}/no_target.csv"], ["target"]),
+    (["--log-dir", "{dir}", "--output", "{tmp}/o.csv", "--append-to", "{tmp}/no_x1.csv"], ["'x1'"]),
+    (["--output", "{tmp}/o.csv", "--bogus"], ["--bogus"]),
+    (["--log-dir", "{dir}"], ["--output"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "words"), BAD_EXPORTS)
+def test_bad_exports_exit_2_with_one_line(log_dir, tmp_path, capsys, args, words):
+    directory, frame = log_dir
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    frame.drop(columns=["target"]).to_csv(scratch / "no_target.csv", index=False)
+    frame.drop(columns=["x1"]).to_csv(scratch / "no_x1.csv", index=False)
+    before = sorted(p.name for p in scratch.iterdir())
+    filled = [a.replace("{dir}", str(directory)).replace("{tmp}", str(scratch)) for a in args]
+    assert main(["export-feedback", *filled]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for word in words:
+        assert word in err, (word, err)
+    assert sorted(p.name for p in scratch.iterdir()) == before  # nothing written
+
+
+def test_export_writes_a_table_run_accepts(log_dir, tmp_path, capsys):
+    directory, _ = log_dir
+    out = tmp_path / "fresh.parquet"
+    assert main(["export-feedback", "--log-dir", str(directory), "--output", str(out)]) == 0
+    assert "wrote 20 rows" in capsys.readouterr().out
+    table = pd.read_parquet(out)
+    assert list(table.columns) == ["x1", "x2", "colour", "target"] and len(table) == 20

@@ -26,6 +26,7 @@ class Outputs(NamedTuple):
     model_card: Artifact
     bento: Model
     decision: Artifact
+    search_report: HTML
 
 
 @dsl.pipeline(
@@ -47,6 +48,12 @@ def training(
     min_improvement: float = 0.0,
     slice_column: str = "",
     n_bootstrap: int = 200,
+    search_algorithm: str = "tpe",
+    validation: str = "auto",
+    early_stopping: bool = True,
+    warm_start: str = "",
+    ensemble: bool = True,
+    search_state_root: str = "",
 ) -> Outputs:
     """Train and package a model for `target` in `data`.
 
@@ -65,6 +72,13 @@ def training(
         min_improvement: The least gain on the metric for a new model to replace the champion.
         slice_column: Categorical column for per-slice metrics in the report; empty picks one.
         n_bootstrap: Bootstrap resamples for the holdout metrics' confidence intervals.
+        search_algorithm: tpe (Optuna, default), random or grid.
+        validation: Per-trial validation: auto (CV up to 10,000 rows, else the holdout), cv, holdout.
+        early_stopping: ASHA early stopping for iterative families (rounds, trees).
+        warm_start: A previous run's leaderboard CSV (path or URL) that seeds the search.
+        ensemble: Ship a greedy ensemble of the top trials when it beats the best on validation.
+        search_state_root: Where the tune step keeps its resumable state (a retry resumes it);
+            empty: under the pipeline root; "none": a temporary folder.
     """
     prep = prepare_data(data=data, target=target, task=task, seed=seed).set_display_name("prepare")
     tune = tune_models(
@@ -77,6 +91,14 @@ def training(
         max_trials=max_trials,
         seed=seed,
         ray_address=ray_address,
+        search_algorithm=search_algorithm,
+        validation=validation,
+        early_stopping=early_stopping,
+        warm_start=warm_start,
+        ensemble=ensemble,
+        search_state_root=search_state_root,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
     ).set_display_name("tune")
     tune.set_cpu_request("2").set_memory_request("4G").set_memory_limit("8G")
     evaluation = evaluate_model(
@@ -130,4 +152,5 @@ def training(
         model_card=evaluation.outputs["model_card"],
         bento=pkg.outputs["bento"],
         decision=gate.outputs["decision"],
+        search_report=tune.outputs["search_report"],
     )

@@ -21,7 +21,15 @@ SERVING_DIR = Path(__file__).resolve().parent.parent / "serving"
 SERVICE = "service:AutoMLService"
 SERVICE_FILES = ["service.py", "automl_io.py", "monitoring.py"]
 # What the service imports; pinned to the versions that trained the model so it unpickles the same.
-RUNTIME_PACKAGES = ["scikit-learn", "pandas", "numpy", "joblib", "pyarrow", "prometheus-client"]
+RUNTIME_PACKAGES = [
+    "scikit-learn",
+    "pandas",
+    "numpy",
+    "joblib",
+    "pyarrow",
+    "prometheus-client",
+    "lightgbm",  # a model of the lightgbm family unpickles only with it
+]
 
 
 @dataclass

@@ -26,6 +26,7 @@ from sklearn.ensemble import (
 )
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler, TargetEncoder
 
@@ -253,7 +254,7 @@ def _grid_values(dom: Domain, n: int) -> list[Any]:
         values = [dom.low + (dom.high - dom.low) * i / (n - 1) for i in range(n)]
     if isinstance(dom, Int):
         return sorted({min(dom.high, max(dom.low, round(v))) for v in values})
-    return [float(v) for v in values]
+    return [float(min(dom.high, max(dom.low, v))) for v in values]
 
 
 def grid(
@@ -345,7 +346,7 @@ def preprocessor(
                 "categorical",
                 make_pipeline(
                     SimpleImputer(strategy="constant", fill_value="(missing)"),
-                    TargetEncoder(random_state=0)
+                    TargetEncoder(cv=KFold(5, shuffle=True, random_state=0))
                     if categorical_encoding == "target"
                     else OneHotEncoder(
                         handle_unknown="infrequent_if_exist",

@@ -86,14 +86,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def ray_cluster():
+@pytest.fixture(params=["gcs", "client"])
+def ray_cluster(request):
     """A head node and a worker node started with `ray start`, 1 CPU each, on 127.0.0.1.
 
     Ray 2.60 turns token authentication on for clusters it starts; the nodes and the
     driver share the token through RAY_AUTH_MODE=token and RAY_AUTH_TOKEN.
     """
-    port = _free_port()
+    port, client_port = _free_port(), _free_port()
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
@@ -108,6 +108,7 @@ def ray_cluster():
         procs.append(
             subprocess.Popen(
                 [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false"]
+                + [f"--ray-client-server-port={client_port}"]
                 + [f"--temp-dir={temp}", *common],
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -124,7 +125,10 @@ def ray_cluster():
             )
         )
         time.sleep(6)
-        yield f"127.0.0.1:{port}", env
+        if request.param == "client":  # Ray Client, as a KubeRay head's port 10001
+            yield f"ray://127.0.0.1:{client_port}", env
+        else:
+            yield f"127.0.0.1:{port}", env
     finally:
         for proc in reversed(procs):  # `ray start --block` stops its node's processes on SIGTERM
             proc.send_signal(signal.SIGTERM)

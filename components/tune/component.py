@@ -49,17 +49,15 @@ def tune_models(
         early_stopping: ASHA early stopping of iterative families' trials.
         warm_start: A previous leaderboard CSV (path or URL) whose best configurations go first.
         ensemble: Ship a greedy ensemble of the top trials when it beats the best single one.
-        search_state_root: Where the search keeps its state; a rerun of the step with the same
-            run_id resumes it. Empty: under `pipeline_root`; "none": a temporary folder.
+        search_state_root: Where the search keeps its state (a path, s3:// or gs:// URL); a
+            rerun of the step with the same run_id resumes it. Empty: under `pipeline_root`
+            when that is a local path, else a temporary folder; "none": a temporary folder.
         run_id: Names the state folder under the root (the pipeline run's id).
         pipeline_root: The pipeline root (dsl.PIPELINE_ROOT_PLACEHOLDER in the pipeline).
     """
-    from components.tune.tune import run
+    from components.tune.tune import run, state_path
 
-    root = search_state_root or pipeline_root
-    storage = ""
-    if root and root != "none":
-        storage = f"{root.rstrip('/')}/{run_id or 'tune'}/search-state"
+    storage = state_path(search_state_root, pipeline_root, run_id)
     meta = run(
         train.path,
         valid.path,

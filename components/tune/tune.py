@@ -16,6 +16,22 @@ from components.tune.families import family_params, select_families
 from components.tune.search import refit_best, run_search
 
 
+def state_path(search_state_root: str, pipeline_root: str, run_id: str) -> str:
+    """Where the search keeps its resumable state; empty for a temporary folder.
+
+    An explicit root is used as given (Ray writes local paths, s3:// and gs://). Without
+    one, the pipeline root is used only when it is a local path: KFP's `minio://` roots
+    are not something Ray can write, and the pod may hold no credentials for them.
+    """
+    root = search_state_root
+    if not root:
+        local = pipeline_root.removeprefix("file://")
+        root = local if local and "://" not in local else ""
+    if not root or root == "none":
+        return ""
+    return f"{root.rstrip('/')}/{run_id or 'tune'}/search-state"
+
+
 def run(
     train_path: str,
     valid_path: str,

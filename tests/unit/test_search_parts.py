@@ -304,3 +304,23 @@ def test_search_report_has_every_section():
     for sid in ("score-over-time", "best", "families", "history"):
         assert f'<section id="{sid}">' in page
     assert "data:image/png;base64," in page and "3 trials (2 ok, 1 stopped)" in page
+
+
+# --- where the search state lives ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("explicit", "pipeline_root", "expected"),
+    [
+        ("", "/data/root", "/data/root/run-1/search-state"),
+        ("", "file:///data/root/", "/data/root/run-1/search-state"),
+        ("", "minio://mlpipeline/v2/artifacts", ""),  # not writable by Ray: a temp folder
+        ("s3://bucket/state", "minio://mlpipeline", "s3://bucket/state/run-1/search-state"),
+        ("none", "/data/root", ""),
+        ("", "", ""),
+    ],
+)
+def test_state_path(explicit, pipeline_root, expected):
+    from components.tune.tune import state_path
+
+    assert state_path(explicit, pipeline_root, "run-1") == expected

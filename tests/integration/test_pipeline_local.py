@@ -38,7 +38,14 @@ def test_summary_has_every_field(pipeline_run):
     }
     assert required <= set(s)
     assert s["task"] == "classification" and s["metric"] == "roc_auc"
-    assert s["best_model"] in {"linear", "random_forest", "extra_trees", "hist_gb"}
+    assert s["best_model"] in {
+        "linear",
+        "random_forest",
+        "extra_trees",
+        "hist_gb",
+        "lightgbm",
+        "ensemble",
+    }
     assert 0.5 < s["cv_score"] <= 1 and 0.5 < s["test_score"] <= 1
     assert s["test_metrics"]["roc_auc"] == s["test_score"]
     assert 1 <= s["n_trials"] <= 8

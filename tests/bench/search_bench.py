@@ -114,8 +114,10 @@ def run_flaml(prepared, metric, budget: int) -> dict:
         )
     wall = time.monotonic() - started
 
+    classes = automl.classes_ if prepared.schema["task"] == "classification" else []
+
     class Wrapped:  # score() asks for predict/predict_proba and classes_ on our column set
-        classes_ = getattr(automl, "classes_", None)
+        classes_ = classes
 
         def predict(self, X):
             return automl.predict(_categoricals(X[features]))

@@ -200,6 +200,7 @@ def run(
     )
     click.echo(f"  leaderboard  {s['leaderboard_csv']}")
     click.echo(f"  report       {s['report_html']}")
+    click.echo(f"  search       {s['search_report_html']}")
     click.echo(f"  bento        {s['bento_tag']}  ({s['bento_archive']})")
     stage = "champion" if s["deploy"] else "challenger"
     click.echo(f"  gate         {stage}: {s['gate_reason']}")

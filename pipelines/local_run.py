@@ -171,6 +171,9 @@ def _summarise(
             _copy(outputs["leaderboard"].path, output_dir / "leaderboard.csv").resolve()
         ),
         "schema_json": str(_copy(outputs["schema"].path, output_dir / "schema.json").resolve()),
+        "search_report_html": str(
+            _copy(outputs["search_report"].path, output_dir / "search.html").resolve()
+        ),
         "summary_md": str(_copy(outputs["summary"].path, output_dir / "summary.md").resolve()),
         "model_card": str(
             _copy_card(outputs["model_card"].path, output_dir / "model_card").resolve()

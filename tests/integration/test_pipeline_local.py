@@ -49,7 +49,13 @@ def test_summary_has_every_field(pipeline_run):
     assert 0.5 < s["cv_score"] <= 1 and 0.5 < s["test_score"] <= 1
     assert s["test_metrics"]["roc_auc"] == s["test_score"]
     assert 1 <= s["n_trials"] <= 8
-    for key in ("bento_archive", "report_html", "leaderboard_csv", "schema_json"):
+    for key in (
+        "bento_archive",
+        "report_html",
+        "leaderboard_csv",
+        "schema_json",
+        "search_report_html",
+    ):
         assert Path(s[key]).is_file() and Path(s[key]).parent == out
     assert len(pd.read_csv(s["leaderboard_csv"])) <= 8
 

@@ -30,7 +30,7 @@ def score_over_time_png(board: pd.DataFrame, metric: Metric) -> bytes:
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=100)
     for family, rows in ok.groupby("family", sort=True):
         best = rows["score"].cummax() if metric.greater_is_better else rows["score"].cummin()
-        (line,) = ax.step(rows["finished_at_s"], best, where="post", label=family)
+        (line,) = ax.step(rows["finished_at_s"], best, where="post", label=family, marker=".")
         ax.scatter(rows["finished_at_s"], rows["score"], s=10, alpha=0.4, color=line.get_color())
     ax.set_xlabel("seconds since the search started")
     ax.set_ylabel(f"{metric.name} ({'higher' if metric.greater_is_better else 'lower'} is better)")

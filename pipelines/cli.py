@@ -96,6 +96,27 @@ def cli() -> None:
 @click.option(
     "--ray-address", default="", help="Join this Ray cluster instead of starting Ray locally."
 )
+@click.option(
+    "--search-algorithm",
+    type=click.Choice(["tpe", "random", "grid"]),
+    default="tpe",
+    show_default=True,
+    help="How the tune step picks configurations: Optuna TPE, random, or a grid.",
+)
+@click.option(
+    "--validation",
+    type=click.Choice(["auto", "cv", "holdout"]),
+    default="auto",
+    show_default=True,
+    help="Per-trial validation: auto is 5-fold CV up to 10,000 rows, else the holdout.",
+)
+@click.option(
+    "--warm-start",
+    default="",
+    help="A previous leaderboard.csv (path or URL): its best configurations are tried first.",
+)
+@click.option("--no-ensemble", is_flag=True, help="Never ship an ensemble of the top trials.")
+@click.option("--no-early-stopping", is_flag=True, help="Run every trial to its full budget.")
 @click.option("-v", "--verbose", is_flag=True, help="Show every log line, not just progress.")
 @prepare_options
 def run(
@@ -110,6 +131,11 @@ def run(
     seed,
     model_name,
     ray_address,
+    search_algorithm,
+    validation,
+    warm_start,
+    no_ensemble,
+    no_early_stopping,
     verbose,
     **prepare_flags,
 ):
@@ -143,6 +169,12 @@ def run(
     if chosen.name == "mape" and (rows[target] == 0).any():
         raise UserError(f"--metric mape is not defined: target {target!r} has rows equal to 0")
     select_families(families)
+    if warm_start:
+        from components.tune.warm_start import read_leaderboard
+
+        read_leaderboard(warm_start)
+        if "://" not in warm_start:
+            warm_start = str(Path(warm_start).resolve())
     click.echo(
         f"{resolved} on {target!r}: {len(df)} rows, {df.shape[1] - 1} columns; metric {chosen.name}; "
         f"search budget {time_budget}s"
@@ -161,6 +193,11 @@ def run(
         ray_address=ray_address,
         model_name=model_name,
         **prep_params,
+        search_algorithm=search_algorithm,
+        validation=validation,
+        warm_start=warm_start,
+        ensemble=not no_ensemble,
+        early_stopping=not no_early_stopping,
     )
     s = run_pipeline(params, out, verbose=verbose)
     click.echo("")
@@ -173,6 +210,7 @@ def run(
     click.echo(f"  leaderboard  {s['leaderboard_csv']}")
     click.echo(f"  report       {s['report_html']}")
     click.echo(f"  data report  {s['data_report_html']}")
+    click.echo(f"  search       {s['search_report_html']}")
     click.echo(f"  bento        {s['bento_tag']}  ({s['bento_archive']})")
     stage = "champion" if s["deploy"] else "challenger"
     click.echo(f"  gate         {stage}: {s['gate_reason']}")

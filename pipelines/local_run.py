@@ -175,6 +175,9 @@ def _summarise(
         "data_report_html": str(
             _copy(outputs["data_report"].path, output_dir / "data_report.html").resolve()
         ),
+        "search_report_html": str(
+            _copy(outputs["search_report"].path, output_dir / "search.html").resolve()
+        ),
         "summary_md": str(_copy(outputs["summary"].path, output_dir / "summary.md").resolve()),
         "model_card": str(
             _copy_card(outputs["model_card"].path, output_dir / "model_card").resolve()

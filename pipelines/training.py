@@ -29,6 +29,7 @@ class Outputs(NamedTuple):
     decision: Artifact
     data_report: HTML
     data_summary: Markdown
+    search_report: HTML
 
 
 @dsl.pipeline(
@@ -60,6 +61,12 @@ def training(
     boolean_columns: str = "",
     time_column: str = "",
     group_column: str = "",
+    search_algorithm: str = "tpe",
+    validation: str = "auto",
+    early_stopping: bool = True,
+    warm_start: str = "",
+    ensemble: bool = True,
+    search_state_root: str = "",
 ) -> Outputs:
     """Train and package a model for `target` in `data`.
 
@@ -91,6 +98,13 @@ def training(
         boolean_columns: Comma-separated columns to treat as true/false.
         time_column: Time-ordered split on this column (empty: random, stratified for classification).
         group_column: Split so one value of this column never spans train and test.
+        search_algorithm: tpe (Optuna, default), random or grid.
+        validation: Per-trial validation: auto (CV up to 10,000 rows, else the holdout), cv, holdout.
+        early_stopping: ASHA early stopping for iterative families (rounds, trees).
+        warm_start: A previous run's leaderboard CSV (path or URL) that seeds the search.
+        ensemble: Ship a greedy ensemble of the top trials when it beats the best on validation.
+        search_state_root: Where the tune step keeps its resumable state (a retry resumes it);
+            empty: under the pipeline root; "none": a temporary folder.
     """
     prep = prepare_data(
         data=data,
@@ -116,6 +130,14 @@ def training(
         max_trials=max_trials,
         seed=seed,
         ray_address=ray_address,
+        search_algorithm=search_algorithm,
+        validation=validation,
+        early_stopping=early_stopping,
+        warm_start=warm_start,
+        ensemble=ensemble,
+        search_state_root=search_state_root,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
     ).set_display_name("tune")
     tune.set_cpu_request("2").set_memory_request("4G").set_memory_limit("8G")
     evaluation = evaluate_model(
@@ -178,4 +200,5 @@ def training(
         decision=gate.outputs["decision"],
         data_report=prep.outputs["data_report"],
         data_summary=prep.outputs["data_summary"],
+        search_report=tune.outputs["search_report"],
     )

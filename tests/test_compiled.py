@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from components import __version__
@@ -82,4 +84,11 @@ def test_pipeline_wiring_and_defaults():
         "decision",
         "data_report",
         "data_summary",
+        "search_report",
     } == set(outputs)
+    assert params["search_algorithm"]["defaultValue"] == "tpe"
+    assert params["search_state_root"]["defaultValue"] == ""
+    tune_inputs = tasks["tune-models"]["inputs"]["parameters"]
+    # the search state is kept per run under the pipeline root, so a retry resumes it
+    assert "{{$.pipeline_root}}" in json.dumps(tune_inputs["pipeline_root"])
+    assert "{{$.pipeline_job_uuid}}" in json.dumps(tune_inputs["run_id"])

@@ -28,7 +28,15 @@ SERVICE_FILES = [
     "quality.py",
 ]
 # What the service imports; pinned to the versions that trained the model so it unpickles the same.
-RUNTIME_PACKAGES = ["scikit-learn", "pandas", "numpy", "joblib", "pyarrow", "prometheus-client"]
+RUNTIME_PACKAGES = [
+    "scikit-learn",
+    "pandas",
+    "numpy",
+    "joblib",
+    "pyarrow",
+    "prometheus-client",
+    "lightgbm",  # a model of the lightgbm family unpickles only with it
+]
 
 
 @dataclass

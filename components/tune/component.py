@@ -1,7 +1,7 @@
 """KFP component: tune (Ray Tune search over model families x hyperparameters)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Model, Output
 
 from components._image import COMPONENTS_IMAGE
 
@@ -13,30 +13,51 @@ def tune_models(
     schema: Input[Artifact],
     model: Output[Model],
     leaderboard: Output[Dataset],
+    search_report: Output[HTML],
     metric: str = "",
     families: str = "",
     time_budget_s: int = 60,
     max_trials: int = 0,
     seed: int = 42,
     ray_address: str = "",
+    search_algorithm: str = "tpe",
+    validation: str = "auto",
+    early_stopping: bool = True,
+    warm_start: str = "",
+    ensemble: bool = True,
+    search_state_root: str = "",
+    run_id: str = "",
+    pipeline_root: str = "",
 ):
-    """Search model families and hyperparameters with Ray Tune; refit the best.
+    """Search model families and hyperparameters with Ray Tune; refit the winner.
 
     Args:
         train: Training rows from prepare.
-        valid: Validation rows that score each trial.
+        valid: Validation rows (the holdout of large tables; folded into CV on small ones).
         schema: Column roles from prepare.
-        model: The best sklearn Pipeline refitted on train+valid (joblib, hash in metadata).
-        leaderboard: Every trial: family, params, score, fit time (CSV).
+        model: The winner (one sklearn estimator) refitted on train+valid (joblib, hash in metadata).
+        leaderboard: Every trial: family, params, score, budget step, fit time, node, status (CSV).
+        search_report: Score over time per family, the best configuration, the history (HTML).
         metric: Metric to optimise; empty picks the task's default.
         families: Comma-separated model families; empty searches all.
         time_budget_s: Wall-clock budget of the search in seconds.
         max_trials: Stop after this many trials (0: only the time budget stops it).
         seed: Seed for the search and the models.
         ray_address: Ray cluster to join (e.g. ray://head:10001); empty starts Ray locally.
+        search_algorithm: tpe (Optuna), random or grid.
+        validation: auto (CV up to 10,000 rows, else the holdout), cv or holdout.
+        early_stopping: ASHA early stopping of iterative families' trials.
+        warm_start: A previous leaderboard CSV (path or URL) whose best configurations go first.
+        ensemble: Ship a greedy ensemble of the top trials when it beats the best single one.
+        search_state_root: Where the search keeps its state (a path, s3:// or gs:// URL); a
+            rerun of the step with the same run_id resumes it. Empty: under `pipeline_root`
+            when that is a local path, else a temporary folder; "none": a temporary folder.
+        run_id: Names the state folder under the root (the pipeline run's id).
+        pipeline_root: The pipeline root (dsl.PIPELINE_ROOT_PLACEHOLDER in the pipeline).
     """
-    from components.tune.tune import run
+    from components.tune.tune import run, state_path
 
+    storage = state_path(search_state_root, pipeline_root, run_id)
     meta = run(
         train.path,
         valid.path,
@@ -49,6 +70,13 @@ def tune_models(
         max_trials,
         seed,
         ray_address,
+        algorithm=search_algorithm,
+        validation=validation,
+        early_stopping=early_stopping,
+        warm_start=warm_start,
+        ensemble=ensemble,
+        storage_path=storage,
+        report_path=search_report.path,
     )
     model.metadata.update(meta)
     leaderboard.metadata.update({"metric": meta["metric"], "n_trials": meta["n_trials"]})

@@ -3,7 +3,10 @@
 A space maps parameter names to small domain objects. `suggest` is the one
 place where they become Optuna suggestions (Ray Tune's OptunaSearch drives
 them define-by-run), so a family never imports a search library itself.
-Every family also names a cheap starting configuration, tried first.
+Every family also names a cheap starting configuration, tried first, and,
+when it is iterative (boosting rounds, trees), the parameter that sets its
+budget, so a trial can report scores at growing budgets for ASHA.
+FAMILIES is the registry by name; `grid` turns the same spaces into a grid.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class Family:
     space: Callable[[int, str], dict[str, Domain]]  # (n_rows, task) -> domains
     initial: dict[str, Any]  # a cheap, sensible first configuration
     make: Callable[[str, dict[str, Any], int], Any]  # (task, params, seed) -> estimator
+    budget_param: str | None = None  # iterative families: rounds / trees, grown step by step
 
 
 def _linear(task, p, seed):
@@ -118,6 +122,42 @@ def _hgb(task, p, seed):
     )
 
 
+def _lgbm_space(n_rows, task):
+    return {
+        "n_estimators": Int(20, 500 if n_rows < 100_000 else 300, log=True),
+        "learning_rate": Float(0.01, 0.3, log=True),
+        "num_leaves": Int(4, 128, log=True),
+        "min_child_samples": Int(5, 100, log=True),
+        "subsample": Float(0.5, 1.0),
+        "colsample_bytree": Float(0.3, 1.0),
+        "reg_lambda": Float(1e-6, 10.0, log=True),
+    }
+
+
+LGBM_INITIAL = {
+    "n_estimators": 50,
+    "learning_rate": 0.1,
+    "num_leaves": 15,
+    "min_child_samples": 20,
+    "subsample": 1.0,
+    "colsample_bytree": 1.0,
+    "reg_lambda": 1e-6,
+}
+
+
+def _lgbm(task, p, seed):
+    import lightgbm  # imported only when the family is used
+
+    cls = lightgbm.LGBMClassifier if task == "classification" else lightgbm.LGBMRegressor
+    return cls(
+        **{k: p[k] for k in LGBM_INITIAL},
+        subsample_freq=1 if p["subsample"] < 1.0 else 0,
+        n_jobs=1,
+        random_state=seed,
+        verbose=-1,
+    )
+
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
@@ -128,6 +168,7 @@ FAMILIES: dict[str, Family] = {
             _forest_space,
             {"n_estimators": 50, "min_samples_leaf": 2, "max_features": 0.5},
             _forest(RandomForestClassifier, RandomForestRegressor),
+            "n_estimators",
         ),
         Family(
             "extra_trees",
@@ -135,6 +176,7 @@ FAMILIES: dict[str, Family] = {
             _forest_space,
             {"n_estimators": 50, "min_samples_leaf": 2, "max_features": 0.5},
             _forest(ExtraTreesClassifier, ExtraTreesRegressor),
+            "n_estimators",
         ),
         Family(
             "hist_gb",
@@ -148,7 +190,9 @@ FAMILIES: dict[str, Family] = {
                 "l2_regularization": 1e-6,
             },
             _hgb,
+            "max_iter",
         ),
+        Family("lightgbm", False, _lgbm_space, LGBM_INITIAL, _lgbm, "n_estimators"),
     ]
 }
 
@@ -173,6 +217,72 @@ def family_params(config: dict[str, Any]) -> dict[str, Any]:
 
 def flat_config(family: str, params: dict[str, Any]) -> dict[str, Any]:
     return {"family": family, **{f"{family}.{k}": v for k, v in params.items()}}
+
+
+def fits_space(family: Family, params: dict[str, Any], n_rows: int, task: str) -> bool:
+    """True when `params` are exactly the family's searched parameters, each inside its domain."""
+    domains = family.space(n_rows, task)
+    if set(params) != set(domains):
+        return False
+    for name, dom in domains.items():
+        value = params[name]
+        if isinstance(dom, Choice):
+            ok = value in dom.options
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            ok = False
+        elif isinstance(dom, Int):
+            ok = float(value).is_integer() and dom.low <= value <= dom.high
+        else:
+            ok = dom.low <= value <= dom.high
+        if not ok:
+            return False
+    return True
+
+
+def _grid_values(dom: Domain, n: int) -> list[Any]:
+    if isinstance(dom, Choice):
+        return list(dom.options)
+    if dom.log:
+        import math
+
+        lo, hi = math.log(dom.low), math.log(dom.high)
+        values = [math.exp(lo + (hi - lo) * i / (n - 1)) for i in range(n)]
+    else:
+        values = [dom.low + (dom.high - dom.low) * i / (n - 1) for i in range(n)]
+    if isinstance(dom, Int):
+        return sorted({min(dom.high, max(dom.low, round(v))) for v in values})
+    return [float(min(dom.high, max(dom.low, v))) for v in values]
+
+
+def grid(
+    families: list[Family], n_rows: int, task: str, points_per_axis: int = 3
+) -> list[dict[str, Any]]:
+    """Every family's grid (`points_per_axis` values per numeric axis), as flat configs.
+
+    Each family's starting point comes first; then the families take turns, so a
+    budget that ends the grid early has still seen every family.
+    """
+    import itertools
+
+    per_family = []
+    for f in families:
+        domains = f.space(n_rows, task)
+        names = list(domains)
+        axes = [_grid_values(domains[n], points_per_axis) for n in names]
+        configs = [
+            flat_config(f.name, dict(zip(names, combo, strict=True)))
+            for combo in itertools.product(*axes)
+        ]
+        per_family.append(configs)
+    ordered = initial_configs(families, n_rows, task)
+    seen = {tuple(sorted(c.items())) for c in ordered}
+    for round_ in itertools.zip_longest(*per_family):
+        for c in round_:
+            key = None if c is None else tuple(sorted(c.items()))
+            if key is not None and key not in seen:
+                seen.add(key)
+                ordered.append(c)
+    return ordered
 
 
 def initial_configs(families: list[Family], n_rows: int, task: str) -> list[dict[str, Any]]:
@@ -207,11 +317,19 @@ def suggest(trial, families: tuple[str, ...], n_rows: int, task: str) -> None:
             trial.suggest_categorical(key, list(dom.options))
 
 
-def preprocessor(schema: dict[str, Any], scale_numeric: bool) -> ColumnTransformer:
-    """The schema's in-model preprocessing (components/common/preprocess.py), fitted with the model."""
+def preprocessor(
+    schema: dict[str, Any], scale_numeric: bool, categorical_encoding: str = "auto"
+) -> ColumnTransformer:
+    """The schema's in-model preprocessing (components/common/preprocess.py), fitted with the model.
+
+    `categorical_encoding`: "auto" (one-hot for few categories, cross-fitted target encoding
+    for many), "onehot", "target" or "ordinal".
+    """
     from components.common.preprocess import build_preprocessor
 
-    return build_preprocessor(schema, scale_numeric=scale_numeric)
+    return build_preprocessor(
+        schema, scale_numeric=scale_numeric, categorical_encoding=categorical_encoding
+    )
 
 
 def build_model(schema: dict[str, Any], config: dict[str, Any], seed: int = 0) -> Pipeline:

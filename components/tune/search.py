@@ -1,8 +1,11 @@
 """Ray Tune search over model families x hyperparameters (CASH).
 
-`run_search` is plain Python: it starts (or joins) Ray, puts the data in the
-object store once, runs an Optuna-driven Tuner under a wall-clock budget,
-and returns the leaderboard. `refit_best` fits the winner on train+valid.
+`run_search` is plain Python: it starts (or joins) Ray, puts the validation
+plan's data in the object store once, runs a Tuner with the chosen search
+algorithm (Optuna TPE, random, or grid), ASHA early stopping for iterative
+families, wall-clock and trial budgets, retries for trials whose worker
+dies, and (with a storage path) resumable experiment state. It returns the
+leaderboard and, when it beats the best single trial, a greedy ensemble.
 """
 
 from __future__ import annotations
@@ -12,27 +15,37 @@ import logging
 import os
 import tempfile
 import time
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from components.common.metrics import METRICS, Metric, score
+from components.common.errors import UserError
+from components.common.metrics import Metric
 from components.common.progress import say
+from components.tune import ensemble, validation
 from components.tune.families import (
     Family,
     SearchSpace,
     build_model,
     family_params,
     flat_config,
+    grid,
     initial_configs,
 )
+from components.tune.trial import MAX_STEP, STEPS, train_fn
 
 # Ray Tune writes CSV/JSON/TensorBoard logs per trial unless told not to;
 # they cost seconds per trial on 2 cores and nothing here reads them.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+ALGORITHMS = ("tpe", "random", "grid")
+EXPERIMENT = "search"
+ENSEMBLE_TOP_K = 20  # trials whose predictions are kept for ensemble selection
+ENSEMBLE_ROWS = 5_000  # evaluation rows kept per trial (a fixed sample beyond that)
 
 
 @dataclass
@@ -41,51 +54,64 @@ class SearchResult:
     best_config: dict[str, Any]
     best_score: float
     elapsed_s: float
+    validation: str = "holdout"
+    ensemble: list[tuple[dict[str, Any], int]] = field(default_factory=list)  # (config, weight)
+    ensemble_score: float | None = None
+    best_single_pooled: float | None = None
+    n_restored: int = 0
+    n_retried: int = 0
 
 
 def _xy(df: pd.DataFrame, target: str):
     return df.drop(columns=[target]), df[target]
 
 
-def _trial(config: dict[str, Any], data, schema: dict[str, Any], metric_name: str, seed: int):
-    """Ray Tune trainable: fit one configuration on train, score it on valid."""
-    from ray import tune
-
-    X_tr, y_tr, X_va, y_va = data
-    model = build_model(schema, config, seed)
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence chatter from linear models
-        model.fit(X_tr, y_tr)
-    fit_time = time.perf_counter() - start
-    value = score(METRICS[metric_name], model, X_va, y_va)
-    tune.report({"score": value, "fit_time_s": fit_time})
-
-
-def _progress_callback(metric: Metric, budget_s: float, started: float, every_s: float = 5.0):
-    """Print a line when the best score improves, and a status line at most every `every_s`."""
+def _callback(metric: Metric, budget_s: float, started: float, preds_dir: Path, every_s=5.0):
+    """Progress lines, retries, and the top trials' predictions (on disk, at most
+    ENSEMBLE_TOP_K files): the predictions leave the result before Ray stores it."""
     from ray.tune import Callback
 
     class Progress(Callback):
         def __init__(self):
-            self.done = 0
-            self.failed = 0
+            self.done = self.failed = self.stopped = self.retried = 0
             self.best: tuple[float, str] | None = None
             self.last_print = time.monotonic()
+            self.kept: dict[str, float] = {}  # trial id -> score, for the saved predictions
 
         def _status(self) -> str:
             left = max(0.0, budget_s - (time.monotonic() - started))
-            failed = f", {self.failed} failed" if self.failed else ""
+            extra = "".join(
+                f", {n} {what}"
+                for n, what in [(self.stopped, "stopped early"), (self.failed, "failed")]
+                if n
+            )
             best = (
                 f"best {metric.name}={self.best[0]:.4f} ({self.best[1]})"
                 if self.best
                 else "no result yet"
             )
-            return f"{self.done} trials done{failed}, {best}, {left:.0f}s left"
+            return f"{self.done} trials done{extra}, {best}, {left:.0f}s left"
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            preds = result.pop("preds", None)  # never kept in Ray's trial state
+            if preds is None or not result.get("final"):
+                return
+            tid, value = trial.trial_id, float(result["score"])
+            if len(self.kept) >= ENSEMBLE_TOP_K:
+                worst = (min if metric.greater_is_better else max)(self.kept, key=self.kept.get)
+                if not metric.better(value, self.kept[worst]):
+                    return
+                self.kept.pop(worst)
+                (preds_dir / f"{worst}.npy").unlink(missing_ok=True)
+            np.save(preds_dir / f"{tid}.npy", preds)
+            self.kept[tid] = value
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             result = trial.last_result or {}
             if "score" not in result:
+                return
+            if not result.get("final"):
+                self.stopped += 1
                 return
             self.done += 1
             value, family = result["score"], trial.config.get("family", "?")
@@ -95,6 +121,10 @@ def _progress_callback(metric: Metric, budget_s: float, started: float, every_s:
             if improved or time.monotonic() - self.last_print >= every_s:
                 self.last_print = time.monotonic()
                 say("tune", ("new best: " if improved else "") + self._status())
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self.retried += 1
+            say("tune", f"a {trial.config.get('family', '?')} trial lost its worker; retrying it")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.failed += 1
@@ -113,7 +143,7 @@ def _start_ray(ray_address: str) -> bool:
     if ray.is_initialized():
         return False
     if ray_address:
-        ray.init(address=ray_address, logging_level="WARNING")
+        ray.init(address=ray_address, logging_level="WARNING", log_to_driver=False)
         return True
     ray.init(
         num_cpus=len(os.sched_getaffinity(0)),  # the CPUs this process may use (containers)
@@ -126,6 +156,97 @@ def _start_ray(ray_address: str) -> bool:
     return True
 
 
+def _searcher(
+    algorithm: str,
+    families: list[Family],
+    n_rows: int,
+    task: str,
+    metric: Metric,
+    seeds: list[dict[str, Any]],
+    seed: int,
+):
+    """(search algorithm, number of samples or None for unbounded) for `algorithm`."""
+    from optuna.samplers import RandomSampler, TPESampler
+    from ray.tune.search.optuna import OptunaSearch
+
+    starts = [c for c in initial_configs(families, n_rows, task) if c not in seeds]
+    if algorithm == "grid":
+        points = [c for c in grid(families, n_rows, task) if c not in seeds]
+        points = seeds + points
+        return _grid_searcher(points, metric), len(points)
+    sampler = (
+        TPESampler(seed=seed, n_startup_trials=max(5, 2 * len(families)))
+        if algorithm == "tpe"
+        else RandomSampler(seed=seed)
+    )
+    searcher = OptunaSearch(
+        space=SearchSpace(tuple(f.name for f in families), n_rows, task),
+        metric="score",
+        mode=metric.mode,
+        points_to_evaluate=seeds + starts,
+        sampler=sampler,
+    )
+    return searcher, None
+
+
+def _grid_searcher(points: list[dict[str, Any]], metric: Metric):
+    """A Searcher that hands out `points` in order, then says it is finished."""
+    import pickle
+
+    from ray.tune.search import Searcher
+
+    class GridSearcher(Searcher):
+        def __init__(self):
+            super().__init__(metric="score", mode=metric.mode)
+            self.points, self.next = points, 0
+
+        def suggest(self, trial_id):
+            if self.next >= len(self.points):
+                return Searcher.FINISHED
+            self.next += 1
+            return dict(self.points[self.next - 1])
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            pass
+
+        def save(self, checkpoint_path):
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(self.next, f)
+
+        def restore(self, checkpoint_path):
+            with open(checkpoint_path, "rb") as f:
+                self.next = pickle.load(f)
+
+    return GridSearcher()
+
+
+def _scheduler(metric: Metric, early_stopping: bool):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not early_stopping:
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="step",
+        metric="score",
+        mode=metric.mode,
+        max_t=MAX_STEP,
+        grace_period=STEPS[0],
+        reduction_factor=3,
+    )
+
+
+def _started_at(exp_dir: Path | None, now: float) -> float:
+    """When the experiment first started (kept beside its state, so a resumed search keeps it)."""
+    if exp_dir is None:
+        return now
+    marker = exp_dir.parent / f".{exp_dir.name}-started"
+    if marker.exists():
+        return float(marker.read_text())
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(now))
+    return now
+
+
 def run_search(
     train: pd.DataFrame,
     valid: pd.DataFrame,
@@ -136,61 +257,100 @@ def run_search(
     max_trials: int = 0,
     seed: int = 42,
     ray_address: str = "",
+    *,
+    algorithm: str = "tpe",
+    validation_kind: str = "auto",
+    cv_folds: int = validation.DEFAULT_FOLDS,
+    early_stopping: bool = True,
+    warm_start: list[dict[str, Any]] | None = None,
+    use_ensemble: bool = True,
+    storage_path: str = "",
+    max_failures: int = 2,
 ) -> SearchResult:
-    """Search families x hyperparameters with Ray Tune; return the leaderboard and the best config."""
+    """Search families x hyperparameters with Ray Tune; return the leaderboard and the winner."""
     import ray
-    from optuna.samplers import TPESampler
     from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
 
-    target, task = schema["target"], schema["task"]
-    started, started_wall = time.monotonic(), time.time()
+    if algorithm not in ALGORITHMS:
+        raise UserError(
+            f"unknown search algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}"
+        )
+    task = schema["task"]
+    started, started_now = time.monotonic(), time.time()  # before Ray starts: its cost counts
+    plan = validation.plan(train, valid, schema, validation_kind, cv_folds, seed)
+    eval_y = plan.y.to_numpy()[plan.eval_positions]
+    keep = validation.keep_positions(len(eval_y), ENSEMBLE_ROWS, seed)
     say("tune", f"starting Ray ({ray_address or 'local, 127.0.0.1'})")
     we_started = _start_ray(ray_address)
+    local_dir = tempfile.TemporaryDirectory(prefix="kfp-automl-tune-")
     try:
         concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        X_tr, y_tr = _xy(train, target)
-        X_va, y_va = _xy(valid, target)
         # with_parameters puts the data in the object store once; every trial reads that copy.
         trainable = tune.with_parameters(
-            _trial, data=(X_tr, y_tr, X_va, y_va), schema=schema, metric_name=metric.name, seed=seed
+            train_fn,
+            data=(plan.X, plan.y, plan.splits),
+            schema=schema,
+            metric_name=metric.name,
+            seed=seed,
+            keep=keep,
         )
         n_rows = len(train)
-        searcher = OptunaSearch(
-            space=SearchSpace(tuple(f.name for f in families), n_rows, task),
-            metric="score",
-            mode=metric.mode,
-            points_to_evaluate=initial_configs(families, n_rows, task),
-            sampler=TPESampler(seed=seed, n_startup_trials=max(5, 2 * len(families))),
-        )
+        storage = storage_path or local_dir.name
+        exp_dir = Path(storage) / EXPERIMENT if "://" not in storage else None
+        preds_dir = (exp_dir or Path(local_dir.name)) / "predictions"
+        preds_dir.mkdir(parents=True, exist_ok=True)
+        started_wall = _started_at(exp_dir if storage_path else None, started_now)
+        this_run_at = started_now - started_wall
         budget_left = max(1.0, time_budget_s - (time.monotonic() - started))
-        say(
-            "tune",
-            f"searching {', '.join(f.name for f in families)} for {budget_left:.0f}s "
-            f"on {concurrency} CPUs, metric {metric.name} ({metric.mode})",
-        )
-        with tempfile.TemporaryDirectory(prefix="kfp-automl-tune-") as storage:
+        callback = _callback(metric, time_budget_s, started, preds_dir)
+        exp_path = f"{storage.rstrip('/')}/{EXPERIMENT}"
+        if storage_path and tune.Tuner.can_restore(exp_path):
+            say("tune", f"resuming the search saved in {exp_path}")
+            tuner = tune.Tuner.restore(
+                exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
+            # the restored run config holds the dead driver's callback and budget
+            tuner._local_tuner._run_config.callbacks = [callback]
+            tuner._local_tuner._tune_config.time_budget_s = budget_left
+        else:
+            searcher, n_points = _searcher(
+                algorithm, families, n_rows, task, metric, warm_start or [], seed
+            )
+            samples = max_trials if max_trials > 0 else -1
+            if n_points is not None:
+                samples = min(n_points, max_trials) if max_trials > 0 else n_points
+            say(
+                "tune",
+                f"searching {', '.join(f.name for f in families)} with {algorithm} for "
+                f"{budget_left:.0f}s on {concurrency} CPUs, metric {metric.name} ({metric.mode}), "
+                f"{plan.kind} validation"
+                + (f" ({len(plan.splits)} folds)" if plan.kind == "cv" else ""),
+            )
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=searcher,
-                    num_samples=max_trials if max_trials > 0 else -1,
+                    scheduler=_scheduler(metric, early_stopping),
+                    num_samples=samples,
                     max_concurrent_trials=concurrency,
                     time_budget_s=budget_left,
                     reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
-                    name="search",
+                    name=EXPERIMENT,
                     storage_path=storage,
                     verbose=0,
-                    callbacks=[_progress_callback(metric, time_budget_s, started)],
+                    callbacks=[callback],
+                    failure_config=tune.FailureConfig(max_failures=max_failures),
                 ),
             )
-            # Per-trial result files are off (see TUNE_DISABLE_AUTO_CALLBACK_LOGGERS), so the
-            # ResultGrid warns for every trial that it cannot read them; its metrics come from memory.
-            logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-            results = tuner.fit()
-            board = leaderboard(results, metric, started_wall)
+        # Per-trial result files are off (see TUNE_DISABLE_AUTO_CALLBACK_LOGGERS), so the
+        # ResultGrid warns for every trial that it cannot read them; its metrics come from memory.
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+        results = tuner.fit()
+        board = leaderboard(results, metric, started_wall)
+        n_restored = int((board["finished_at_s"] < this_run_at).sum())
+        preds = {p.stem: np.load(p) for p in preds_dir.glob("*.npy")}
     finally:
         if we_started:
             ray.shutdown()
@@ -198,15 +358,57 @@ def run_search(
     if ok.empty:
         errors = board[board["status"] == "error"]
         if len(errors):
+            local_dir.cleanup()
             raise RuntimeError(
                 f"all {len(errors)} finished trials failed; first error: {errors.iloc[0]['error']}"
             )
+        local_dir.cleanup()
         raise RuntimeError(
             f"no trial finished within the time budget of {time_budget_s:.0f}s; raise --time-budget"
         )
     best = ok.iloc[0]
     best_config = flat_config(best["family"], json.loads(best["params"]))
-    return SearchResult(board, best_config, float(best["score"]), time.monotonic() - started)
+    result = SearchResult(
+        board,
+        best_config,
+        float(best["score"]),
+        time.monotonic() - started,
+        validation=plan.kind,
+        n_restored=n_restored,
+        n_retried=callback.retried,
+    )
+    local_dir.cleanup()
+    if use_ensemble:
+        classes = np.unique(plan.y.to_numpy()) if task == "classification" else np.array([])
+        _select_ensemble(result, preds, eval_y[keep], metric, classes)
+    return result
+
+
+def _select_ensemble(result: SearchResult, preds, y, metric: Metric, classes) -> None:
+    """Caruana selection over the kept predictions of finished trials (classes: the trials'
+    probability columns, every class of train+valid; empty for regression)."""
+    ok = result.leaderboard[result.leaderboard["status"] == "ok"]
+    configs = {
+        r.trial_id: flat_config(r.family, json.loads(r.params))
+        for r in ok.itertuples()
+        if r.trial_id in preds
+    }
+    preds = {tid: p for tid, p in preds.items() if tid in configs}
+    selection = ensemble.select(preds, y, metric, classes)
+    if selection is None:
+        return
+    result.best_single_pooled = selection.best_single
+    if selection.improves:
+        result.ensemble = [(configs[tid], w) for tid, w in selection.members]
+        result.ensemble_score = selection.score
+        members = ", ".join(f"{configs[t]['family']} x{w}" for t, w in selection.members)
+        say(
+            "tune",
+            f"ensemble of {members}: {metric.name}={selection.score:.4f} on the validation rows "
+            f"vs {selection.best_single:.4f} for the best single model",
+        )
+    else:
+        say("tune", "no ensemble of the top trials beats the best single model; keeping it")
 
 
 def _first_line(error: BaseException) -> str:
@@ -216,35 +418,60 @@ def _first_line(error: BaseException) -> str:
     return f"{type(cause).__name__}: {text[0] if text else ''}"[:300]
 
 
+COLUMNS = [
+    "trial_id",
+    "family",
+    "score",
+    "step",
+    "fit_time_s",
+    "finished_at_s",
+    "status",
+    "node_ip",
+    "node_id",
+    "params",
+    "error",
+]
+
+
 def leaderboard(results, metric: Metric, started_wall: float) -> pd.DataFrame:
-    """Every trial of a ResultGrid as one row: family, params, score, fit time; best first."""
+    """Every trial of a ResultGrid as one row, best first.
+
+    status: ok (ran its full budget), stopped (ASHA or the time budget ended it; its score
+    is at budget step `step` of 9), error.
+    """
     rows = []
     for r in results:
         config = r.config or {}
         m = r.metrics or {}
-        ok = r.error is None and "score" in m
+        has_score = r.error is None and "score" in m
+        status = "error" if r.error is not None else ("ok" if m.get("final") else "stopped")
         rows.append(
             {
                 "trial_id": m.get("trial_id", ""),
                 "family": config.get("family", ""),
-                "score": float(m["score"]) if ok else float("nan"),
+                "score": float(m["score"]) if has_score else float("nan"),
+                "step": int(m["step"]) if "step" in m else 0,
                 "fit_time_s": round(float(m.get("fit_time_s", float("nan"))), 4),
-                "finished_at_s": round(float(m["timestamp"]) - started_wall, 2)
-                if "timestamp" in m
+                "finished_at_s": round(float(m["at"]) - started_wall, 2)
+                if "at" in m
                 else float("nan"),
-                "status": "ok" if ok else ("error" if r.error is not None else "stopped"),
+                "status": status if (has_score or status == "error") else "stopped",
+                "node_ip": m.get("node_ip", ""),
+                "node_id": m.get("node_id", ""),
                 "params": json.dumps(family_params(config), sort_keys=True) if config else "{}",
                 "error": _first_line(r.error) if r.error is not None else "",
             }
         )
-    board = pd.DataFrame(
-        rows,
-        columns=["trial_id", "family", "score", "fit_time_s", "finished_at_s", "status", "params"],
-    )
-    # failed and stopped trials have no score, so they sort last
+    board = pd.DataFrame(rows, columns=COLUMNS)
+    # finished trials first by score, then stopped ones, then failures
+    board["_order"] = board["status"].map({"ok": 0, "stopped": 1, "error": 2})
     board = board.sort_values(
-        "score", ascending=not metric.greater_is_better, na_position="last", kind="stable"
-    ).reset_index(drop=True)
+        ["_order", "score"],
+        ascending=[True, not metric.greater_is_better],
+        na_position="last",
+        kind="stable",
+    ).drop(columns="_order")
+    board = board.reset_index(drop=True)
     board.insert(0, "rank", range(1, len(board) + 1))
     board.attrs["metric"] = metric.name
     return board
@@ -256,11 +483,19 @@ def refit_best(
     schema: dict[str, Any],
     config: dict[str, Any],
     seed: int,
+    members: list[tuple[dict[str, Any], int]] | None = None,
 ):
-    """Fit the best configuration on train+valid: the model that is evaluated and shipped."""
+    """Fit the best configuration (or the ensemble `members`) on train+valid: the shipped model."""
+    import warnings
+
     data = pd.concat([train, valid], ignore_index=True)
     X, y = _xy(data, schema["target"])
-    model = build_model(schema, config, seed)
+    if members:
+        model = ensemble.build(
+            schema["task"], [(build_model(schema, c, seed), w) for c, w in members]
+        )
+    else:
+        model = build_model(schema, config, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(X, y)

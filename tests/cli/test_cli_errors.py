@@ -80,6 +80,10 @@ BAD_RUNS = [
     (["--target", "tenure"], ["needs --data"]),
     (["--time-budget", "1"], ["--time-budget"]),
     (["--no-such-flag"], ["--no-such-flag"]),
+    (["--warm-start", "{missing.csv}"], ["--warm-start", "leaderboard not found"]),
+    (["--warm-start", "{ok.csv}"], ["--warm-start", "not a leaderboard"]),
+    (["--search-algorithm", "bayes"], ["--search-algorithm", "bayes"]),
+    (["--validation", "kfold"], ["--validation", "kfold"]),
 ]
 
 

@@ -31,6 +31,7 @@ def _run_chain(tmp: Path, data: str, target: str, task: str = "auto", metric: st
     arts["model"] = _art(Model, tmp, "model")
     arts["data_report"] = _art(HTML, tmp, "data_report")
     arts["data_summary"] = _art(Markdown, tmp, "data_summary")
+    arts["search_report"] = _art(HTML, tmp, "search_report")
     prepare_data.python_func(
         data=data,
         target=target,
@@ -49,6 +50,7 @@ def _run_chain(tmp: Path, data: str, target: str, task: str = "auto", metric: st
         schema=arts["schema"],
         model=arts["model"],
         leaderboard=arts["leaderboard"],
+        search_report=arts["search_report"],
         metric=metric,
         time_budget_s=60,
         max_trials=6,
@@ -107,14 +109,22 @@ def test_classification_chain(tmp_path, small_churn_csv):
 
     board = pd.read_csv(arts["leaderboard"].path)
     assert len(board) == 6
-    assert set(board["family"]) <= {"linear", "random_forest", "extra_trees", "hist_gb"}
-    # the four cheap starting points run first, one per family
-    assert board["family"].nunique() >= 3
+    assert set(board["family"]) <= {"linear", "random_forest", "extra_trees", "hist_gb", "lightgbm"}
+    # the five cheap starting points run first, one per family
+    assert board["family"].nunique() >= 4
     ok = board[board["status"] == "ok"]
     assert ok["score"].between(0, 1).all()
     assert list(ok["score"]) == sorted(ok["score"], reverse=True)  # best first (roc_auc: max)
     meta = arts["model"].metadata
-    assert meta["metric"] == "roc_auc" and meta["family"] == ok.iloc[0]["family"]
+    assert meta["metric"] == "roc_auc" and meta["validation"] == "cv"  # 343 rows: 5-fold CV
+    if meta["family"] == "ensemble":  # the best trial is a member; the ensemble beat it
+        members = json.loads(meta["params"])
+        assert ok.iloc[0]["family"] in {m["family"] for m in members}
+        assert meta["valid_score"] > meta["best_single_score"] - 0.02
+    else:
+        assert meta["family"] == ok.iloc[0]["family"]
+    html = Path(arts["search_report"].path).read_text()
+    assert '<section id="score-over-time">' in html and "Search history" in html
     assert len(meta["sha256"]) == 64
 
     metrics, cls_metrics, report = _evaluate(tmp_path, arts)
@@ -225,9 +235,12 @@ def test_search_puts_the_data_in_ray_once(monkeypatch, small_churn_csv):
         time_budget_s=60,
         max_trials=6,
     )
-    assert (result.leaderboard["status"] == "ok").sum() == 6
+    statuses = result.leaderboard["status"]
+    assert len(statuses) == 6 and statuses.isin(["ok", "stopped"]).all()  # ASHA may stop some
     frames = [
         v for v in puts if isinstance(v, tuple) and any(isinstance(x, pd.DataFrame) for x in v)
     ]
     assert len(frames) == 1
-    assert frames[0][0].shape == (len(prepared.train), len(prepared.schema["features"]))
+    # train+valid: the validation plan (CV folds or the holdout) indexes into one frame
+    n_rows = len(prepared.train) + len(prepared.valid)
+    assert frames[0][0].shape == (n_rows, len(prepared.schema["features"]))

@@ -38,7 +38,14 @@ def test_summary_has_every_field(pipeline_run):
     }
     assert required <= set(s)
     assert s["task"] == "classification" and s["metric"] == "roc_auc"
-    assert s["best_model"] in {"linear", "random_forest", "extra_trees", "hist_gb"}
+    assert s["best_model"] in {
+        "linear",
+        "random_forest",
+        "extra_trees",
+        "hist_gb",
+        "lightgbm",
+        "ensemble",
+    }
     assert 0.5 < s["cv_score"] <= 1 and 0.5 < s["test_score"] <= 1
     assert s["test_metrics"]["roc_auc"] == s["test_score"]
     assert 1 <= s["n_trials"] <= 8
@@ -48,6 +55,7 @@ def test_summary_has_every_field(pipeline_run):
         "leaderboard_csv",
         "schema_json",
         "data_report_html",
+        "search_report_html",
     ):
         assert Path(s[key]).is_file() and Path(s[key]).parent == out
     assert len(pd.read_csv(s["leaderboard_csv"])) <= 8

@@ -1,0 +1,81 @@
+"""How a trial is validated: k-fold cross-validation on small data, the holdout on large.
+
+Both come out as one frame of rows plus a list of (fit rows, score rows) splits,
+so a trial does not care which it got. The rows every split scores, in split
+order, are the "evaluation rows": their predictions (out-of-fold for CV, the
+valid split for the holdout) are what ensemble selection combines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.common.errors import UserError
+
+CV_MAX_ROWS = 10_000  # train+valid rows up to which trials cross-validate
+DEFAULT_FOLDS = 5
+KINDS = ("auto", "cv", "holdout")
+
+
+@dataclass
+class Plan:
+    kind: str  # "cv" or "holdout"
+    X: pd.DataFrame  # train+valid features
+    y: pd.Series
+    splits: list[tuple[np.ndarray, np.ndarray]]  # (fit positions, score positions)
+
+    @property
+    def eval_positions(self) -> np.ndarray:
+        """The positions of the evaluation rows, in the order trials report predictions."""
+        return np.concatenate([va for _, va in self.splits])
+
+
+def choose(kind: str, n_rows: int, cv_max_rows: int = CV_MAX_ROWS) -> str:
+    """ "cv" or "holdout": `kind` unless it is "auto", which picks CV up to `cv_max_rows` rows."""
+    if kind not in KINDS:
+        raise UserError(f"unknown validation {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind != "auto":
+        return kind
+    return "cv" if n_rows <= cv_max_rows else "holdout"
+
+
+def plan(
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    schema: dict[str, Any],
+    kind: str = "auto",
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+) -> Plan:
+    """The validation plan for train+valid: CV folds over both, or fit on train, score on valid."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    target = schema["target"]
+    data = pd.concat([train, valid], ignore_index=True)
+    X, y = data.drop(columns=[target]), data[target]
+    chosen = choose(kind, len(data))
+    if chosen == "holdout":
+        fit = np.arange(len(train))
+        return Plan("holdout", X, y, [(fit, np.arange(len(train), len(data)))])
+    if folds < 2:
+        raise UserError(f"cv_folds must be at least 2, got {folds}")
+    if schema["task"] == "classification":
+        smallest = int(y.value_counts().min())
+        k = max(2, min(folds, smallest))
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    else:
+        splitter = KFold(n_splits=min(folds, len(data)), shuffle=True, random_state=seed)
+    splits = [(tr, va) for tr, va in splitter.split(X, y)]
+    return Plan("cv", X, y, splits)
+
+
+def keep_positions(n_eval: int, max_rows: int, seed: int = 0) -> np.ndarray:
+    """Which evaluation rows' predictions to keep for ensembling (all, or a fixed sample)."""
+    if n_eval <= max_rows:
+        return np.arange(n_eval)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_eval, size=max_rows, replace=False))

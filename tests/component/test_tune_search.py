@@ -1,0 +1,297 @@
+"""The search with a real Ray: algorithms, warm start, a two-node cluster on 127.0.0.1,
+a trial whose worker is killed, a driver that is killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from components.common.io import read_table, write_json, write_parquet
+from components.common.metrics import resolve_metric
+from components.prepare.prepare import prepare
+from components.tune.families import select_families
+from components.tune.search import run_search
+
+pytestmark = pytest.mark.slow
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+@pytest.fixture(scope="module")
+def prepared(small_churn_csv):
+    return prepare(read_table(small_churn_csv), "churn")
+
+
+def _search(prepared, **kwargs):
+    defaults = dict(time_budget_s=60, max_trials=6)
+    return run_search(
+        prepared.train,
+        prepared.valid,
+        prepared.schema,
+        resolve_metric("", "classification", 2),
+        select_families(kwargs.pop("families", "linear,hist_gb,lightgbm")),
+        **{**defaults, **kwargs},
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["random", "grid"])
+def test_other_algorithms_finish_with_a_best_model(prepared, algorithm):
+    result = _search(prepared, algorithm=algorithm, validation_kind="holdout")
+    board = result.leaderboard
+    assert len(board) == 6 and result.validation == "holdout"
+    ok = board[board["status"] == "ok"]
+    assert len(ok) >= 2 and ok["score"].between(0.5, 1).all()
+    # every family's cheap starting point is among the first trials
+    assert set(board["family"]) == {"linear", "hist_gb", "lightgbm"}
+    if algorithm == "grid":  # the grid's points are deterministic: linear C=1e-3 is next
+        params = [json.loads(p) for p in board[board["family"] == "linear"]["params"]]
+        assert {"C": 1.0} in params and any(abs(p["C"] - 1e-3) < 1e-9 for p in params)
+
+
+def test_asha_stops_iterative_trials_at_a_budget_step(prepared):
+    result = _search(prepared, families="hist_gb", max_trials=10, algorithm="random")
+    board = result.leaderboard
+    stopped = board[board["status"] == "stopped"]
+    assert len(stopped) >= 1
+    assert set(stopped["step"]) <= {1, 3}  # cut at the first or second budget step
+    assert (board[board["status"] == "ok"]["step"] == 9).all()
+    # a stopped trial spent less fitting time than the finished ones, on the median
+    assert stopped["fit_time_s"].median() < board[board["status"] == "ok"]["fit_time_s"].median()
+
+
+def test_warm_start_configs_run_first(prepared):
+    seed_config = {"family": "linear", "linear.C": 0.0123}
+    result = _search(prepared, warm_start=[seed_config], max_trials=4, early_stopping=False)
+    board = result.leaderboard
+    params = [json.loads(p) for p in board[board["family"] == "linear"]["params"]]
+    assert {"C": 0.0123} in params
+    first = board.sort_values("finished_at_s").iloc[:2]
+    assert "linear" in set(first["family"])  # the seed runs in the first wave
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(params=["gcs", "client"])
+def ray_cluster(request):
+    """A head node and a worker node started with `ray start`, 1 CPU each, on 127.0.0.1.
+
+    Ray 2.60 turns token authentication on for clusters it starts; the nodes and the
+    driver share the token through RAY_AUTH_MODE=token and RAY_AUTH_TOKEN.
+    """
+    port, client_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    temp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths are bounded
+    common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block"]
+    common += ["--object-store-memory=100000000"]
+    procs = []
+    try:
+        procs.append(
+            subprocess.Popen(
+                [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false"]
+                + [f"--ray-client-server-port={client_port}"]
+                + [f"--temp-dir={temp}", *common],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        time.sleep(8)
+        procs.append(
+            subprocess.Popen(
+                [RAY, "start", f"--address=127.0.0.1:{port}", *common],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        time.sleep(6)
+        if request.param == "client":  # Ray Client, as a KubeRay head's port 10001
+            yield f"ray://127.0.0.1:{client_port}", env
+        else:
+            yield f"127.0.0.1:{port}", env
+    finally:
+        for proc in reversed(procs):  # `ray start --block` stops its node's processes on SIGTERM
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _write_inputs(prepared, tmp: Path) -> list[str]:
+    write_parquet(tmp / "train.parquet", prepared.train)
+    write_parquet(tmp / "valid.parquet", prepared.valid)
+    write_json(tmp / "schema.json", prepared.schema)
+    return [str(tmp / n) for n in ("train.parquet", "valid.parquet", "schema.json")]
+
+
+DRIVER = """
+import json, sys
+from components.tune.tune import run
+args = json.loads(sys.argv[1])
+print("META " + json.dumps(run(*args.pop("files"), **args)), flush=True)
+"""
+
+
+def _driver(files, tmp: Path, env=None, **kwargs) -> subprocess.Popen:
+    args = {
+        "files": [*files, str(tmp / "model"), str(tmp / "leaderboard.csv")],
+        "time_budget_s": 60,
+        "max_trials": 6,
+        **kwargs,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, json.dumps(args)],
+        env=env or os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _meta(output: str) -> dict:
+    [line] = [x for x in output.splitlines() if x.startswith("META ")]
+    return json.loads(line[5:])
+
+
+def test_search_on_a_two_node_cluster_uses_both_nodes(prepared, tmp_path, ray_cluster):
+    address, env = ray_cluster
+    files = _write_inputs(prepared, tmp_path)
+    proc = _driver(
+        files, tmp_path, env, ray_address=address, families="linear,hist_gb", early_stopping=False
+    )
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "on 2 CPUs" in out
+    board = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert (board["status"] == "ok").sum() == 6
+    assert board["node_id"].nunique() == 2, board[["family", "node_id"]]
+    assert _meta(out)["n_trials"] == 6
+
+
+def test_cluster_refuses_a_driver_without_its_token(prepared, tmp_path, ray_cluster):
+    address, env = ray_cluster
+    files = _write_inputs(prepared, tmp_path)
+    wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    proc = _driver(files, tmp_path, wrong, ray_address=address)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert not (tmp_path / "leaderboard.csv").exists()
+
+
+def _trial_workers(root: int) -> list[psutil.Process]:
+    """Ray's trial actors under the driver (their process title names the trainable)."""
+    found = []
+    for p in psutil.Process(root).children(recursive=True):
+        try:
+            if "ImplicitFunc" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_a_trial_whose_worker_dies_is_retried(prepared, tmp_path):
+    files = _write_inputs(prepared, tmp_path)
+    # slow trials (many trees, no early stopping) so a worker is busy when it is killed
+    proc = _driver(
+        files,
+        tmp_path,
+        families="random_forest",
+        max_trials=4,
+        early_stopping=False,
+        validation="cv",
+    )
+    killed = None
+    deadline = time.monotonic() + 90
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        workers = _trial_workers(proc.pid)
+        if workers:
+            time.sleep(1.0)  # let it start fitting
+            try:
+                workers[0].kill()
+                killed = workers[0].pid
+            except psutil.NoSuchProcess:  # it ended on its own meanwhile: take the next one
+                continue
+        time.sleep(0.3)
+    out, _ = proc.communicate(timeout=300)
+    assert killed is not None, "no trial worker seen"
+    assert proc.returncode == 0, out[-3000:]
+    assert "lost its worker; retrying it" in out
+    meta = _meta(out)
+    assert meta["n_retried"] >= 1 and meta["n_trials"] == 4
+    board = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert (board["status"] == "ok").all()
+
+
+def test_a_killed_driver_resumes_without_repeating_finished_trials(prepared, tmp_path):
+    files = _write_inputs(prepared, tmp_path)
+    state = tmp_path / "state"
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # save the experiment every second
+    kwargs = dict(
+        families="linear,hist_gb",
+        max_trials=10,
+        early_stopping=False,
+        storage_path=str(state),
+        validation="holdout",
+    )
+    first = _driver(files, tmp_path, env, **kwargs)
+    state_file = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and first.poll() is None:
+        files_now = list((state / "search").glob("experiment_state-*.json"))
+        if files_now:
+            text = files_now[0].read_text()
+            if text.count('"TERMINATED"') >= 3 or text.count("TERMINATED") >= 3:
+                state_file = files_now[0]
+                break
+        time.sleep(0.5)
+    assert state_file is not None, "the first run saved no experiment state with finished trials"
+    for p in psutil.Process(first.pid).children(recursive=True):
+        p.kill()  # the driver's Ray dies with it, as in a killed pod
+    first.kill()
+    first.communicate(timeout=60)
+    finished_before = _finished_trials(state_file)
+    assert len(finished_before) >= 3
+
+    second = _driver(files, tmp_path, env, **kwargs)
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 0, out[-3000:]
+    assert "resuming the search" in out
+    meta = _meta(out)
+    board = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert len(board) == 10 and board["trial_id"].is_unique
+    assert finished_before <= set(board["trial_id"])
+    assert meta["n_restored"] >= len(finished_before)
+    # the second run finished only the trials the first did not
+    assert out.count("trials done") <= 10
+
+
+def _finished_trials(state_file: Path) -> set[str]:
+    data = json.loads(state_file.read_text())
+    ids = set()
+    for entry in data.get("trial_data", []):
+        trial_json = json.loads(entry[0]) if isinstance(entry, list) else entry
+        if trial_json.get("status") == "TERMINATED":
+            ids.add(trial_json["trial_id"])
+    return ids

@@ -269,8 +269,26 @@ def predict(model, data, output):
     show_default=True,
     help="Larger request bodies get 413.",
 )
+@click.option(
+    "--max-latency-ms",
+    type=click.IntRange(min=10),
+    default=1000,
+    show_default=True,
+    help="Records still waiting for their batch after this get 503; raise it for large requests "
+    "to a slow model.",
+)
 @prediction_log_options
-def serve(model, port, host, workers, reject_unknown_fields, no_monitoring, max_body_mb, **log):
+def serve(
+    model,
+    port,
+    host,
+    workers,
+    reject_unknown_fields,
+    no_monitoring,
+    max_body_mb,
+    max_latency_ms,
+    **log,
+):
     """Serve a packaged model over HTTP with BentoML.
 
     POST /predict with {"records": [...]}; GET /metrics (Prometheus), /livez, /readyz;
@@ -285,6 +303,7 @@ def serve(model, port, host, workers, reject_unknown_fields, no_monitoring, max_
         "AUTOML_UNKNOWN_FIELDS": "reject" if reject_unknown_fields else "ignore",
         "AUTOML_MONITORING": str(not no_monitoring).lower(),
         "AUTOML_MAX_BODY_BYTES": str(int(max_body_mb * 1024 * 1024)),
+        "AUTOML_MAX_LATENCY_MS": str(max_latency_ms),
         **prediction_log_settings(bento, **log),
     }
     # A flag left at its default does not override the variable already set (a pod's env).
@@ -295,6 +314,7 @@ def serve(model, port, host, workers, reject_unknown_fields, no_monitoring, max_
         "AUTOML_UNKNOWN_FIELDS": "reject_unknown_fields",
         "AUTOML_MONITORING": "no_monitoring",
         "AUTOML_MAX_BODY_BYTES": "max_body_mb",
+        "AUTOML_MAX_LATENCY_MS": "max_latency_ms",
     }
     for key, flag in flag_of.items():
         if key in os.environ and ctx.get_parameter_source(flag) is default:

@@ -12,7 +12,13 @@ import pytest
 from pipelines import bentos
 from pipelines.cli import main
 
-KEYS = ("AUTOML_WORKERS", "AUTOML_UNKNOWN_FIELDS", "AUTOML_MONITORING", "AUTOML_MAX_BODY_BYTES")
+KEYS = (
+    "AUTOML_WORKERS",
+    "AUTOML_UNKNOWN_FIELDS",
+    "AUTOML_MONITORING",
+    "AUTOML_MAX_BODY_BYTES",
+    "AUTOML_MAX_LATENCY_MS",
+)
 
 
 @pytest.fixture
@@ -38,12 +44,12 @@ def _serve(*flags):
 def test_defaults_without_variables(exec_env):
     _serve()
     env = exec_env["env"]
-    assert [env[k] for k in KEYS] == ["1", "ignore", "true", str(8 * 1024 * 1024)]
+    assert [env[k] for k in KEYS] == ["1", "ignore", "true", str(8 * 1024 * 1024), "1000"]
     assert exec_env["argv"][1:3] == ["serve", "m:v1"]
 
 
 def test_pod_variables_win_over_defaults(exec_env, monkeypatch):
-    pod = dict(zip(KEYS, ["2", "reject", "false", "1000"], strict=True))
+    pod = dict(zip(KEYS, ["2", "reject", "false", "1000", "5000"], strict=True))
     for key, value in pod.items():
         monkeypatch.setenv(key, value)
     _serve()
@@ -51,8 +57,11 @@ def test_pod_variables_win_over_defaults(exec_env, monkeypatch):
 
 
 def test_explicit_flags_win_over_variables(exec_env, monkeypatch):
-    for key, value in zip(KEYS, ["2", "ignore", "true", "1000"], strict=True):
+    for key, value in zip(KEYS, ["2", "ignore", "true", "1000", "5000"], strict=True):
         monkeypatch.setenv(key, value)
-    _serve("--workers", "3", "--reject-unknown-fields", "--no-monitoring", "--max-body-mb", "1")
+    _serve(
+        *("--workers", "3", "--reject-unknown-fields", "--no-monitoring", "--max-body-mb", "1"),
+        *("--max-latency-ms", "20000"),
+    )
     env = exec_env["env"]
-    assert [env[k] for k in KEYS] == ["3", "reject", "false", str(1024 * 1024)]
+    assert [env[k] for k in KEYS] == ["3", "reject", "false", str(1024 * 1024), "20000"]

@@ -61,7 +61,8 @@ def test_sigterm_lets_the_request_in_flight_finish(pipeline_run, small_churn_csv
     big = rows * 40  # ~16,000 records: long enough to be in flight when SIGTERM arrives
     port = free_port()
     serve_cmd = [*CLI, "serve", "--model", summary["bento_tag"], "--port", str(port)]
-    proc = start([*serve_cmd, "--max-body-mb", "64"])
+    # a request this large queues for longer than the default 1 s batch latency (503 by design)
+    proc = start([*serve_cmd, "--max-body-mb", "64", "--max-latency-ms", "60000"])
     try:
         base = f"http://127.0.0.1:{port}"
         wait_ready(f"{base}/readyz", proc)

@@ -86,7 +86,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(params=["gcs", "client"])
+@pytest.fixture(scope="module", params=["gcs", "client"])
 def ray_cluster(request):
     """A head node and a worker node started with `ray start`, 1 CPU each, on 127.0.0.1.
 
@@ -189,6 +189,8 @@ def test_search_on_a_two_node_cluster_uses_both_nodes(prepared, tmp_path, ray_cl
     assert _meta(out)["n_trials"] == 6
 
 
+# the same check through Ray Client only waits longer for the refusal
+@pytest.mark.parametrize("ray_cluster", ["gcs"], indirect=True)
 def test_cluster_refuses_a_driver_without_its_token(prepared, tmp_path, ray_cluster):
     address, env = ray_cluster
     files = _write_inputs(prepared, tmp_path)

@@ -2,7 +2,7 @@
 
 from typing import NamedTuple
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics, Model
 
 from components.deploy.component import deploy_model
@@ -14,6 +14,21 @@ from components.promote.component import promote_model
 from components.tune.component import tune_models
 
 PIPELINE_NAME = "kfp-automl-training"
+
+# Credentials never travel as pipeline parameters. On a cluster, the steps that read URLs
+# (the table, a warm-start leaderboard) take object-store credentials from this optional
+# Secret in the run's namespace (keys named as the variables; absent keys or Secret: the pod's
+# own cloud identity is used), and the tune step takes the KubeRay cluster's token from the
+# Secret manifests/tuning expects.
+STORAGE_SECRET = "kfp-automl-storage"
+STORAGE_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+)
+RAY_SECRET = "automl-ray-auth"
 
 
 class Outputs(NamedTuple):
@@ -140,6 +155,11 @@ def training(
         pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
     ).set_display_name("tune")
     tune.set_cpu_request("2").set_memory_request("4G").set_memory_limit("8G")
+    for task in (prep, tune):
+        kubernetes.use_secret_as_env(
+            task, STORAGE_SECRET, {k: k for k in STORAGE_ENV}, optional=True
+        )
+    kubernetes.use_secret_as_env(tune, RAY_SECRET, {"auth_token": "RAY_AUTH_TOKEN"}, optional=True)
     evaluation = evaluate_model(
         model=tune.outputs["model"],
         test=prep.outputs["test"],

@@ -19,7 +19,7 @@ def test_committed_yaml_is_up_to_date(tmp_path):
 
 
 def test_every_step_runs_the_versioned_project_image():
-    spec = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
+    spec = next(yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text()))
     executors = spec["deploymentSpec"]["executors"]
     assert len(executors) == 7
     for name, ex in executors.items():
@@ -33,7 +33,7 @@ def test_every_step_runs_the_versioned_project_image():
 
 
 def test_pipeline_wiring_and_defaults():
-    spec = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
+    spec = next(yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text()))
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {
         "prepare-data",
@@ -92,3 +92,26 @@ def test_pipeline_wiring_and_defaults():
     # the search state is kept per run under the pipeline root, so a retry resumes it
     assert "{{$.pipeline_root}}" in json.dumps(tune_inputs["pipeline_root"])
     assert "{{$.pipeline_job_uuid}}" in json.dumps(tune_inputs["run_id"])
+
+
+def test_credentials_come_from_optional_secrets_never_parameters():
+    """The steps that read URLs get object-store credentials from an optional Secret, the
+    tune step the KubeRay token; no other step sees either."""
+    from pipelines.training import RAY_SECRET, STORAGE_ENV, STORAGE_SECRET
+
+    _, platform = yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(executors) == {"exec-prepare-data", "exec-tune-models"}
+    secrets = {
+        name: {
+            s["secretName"]: ({m["secretKey"]: m["envVar"] for m in s["keyToEnv"]}, s["optional"])
+            for s in cfg["secretAsEnv"]
+        }
+        for name, cfg in executors.items()
+    }
+    storage = ({k: k for k in STORAGE_ENV}, True)
+    assert secrets["exec-prepare-data"] == {STORAGE_SECRET: storage}
+    assert secrets["exec-tune-models"] == {
+        STORAGE_SECRET: storage,
+        RAY_SECRET: ({"auth_token": "RAY_AUTH_TOKEN"}, True),
+    }

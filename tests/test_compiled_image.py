@@ -18,7 +18,7 @@ REF = "registry.example.com:5000/ml/kfp-automl-components:2026.11.1"
 
 
 def _images(path) -> dict[str, str]:
-    spec = yaml.safe_load(path.read_text())
+    spec = next(yaml.safe_load_all(path.read_text()))
     return {n: ex["container"]["image"] for n, ex in spec["deploymentSpec"]["executors"].items()}
 
 
@@ -106,7 +106,7 @@ def _parameters(spec: dict):
 @pytest.mark.parametrize("image", [None, REF])
 def test_no_credential_in_pipeline_parameters(tmp_path, image):
     path = compile_pipeline("training", tmp_path / "t.yaml", image=image)
-    spec = yaml.safe_load(path.read_text())
+    spec = next(yaml.safe_load_all(path.read_text()))
     seen = 0
     for owner, params in _parameters(spec):
         for name, definition in params.items():

@@ -143,6 +143,8 @@ def _start_ray(ray_address: str) -> bool:
     if ray.is_initialized():
         return False
     if ray_address:
+        if os.environ.get("RAY_AUTH_TOKEN"):  # the cluster's token (a Secret on KubeRay)
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=ray_address, logging_level="WARNING", log_to_driver=False)
         return True
     ray.init(

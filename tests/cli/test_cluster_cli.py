@@ -16,7 +16,9 @@ from pipelines.compile import COMPILED_DIR
 from tests.kfp_standin import KfpStandIn
 
 API = "/apis/v2beta1/"
-COMMITTED = yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
+_SPEC, _PLATFORM = yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text())
+# kfp.Client sends a pipeline with a platform spec (the Secrets its steps read) as both parts
+COMMITTED = {"pipeline_spec": _SPEC, "platform_spec": _PLATFORM}
 
 
 @pytest.fixture
@@ -97,7 +99,7 @@ def test_submit_reuses_an_existing_experiment_in_the_namespace(kfp, capsys):
 def test_submit_with_image_sends_a_pipeline_on_that_image(kfp):
     ref = "registry.example.com/ml/components:7.1"
     assert main(["submit", "--host", kfp.url, "--image", ref]) == 0
-    executors = kfp.runs[0]["pipeline_spec"]["deploymentSpec"]["executors"]
+    executors = kfp.runs[0]["pipeline_spec"]["pipeline_spec"]["deploymentSpec"]["executors"]
     assert {ex["container"]["image"] for ex in executors.values()} == {ref}
 
 

@@ -135,7 +135,8 @@ def test_firing_alert_starts_one_run_with_the_pipeline_and_latest_data(kfp, trig
             "model_name": "churn-a",
         }
     }
-    assert run["pipeline_spec"] == yaml.safe_load((COMPILED_DIR / "training.yaml").read_text())
+    spec, platform = yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text())
+    assert run["pipeline_spec"] == {"pipeline_spec": spec, "platform_spec": platform}
     assert run["display_name"].startswith("retrain churn-a (AutomlFeatureDrift) ")
     assert trigger.metric("automl_retrain_runs_submitted_total") == before + 1
 

@@ -107,7 +107,18 @@ mkdir -p /mnt/bento /mnt/bentoml /mnt/tmp
 cp "$ARCHIVE" /mnt/bento/model.bento
 awk '{print $2}' /proc/self/mounts | grep -v -E '^/(proc|sys|dev|mnt)(/|$)' | sort -u |
   while read -r mp; do mount -o remount,bind,ro "$mp" 2>/dev/null || true; done
-mount --bind /mnt/tmp /tmp
+# the code under test may itself live under /tmp (a fresh clone): keep it visible, read-only
+for keep in "$REPO" "$PREFIX"; do
+  case "$keep" in
+    "$REPO"/*|"$REPO") [ "$keep" = "$REPO" ] || continue ;;
+  esac
+  case "$keep" in
+    /tmp/*) mkdir -p "/mnt/tmp${keep#/tmp}"
+            mount --bind "$keep" "/mnt/tmp${keep#/tmp}"
+            mount -o remount,bind,ro "/mnt/tmp${keep#/tmp}" ;;
+  esac
+done
+mount --rbind /mnt/tmp /tmp
 for probe in /probe "$REPO/probe" "$VENV/probe"; do
   if touch "$probe" 2>/dev/null; then rm -f "$probe"; echo "$probe is writable"; exit 3; fi
 done
@@ -127,6 +138,7 @@ def test_serve_with_a_read_only_root_filesystem_and_no_capabilities(pipeline_run
         "ARCHIVE": pipeline_run[1]["bento_archive"],
         "REPO": str(root),
         "VENV": str(Path(sys.executable).parent),
+        "PREFIX": sys.prefix,
         "PYTHON": sys.executable,
         "PORT": str(port),
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",

@@ -86,6 +86,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_PROBE = """
+import sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+print(sum(1 for n in ray.nodes() if n["Alive"]))
+"""
+
+
+def _wait_for_cluster(address: str, env: dict, nodes: int = 0, timeout: float = 90) -> None:
+    """Until a driver connects to `address` and (if `nodes`) sees that many live nodes: the
+    head's Ray Client server and a joining worker take a while on a busy machine."""
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        probe = subprocess.run(
+            [sys.executable, "-c", _PROBE, address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        last = probe.stdout.strip().splitlines()[-1:] or probe.stderr[-300:]
+        if probe.returncode == 0 and int(probe.stdout.split()[-1]) >= nodes:
+            return
+        time.sleep(2)
+    raise RuntimeError(f"Ray cluster at {address} not ready in {timeout:.0f}s: {last}")
+
+
 @pytest.fixture(scope="module", params=["gcs", "client"])
 def ray_cluster(request):
     """A head node and a worker node started with `ray start`, 1 CPU each, on 127.0.0.1.
@@ -124,8 +150,11 @@ def ray_cluster(request):
                 stderr=subprocess.DEVNULL,
             )
         )
-        time.sleep(6)
-        if request.param == "client":  # Ray Client, as a KubeRay head's port 10001
+        _wait_for_cluster(f"127.0.0.1:{port}", env, nodes=2)
+        if request.param == "client":
+            _wait_for_cluster(
+                f"ray://127.0.0.1:{client_port}", env
+            )  # Ray Client, as a KubeRay head's port 10001
             yield f"ray://127.0.0.1:{client_port}", env
         else:
             yield f"127.0.0.1:{port}", env

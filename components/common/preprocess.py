@@ -31,11 +31,19 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler, TargetEncoder
+from sklearn.preprocessing import (
+    OneHotEncoder,
+    OrdinalEncoder,
+    QuantileTransformer,
+    StandardScaler,
+    TargetEncoder,
+)
 
 from components.common.errors import UserError
 
 ENCODINGS = ("auto", "onehot", "target", "ordinal")
+SCALINGS = ("none", "standard", "quantile")
+QUANTILES = 200  # quantiles kept per numeric column by the "quantile" scaling
 HIGH_CARDINALITY = 20  # more categories than this: target encoding under "auto"
 RARE_MIN_COUNT = 5  # categories seen fewer times in train are grouped
 RARE_MIN_SHARE = 0.005
@@ -320,17 +328,25 @@ def build_preprocessor(
     scale_numeric: bool = False,
     categorical_encoding: str = "auto",
     seed: int = 0,
+    numeric_scaling: str | None = None,
 ) -> ColumnTransformer:
     """The preprocessing ColumnTransformer for the schema's features (unfitted).
 
     `categorical_encoding`: "auto" (one-hot up to HIGH_CARDINALITY categories,
     cross-fitted target encoding above), "onehot", "target" or "ordinal".
-    `scale_numeric` standardises every numeric output (for linear models).
+    `numeric_scaling` (for linear models): "none", "standard" (every numeric output
+    standardised) or "quantile" (numeric columns mapped through their train quantiles
+    to a normal shape, which tames skew and outliers; the other outputs standardised).
+    `scale_numeric=True` is the same as "standard".
     """
     if categorical_encoding not in ENCODINGS:
         raise UserError(
             f"unknown categorical encoding {categorical_encoding!r}; choose one of {', '.join(ENCODINGS)}"
         )
+    scaling = numeric_scaling or ("standard" if scale_numeric else "none")
+    if scaling not in SCALINGS:
+        raise UserError(f"unknown scaling {scaling!r}; choose one of {', '.join(SCALINGS)}")
+    scale_numeric = scaling != "none"
     by_role: dict[str, list[dict[str, Any]]] = {}
     for f in schema["features"]:
         by_role.setdefault(role_of(f), []).append(f)
@@ -341,7 +357,14 @@ def build_preprocessor(
     transformers: list[tuple[str, Any, list[str]]] = []
     if numeric := [f["name"] for f in by_role.get("numeric", [])]:
         impute = SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)
-        transformers.append(("numeric", scaled(Clipper(), impute), numeric))
+        if scaling == "quantile":
+            # before the imputer: the quantiles ignore missing values, the indicators stay 0/1
+            quantile = QuantileTransformer(
+                n_quantiles=QUANTILES, output_distribution="normal", random_state=seed
+            )
+            transformers.append(("numeric", make_pipeline(Clipper(), quantile, impute), numeric))
+        else:
+            transformers.append(("numeric", scaled(Clipper(), impute), numeric))
     if boolean := [f["name"] for f in by_role.get("boolean", [])]:
         impute = SimpleImputer(
             strategy="most_frequent", add_indicator=True, keep_empty_features=True

@@ -7,6 +7,13 @@ Every family also names a cheap starting configuration, tried first, and,
 when it is iterative (boosting rounds, trees), the parameter that sets its
 budget, so a trial can report scores at growing budgets for ASHA.
 FAMILIES is the registry by name; `grid` turns the same spaces into a grid.
+
+Preprocessing choices are part of the space where they change the model: how
+categories are encoded (one-hot, target or ordinal, or "auto", which picks by
+the number of categories) for every family when the data has categorical
+columns, and how numbers are scaled (standard or quantile) for the linear
+family; trees are indifferent to scaling, so it is not searched for them.
+`domains` merges a family's own space with these.
 """
 
 from __future__ import annotations
@@ -55,11 +62,34 @@ Domain = Float | Int | Choice
 @dataclass(frozen=True)
 class Family:
     name: str
-    scale_numeric: bool
-    space: Callable[[int, str], dict[str, Domain]]  # (n_rows, task) -> domains
+    space: Callable[[int, str], dict[str, Domain]]  # (n_rows, task) -> the estimator's domains
     initial: dict[str, Any]  # a cheap, sensible first configuration
     make: Callable[[str, dict[str, Any], int], Any]  # (task, params, seed) -> estimator
     budget_param: str | None = None  # iterative families: rounds / trees, grown step by step
+    encodings: tuple[str, ...] = ("auto", "ordinal", "target")  # searched category encodings
+    scalings: tuple[str, ...] = ()  # searched numeric scalings (linear models only)
+
+
+PREPROCESSING = ("encoding", "scaling")  # parameter names that configure preprocessing
+
+
+def domains(
+    family: Family, n_rows: int, task: str, has_categorical: bool = True
+) -> dict[str, Domain]:
+    """The family's searched parameters: its estimator's space plus the preprocessing choices
+    that matter for it (category encoding only when the data has categorical columns)."""
+    out = dict(family.space(n_rows, task))
+    if has_categorical and len(family.encodings) > 1:
+        out["encoding"] = Choice(family.encodings)
+    if len(family.scalings) > 1:
+        out["scaling"] = Choice(family.scalings)
+    return out
+
+
+def has_categorical(schema: dict[str, Any]) -> bool:
+    from components.common.preprocess import role_of
+
+    return any(role_of(f) == "categorical" for f in schema["features"])
 
 
 def _linear(task, p, seed):
@@ -161,26 +191,30 @@ def _lgbm(task, p, seed):
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
-        Family("linear", True, _linear_space, {"C": 1.0, "alpha": 1.0}, _linear),
+        Family(
+            "linear",
+            _linear_space,
+            {"C": 1.0, "alpha": 1.0, "encoding": "auto", "scaling": "standard"},
+            _linear,
+            encodings=("auto", "onehot", "target"),  # ordinal codes mean nothing to a line
+            scalings=("standard", "quantile"),
+        ),
         Family(
             "random_forest",
-            False,
             _forest_space,
-            {"n_estimators": 50, "min_samples_leaf": 2, "max_features": 0.5},
+            {"n_estimators": 50, "min_samples_leaf": 2, "max_features": 0.5, "encoding": "auto"},
             _forest(RandomForestClassifier, RandomForestRegressor),
             "n_estimators",
         ),
         Family(
             "extra_trees",
-            False,
             _forest_space,
-            {"n_estimators": 50, "min_samples_leaf": 2, "max_features": 0.5},
+            {"n_estimators": 50, "min_samples_leaf": 2, "max_features": 0.5, "encoding": "auto"},
             _forest(ExtraTreesClassifier, ExtraTreesRegressor),
             "n_estimators",
         ),
         Family(
             "hist_gb",
-            False,
             _hgb_space,
             {
                 "learning_rate": 0.1,
@@ -188,11 +222,14 @@ FAMILIES: dict[str, Family] = {
                 "max_leaf_nodes": 31,
                 "min_samples_leaf": 20,
                 "l2_regularization": 1e-6,
+                "encoding": "auto",
             },
             _hgb,
             "max_iter",
         ),
-        Family("lightgbm", False, _lgbm_space, LGBM_INITIAL, _lgbm, "n_estimators"),
+        Family(
+            "lightgbm", _lgbm_space, {**LGBM_INITIAL, "encoding": "auto"}, _lgbm, "n_estimators"
+        ),
     ]
 }
 
@@ -219,12 +256,14 @@ def flat_config(family: str, params: dict[str, Any]) -> dict[str, Any]:
     return {"family": family, **{f"{family}.{k}": v for k, v in params.items()}}
 
 
-def fits_space(family: Family, params: dict[str, Any], n_rows: int, task: str) -> bool:
+def fits_space(
+    family: Family, params: dict[str, Any], n_rows: int, task: str, has_categorical: bool = True
+) -> bool:
     """True when `params` are exactly the family's searched parameters, each inside its domain."""
-    domains = family.space(n_rows, task)
-    if set(params) != set(domains):
+    space = domains(family, n_rows, task, has_categorical)
+    if set(params) != set(space):
         return False
-    for name, dom in domains.items():
+    for name, dom in space.items():
         value = params[name]
         if isinstance(dom, Choice):
             ok = value in dom.options
@@ -255,7 +294,11 @@ def _grid_values(dom: Domain, n: int) -> list[Any]:
 
 
 def grid(
-    families: list[Family], n_rows: int, task: str, points_per_axis: int = 3
+    families: list[Family],
+    n_rows: int,
+    task: str,
+    points_per_axis: int = 3,
+    has_categorical: bool = True,
 ) -> list[dict[str, Any]]:
     """Every family's grid (`points_per_axis` values per numeric axis), as flat configs.
 
@@ -266,15 +309,15 @@ def grid(
 
     per_family = []
     for f in families:
-        domains = f.space(n_rows, task)
-        names = list(domains)
-        axes = [_grid_values(domains[n], points_per_axis) for n in names]
+        space = domains(f, n_rows, task, has_categorical)
+        names = list(space)
+        axes = [_grid_values(space[n], points_per_axis) for n in names]
         configs = [
             flat_config(f.name, dict(zip(names, combo, strict=True)))
             for combo in itertools.product(*axes)
         ]
         per_family.append(configs)
-    ordered = initial_configs(families, n_rows, task)
+    ordered = initial_configs(families, n_rows, task, has_categorical)
     seen = {tuple(sorted(c.items())) for c in ordered}
     for round_ in itertools.zip_longest(*per_family):
         for c in round_:
@@ -285,9 +328,14 @@ def grid(
     return ordered
 
 
-def initial_configs(families: list[Family], n_rows: int, task: str) -> list[dict[str, Any]]:
+def initial_configs(
+    families: list[Family], n_rows: int, task: str, has_categorical: bool = True
+) -> list[dict[str, Any]]:
     """Each family's cheap starting point, restricted to the parameters its space searches."""
-    return [flat_config(f.name, {k: f.initial[k] for k in f.space(n_rows, task)}) for f in families]
+    return [
+        flat_config(f.name, {k: f.initial[k] for k in domains(f, n_rows, task, has_categorical)})
+        for f in families
+    ]
 
 
 @dataclass(frozen=True)
@@ -300,14 +348,17 @@ class SearchSpace:
     families: tuple[str, ...]
     n_rows: int
     task: str
+    has_categorical: bool = True
 
     def __call__(self, trial) -> None:
-        suggest(trial, self.families, self.n_rows, self.task)
+        suggest(trial, self.families, self.n_rows, self.task, self.has_categorical)
 
 
-def suggest(trial, families: tuple[str, ...], n_rows: int, task: str) -> None:
+def suggest(
+    trial, families: tuple[str, ...], n_rows: int, task: str, has_categorical: bool = True
+) -> None:
     name = trial.suggest_categorical("family", list(families))
-    for param, dom in FAMILIES[name].space(n_rows, task).items():
+    for param, dom in domains(FAMILIES[name], n_rows, task, has_categorical).items():
         key = f"{name}.{param}"
         if isinstance(dom, Float):
             trial.suggest_float(key, dom.low, dom.high, log=dom.log)
@@ -318,17 +369,21 @@ def suggest(trial, families: tuple[str, ...], n_rows: int, task: str) -> None:
 
 
 def preprocessor(
-    schema: dict[str, Any], scale_numeric: bool, categorical_encoding: str = "auto"
+    schema: dict[str, Any],
+    scaling: str = "none",
+    categorical_encoding: str = "auto",
+    seed: int = 0,
 ) -> ColumnTransformer:
     """The schema's in-model preprocessing (components/common/preprocess.py), fitted with the model.
 
-    `categorical_encoding`: "auto" (one-hot for few categories, cross-fitted target encoding
-    for many), "onehot", "target" or "ordinal".
+    `scaling`: "none", "standard" or "quantile" (numeric columns). `categorical_encoding`:
+    "auto" (one-hot for few categories, cross-fitted target encoding for many), "onehot",
+    "target" or "ordinal".
     """
     from components.common.preprocess import build_preprocessor
 
     return build_preprocessor(
-        schema, scale_numeric=scale_numeric, categorical_encoding=categorical_encoding
+        schema, numeric_scaling=scaling, categorical_encoding=categorical_encoding, seed=seed
     )
 
 
@@ -336,9 +391,15 @@ def build_model(schema: dict[str, Any], config: dict[str, Any], seed: int = 0) -
     """One sklearn Pipeline: preprocessing + the family's estimator with `config`'s parameters."""
     family = FAMILIES[config["family"]]
     params = {**family.initial, **family_params(config)}
+    prep = {k: params.pop(k) for k in PREPROCESSING if k in params}
     return Pipeline(
         [
-            ("preprocess", preprocessor(schema, family.scale_numeric)),
+            (
+                "preprocess",
+                preprocessor(
+                    schema, prep.get("scaling", "none"), prep.get("encoding", "auto"), seed
+                ),
+            ),
             ("model", family.make(schema["task"], params, seed)),
         ]
     )

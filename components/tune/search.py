@@ -33,6 +33,7 @@ from components.tune.families import (
     family_params,
     flat_config,
     grid,
+    has_categorical,
     initial_configs,
 )
 from components.tune.trial import MAX_STEP, STEPS, train_fn
@@ -60,6 +61,7 @@ class SearchResult:
     best_single_pooled: float | None = None
     n_restored: int = 0
     n_retried: int = 0
+    ray_start_s: float = 0.0  # starting (or joining) Ray, inside elapsed_s
 
 
 def _xy(df: pd.DataFrame, target: str):
@@ -166,14 +168,16 @@ def _searcher(
     metric: Metric,
     seeds: list[dict[str, Any]],
     seed: int,
+    categorical: bool = True,
 ):
     """(search algorithm, number of samples or None for unbounded) for `algorithm`."""
     from optuna.samplers import RandomSampler, TPESampler
     from ray.tune.search.optuna import OptunaSearch
 
-    starts = [c for c in initial_configs(families, n_rows, task) if c not in seeds]
+    starts = [c for c in initial_configs(families, n_rows, task, categorical) if c not in seeds]
     if algorithm == "grid":
-        points = [c for c in grid(families, n_rows, task) if c not in seeds]
+        points = [c for c in grid(families, n_rows, task, has_categorical=categorical)]
+        points = [c for c in points if c not in seeds]
         points = seeds + points
         return _grid_searcher(points, metric), len(points)
     sampler = (
@@ -182,7 +186,7 @@ def _searcher(
         else RandomSampler(seed=seed)
     )
     searcher = OptunaSearch(
-        space=SearchSpace(tuple(f.name for f in families), n_rows, task),
+        space=SearchSpace(tuple(f.name for f in families), n_rows, task, categorical),
         metric="score",
         mode=metric.mode,
         points_to_evaluate=seeds + starts,
@@ -283,7 +287,9 @@ def run_search(
     eval_y = plan.y.to_numpy()[plan.eval_positions]
     keep = validation.keep_positions(len(eval_y), ENSEMBLE_ROWS, seed)
     say("tune", f"starting Ray ({ray_address or 'local, 127.0.0.1'})")
+    ray_started = time.monotonic()
     we_started = _start_ray(ray_address)
+    ray_start_s = time.monotonic() - ray_started
     local_dir = tempfile.TemporaryDirectory(prefix="kfp-automl-tune-")
     try:
         concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -316,7 +322,14 @@ def run_search(
             tuner._local_tuner._tune_config.time_budget_s = budget_left
         else:
             searcher, n_points = _searcher(
-                algorithm, families, n_rows, task, metric, warm_start or [], seed
+                algorithm,
+                families,
+                n_rows,
+                task,
+                metric,
+                warm_start or [],
+                seed,
+                has_categorical(schema),
             )
             samples = max_trials if max_trials > 0 else -1
             if n_points is not None:
@@ -325,8 +338,7 @@ def run_search(
                 "tune",
                 f"searching {', '.join(f.name for f in families)} with {algorithm} for "
                 f"{budget_left:.0f}s on {concurrency} CPUs, metric {metric.name} ({metric.mode}), "
-                f"{plan.kind} validation"
-                + (f" ({len(plan.splits)} folds)" if plan.kind == "cv" else ""),
+                f"{plan.describe()}",
             )
             tuner = tune.Tuner(
                 trainable,
@@ -378,6 +390,7 @@ def run_search(
         validation=plan.kind,
         n_restored=n_restored,
         n_retried=callback.retried,
+        ray_start_s=ray_start_s,
     )
     local_dir.cleanup()
     if use_ensemble:

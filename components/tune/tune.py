@@ -12,7 +12,7 @@ from components.common.io import atomic_path, read_json
 from components.common.metrics import resolve_metric
 from components.common.model_io import save_model
 from components.common.progress import say
-from components.tune.families import family_params, select_families
+from components.tune.families import family_params, has_categorical, select_families
 from components.tune.search import refit_best, run_search
 
 
@@ -68,7 +68,11 @@ def run(
     seeds: list[dict[str, Any]] = []
     if warm_start:
         seeds, skipped = ws.seeds(
-            ws.read_leaderboard(warm_start), selected, len(train), schema["task"]
+            ws.read_leaderboard(warm_start),
+            selected,
+            len(train),
+            schema["task"],
+            has_categorical=has_categorical(schema),
         )
         say("tune", f"warm start: {len(seeds)} configurations from {warm_start}")
         for why in skipped:

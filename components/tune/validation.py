@@ -1,5 +1,10 @@
 """How a trial is validated: k-fold cross-validation on small data, the holdout on large.
 
+On very small data (up to CV_REPEAT_MAX_ROWS rows) the k folds are drawn
+REPEATS times with different shuffles: one k-fold estimate is too noisy there
+to rank configurations (the search would chase the folds' luck), and such
+trials are so short that Ray's fixed cost per trial would otherwise dominate.
+
 Both come out as one frame of rows plus a list of (fit rows, score rows) splits,
 so a trial does not care which it got. The rows every split scores, in split
 order, are the "evaluation rows": their predictions (out-of-fold for CV, the
@@ -17,6 +22,8 @@ import pandas as pd
 from components.common.errors import UserError
 
 CV_MAX_ROWS = 10_000  # train+valid rows up to which trials cross-validate
+CV_REPEAT_MAX_ROWS = 2_000  # ... and up to which the folds are repeated
+REPEATS = 3
 DEFAULT_FOLDS = 5
 KINDS = ("auto", "cv", "holdout")
 
@@ -27,6 +34,15 @@ class Plan:
     X: pd.DataFrame  # train+valid features
     y: pd.Series
     splits: list[tuple[np.ndarray, np.ndarray]]  # (fit positions, score positions)
+    repeats: int = 1  # CV: how many times the folds were drawn (each row scored that often)
+
+    def describe(self) -> str:
+        if self.kind != "cv":
+            return "holdout validation"
+        folds = len(self.splits) // self.repeats
+        return f"cv validation ({folds} folds" + (
+            f" x {self.repeats} repeats)" if self.repeats > 1 else ")"
+        )
 
     @property
     def eval_positions(self) -> np.ndarray:
@@ -50,8 +66,13 @@ def plan(
     kind: str = "auto",
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
+    repeats: int | None = None,
 ) -> Plan:
-    """The validation plan for train+valid: CV folds over both, or fit on train, score on valid."""
+    """The validation plan for train+valid: CV folds over both, or fit on train, score on valid.
+
+    `repeats`: how often CV draws its folds; None repeats REPEATS times up to
+    CV_REPEAT_MAX_ROWS rows, once above.
+    """
     from sklearn.model_selection import KFold, StratifiedKFold
 
     target = schema["target"]
@@ -63,14 +84,18 @@ def plan(
         return Plan("holdout", X, y, [(fit, np.arange(len(train), len(data)))])
     if folds < 2:
         raise UserError(f"cv_folds must be at least 2, got {folds}")
-    if schema["task"] == "classification":
-        smallest = int(y.value_counts().min())
-        k = max(2, min(folds, smallest))
-        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    else:
-        splitter = KFold(n_splits=min(folds, len(data)), shuffle=True, random_state=seed)
-    splits = [(tr, va) for tr, va in splitter.split(X, y)]
-    return Plan("cv", X, y, splits)
+    if repeats is None:
+        repeats = REPEATS if len(data) <= CV_REPEAT_MAX_ROWS else 1
+    splits = []
+    for r in range(max(1, repeats)):  # each repeat a different shuffle, stratified alike
+        if schema["task"] == "classification":
+            smallest = int(y.value_counts().min())
+            k = max(2, min(folds, smallest))
+            splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed + r)
+        else:
+            splitter = KFold(n_splits=min(folds, len(data)), shuffle=True, random_state=seed + r)
+        splits += [(tr, va) for tr, va in splitter.split(X, y)]
+    return Plan("cv", X, y, splits, max(1, repeats))
 
 
 def keep_positions(n_eval: int, max_rows: int, seed: int = 0) -> np.ndarray:

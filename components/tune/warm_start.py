@@ -8,7 +8,14 @@ from typing import Any
 import pandas as pd
 
 from components.common.errors import UserError
-from components.tune.families import FAMILIES, Family, fits_space, flat_config
+from components.tune.families import (
+    FAMILIES,
+    PREPROCESSING,
+    Family,
+    domains,
+    fits_space,
+    flat_config,
+)
 
 MAX_SEEDS = 5
 
@@ -27,8 +34,24 @@ def read_leaderboard(path: str) -> pd.DataFrame:
     return board
 
 
+def _today(family: Family, params: dict[str, Any], space: set[str]) -> dict[str, Any]:
+    """`params` with the preprocessing choices today's space has and the board lacks (a board
+    from before they were searched, or from data without categories) at the family's start
+    values, and those it no longer searches dropped."""
+    out = {k: v for k, v in params.items() if k not in PREPROCESSING or k in space}
+    for k in PREPROCESSING:
+        if k in space and k not in out:
+            out[k] = family.initial[k]
+    return out
+
+
 def seeds(
-    board: pd.DataFrame, families: list[Family], n_rows: int, task: str, limit: int = MAX_SEEDS
+    board: pd.DataFrame,
+    families: list[Family],
+    n_rows: int,
+    task: str,
+    limit: int = MAX_SEEDS,
+    has_categorical: bool = True,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The board's best finished configurations that fit today's space (best first), and why
     the others among its top rows were skipped."""
@@ -51,10 +74,13 @@ def seeds(
             skipped.append(f"{name}: no such family")
         elif name not in chosen:
             skipped.append(f"{name}: family not searched")
-        elif not fits_space(FAMILIES[name], params, n_rows, task):
-            skipped.append(f"{name} {json.dumps(params, sort_keys=True)}: outside today's space")
         else:
-            config = flat_config(name, params)
-            if config not in out:
+            family = FAMILIES[name]
+            params = _today(family, params, set(domains(family, n_rows, task, has_categorical)))
+            if not fits_space(family, params, n_rows, task, has_categorical):
+                skipped.append(
+                    f"{name} {json.dumps(params, sort_keys=True)}: outside today's space"
+                )
+            elif (config := flat_config(name, params)) not in out:
                 out.append(config)
     return out, skipped

@@ -9,9 +9,10 @@ Each is scored on the same test rows with the task's default metric. Per table
 a normalized score divides by the best of the three (losses: best / score), so
 1.0 is the table's winner; the mean over tables summarises.
 
-Efficiency (our search only): the share of (search wall clock x cores) that
-trials spent fitting and scoring, and the time from the search's start (Ray
-start included) to its first finished trial.
+Efficiency (our search only, a 120 s search on each BENCH_SEARCH_EFFICIENCY
+table, and per row of the quality table): the share of (search wall clock x
+cores) that trials spent fitting and scoring, and the time from the search's
+start (Ray start included) to its first finished trial.
 
     BENCH_SEARCH_BUDGETS=60,300 BENCH_SEARCH_TABLES=carData/TitanicSurvival,... \\
         python -m tests.bench.run_bench search
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +35,8 @@ TABLES = {
     "modeldata/concrete": "compressive_strength",
     "MASS/Boston": "medv",
 }
+EFFICIENCY = "modeldata/mlc_churn,carData/TitanicSurvival"  # BENCH_SEARCH_EFFICIENCY
+EFFICIENCY_S = int(os.environ.get("BENCH_SEARCH_EFFICIENCY_S", "120"))
 FLAML_METRICS = {"roc_auc": "roc_auc", "f1_macro": "macro_f1", "rmse": "rmse"}
 
 
@@ -55,6 +59,7 @@ def run_ours(prepared, metric, budget: int) -> dict:
     from components.tune.search import refit_best, run_search
 
     started = time.monotonic()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     result = run_search(
         prepared.train,
         prepared.valid,
@@ -63,6 +68,10 @@ def run_ours(prepared, metric, budget: int) -> dict:
         select_families(""),
         time_budget_s=budget,
         seed=0,
+    )
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    driver_cpu = sum(
+        getattr(cpu_after, f) - getattr(cpu_before, f) for f in ("ru_utime", "ru_stime")
     )
     model = refit_best(
         prepared.train, prepared.valid, prepared.schema, result.best_config, 0, result.ensemble
@@ -79,6 +88,10 @@ def run_ours(prepared, metric, budget: int) -> dict:
         "fit_share": float(board["fit_time_s"].fillna(0).sum() / (result.elapsed_s * cores)),
         "first_trial_s": float(ok["finished_at_s"].min()) if len(ok) else float("nan"),
         "search_s": result.elapsed_s,
+        "ray_start_s": result.ray_start_s,
+        "median_trial_s": float(board["fit_time_s"].median()),
+        # the search's own process (Tune's controller, the searcher, ensemble selection)
+        "driver_cpu_share": driver_cpu / (result.elapsed_s * cores),
     }
 
 
@@ -188,11 +201,37 @@ def main(out: Path) -> str:
                 }
             )
             print(json.dumps(rows[-1], default=str), flush=True)
-    (out / "search.json").write_text(json.dumps(rows, indent=2, default=str))
-    table = _markdown(rows)
+    efficiency = []
+    for name in [n for n in os.environ.get("BENCH_SEARCH_EFFICIENCY", EFFICIENCY).split(",") if n]:
+        prepared = prepare(load(name), TABLES[name], seed=0)
+        n_classes = len(prepared.schema.get("classes", []))
+        metric = resolve_metric("", prepared.schema["task"], n_classes)
+        print(f"search bench: efficiency on {name}, {EFFICIENCY_S}s search", flush=True)
+        efficiency.append({"table": name, "rows": len(prepared.train) + len(prepared.valid),
+                           **run_ours(prepared, metric, EFFICIENCY_S)})  # fmt: skip
+        print(json.dumps(efficiency[-1], default=str), flush=True)
+    (out / "search.json").write_text(
+        json.dumps({"quality": rows, "efficiency": efficiency}, indent=2, default=str)
+    )
+    table = _markdown(rows) + "\n\n" + _efficiency_markdown(efficiency)
     (out / "search.md").write_text(table + "\n")
     print(table)
     return table
+
+
+def _efficiency_markdown(rows: list[dict]) -> str:
+    lines = [
+        f"| table ({EFFICIENCY_S} s search) | train+valid rows | trials | median trial | "
+        "Ray start | first finished trial | fit share (goal >= 0.8) | driver CPU share |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['table']} | {r['rows']} | {r['trials']} | {r['median_trial_s']:.2f} s | "
+            f"{r['ray_start_s']:.1f} s | {r['first_trial_s']:.1f} s | {r['fit_share']:.2f} | "
+            f"{r['driver_cpu_share']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def _markdown(rows: list[dict]) -> str:

@@ -18,8 +18,10 @@ from components.tune.families import (
     Int,
     SearchSpace,
     build_model,
+    domains,
     family_params,
     flat_config,
+    has_categorical,
     initial_configs,
     select_families,
 )
@@ -132,15 +134,15 @@ def test_search_space_with_optuna_stays_in_domains(task, n_rows):
         params = trial.params
         family = params["family"]
         seen.add(family)
-        domains = FAMILIES[family].space(n_rows, task)
-        assert set(params) == {"family"} | {f"{family}.{k}" for k in domains}
-        for name, dom in domains.items():
+        space_ = domains(FAMILIES[family], n_rows, task)
+        assert set(params) == {"family"} | {f"{family}.{k}" for k in space_}
+        for name, dom in space_.items():
             value = params[f"{family}.{name}"]
             assert _in_domain(value, dom), (family, name, value, dom)
         study.tell(trial, 0.0)
         # what Optuna suggests is exactly what build_model gives the estimator
         est = build_model(schema_for(task), params).named_steps["model"]
-        for name in domains:
+        for name in FAMILIES[family].space(n_rows, task):
             assert est.get_params()[name] == params[f"{family}.{name}"]
     assert seen == set(FAMILIES)
 
@@ -182,18 +184,89 @@ def test_initial_configs_are_searched_params_inside_domains(task, n_rows):
     assert [c["family"] for c in configs] == list(FAMILIES)
     for config in configs:
         family = config["family"]
-        domains = FAMILIES[family].space(n_rows, task)
+        space_ = domains(FAMILIES[family], n_rows, task)
         params = family_params(config)
-        assert set(params) == set(domains)
+        assert set(params) == set(space_)
         for name, value in params.items():
-            assert _in_domain(value, domains[name]), (family, name, value)
+            assert _in_domain(value, space_[name]), (family, name, value)
 
 
 def test_initial_linear_config_depends_on_task():
     clf = initial_configs([FAMILIES["linear"]], 100, "classification")[0]
     reg = initial_configs([FAMILIES["linear"]], 100, "regression")[0]
-    assert set(clf) == {"family", "linear.C"}
-    assert set(reg) == {"family", "linear.alpha"}
+    assert set(clf) == {"family", "linear.C", "linear.encoding", "linear.scaling"}
+    assert set(reg) == {"family", "linear.alpha", "linear.encoding", "linear.scaling"}
+    assert clf["linear.encoding"] == "auto" and clf["linear.scaling"] == "standard"
+
+
+# --- preprocessing choices in the space --------------------------------------
+
+
+def test_preprocessing_choices_per_family():
+    linear, forest = FAMILIES["linear"], FAMILIES["random_forest"]
+    lin = domains(linear, 1000, "classification")
+    assert lin["encoding"].options == ("auto", "onehot", "target")
+    assert lin["scaling"].options == ("standard", "quantile")
+    trees = domains(forest, 1000, "classification")
+    assert trees["encoding"].options == ("auto", "ordinal", "target")
+    assert "scaling" not in trees  # trees do not care how numbers are scaled
+    # no categorical column: encoding is not searched at all
+    assert "encoding" not in domains(forest, 1000, "classification", has_categorical=False)
+    assert "encoding" not in domains(linear, 1000, "regression", has_categorical=False)
+    assert has_categorical(schema_for("classification"))
+    numeric_only = {**schema_for("regression")}
+    numeric_only["features"] = [f for f in numeric_only["features"] if f["kind"] == "numeric"]
+    assert not has_categorical(numeric_only)
+
+
+def _encoder_of(pipe):
+    from sklearn.pipeline import Pipeline as SkPipeline
+
+    pre = pipe.named_steps["preprocess"]
+    [enc] = [t for name, t, _ in pre.transformers if name == "categorical_colour"]
+    return enc[-1] if isinstance(enc, SkPipeline) else enc
+
+
+@pytest.mark.parametrize(
+    ("family", "encoding", "expected"),
+    [
+        ("random_forest", "ordinal", "OrdinalEncoder"),
+        ("random_forest", "target", "TargetEncoder"),
+        ("linear", "onehot", "OneHotEncoder"),
+        ("linear", "auto", "OneHotEncoder"),  # 4 colours: few enough for one-hot
+    ],
+)
+def test_build_model_applies_the_encoding(family, encoding, expected):
+    schema = schema_for("classification")
+    config = flat_config(family, {**FAMILIES[family].initial, "encoding": encoding})
+    pipe = build_model(schema, config)
+    assert type(_encoder_of(pipe)).__name__ == expected
+    df = synthetic_frame(200, "classification", seed=5)
+    X, y = df.drop(columns="target"), df["target"]
+    proba = pipe.fit(X, y).predict_proba(X)
+    assert proba.shape == (200, 2) and np.isfinite(proba).all()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_quantile_scaling_gives_normal_shaped_numbers(task):
+    schema = schema_for(task)
+    df = synthetic_frame(300, task, seed=6)
+    df["x2"] = np.exp(df["x2"] / 10.0)  # heavily skewed
+    X, y = df.drop(columns="target"), df["target"]
+    standard = build_model(schema, flat_config("linear", {"scaling": "standard"}))
+    quantile = build_model(schema, flat_config("linear", {"scaling": "quantile"}))
+    outs = {}
+    for name, pipe in [("standard", standard), ("quantile", quantile)]:
+        pre = pipe.named_steps["preprocess"]
+        Xt = pd.DataFrame(pre.fit_transform(X, y), columns=pre.get_feature_names_out())
+        outs[name] = Xt
+        pipe.fit(X, y)  # the whole pipeline fits and predicts with either scaling
+        assert np.isfinite(np.asarray(pipe.predict(X), dtype=float) if task == "regression"
+                           else pipe.predict_proba(X)).all()  # fmt: skip
+    skew = {name: float(Xt["x2"].skew()) for name, Xt in outs.items()}
+    assert skew["standard"] > 2 and abs(skew["quantile"]) < 0.5, skew
+    # missing indicators stay 0/1 under quantile scaling
+    assert set(np.unique(outs["quantile"]["missingindicator_x1"])) <= {0.0, 1.0}
 
 
 # --- names and configs -----------------------------------------------------
@@ -236,7 +309,7 @@ def test_family_params_ignores_other_prefixes():
 def test_domains_are_well_formed():
     for family in FAMILIES.values():
         for task in TASKS:
-            for name, dom in family.space(1000, task).items():
+            for name, dom in domains(family, 1000, task).items():
                 if isinstance(dom, Float | Int):
                     assert dom.low < dom.high, (family.name, name)
                     if dom.log:

@@ -57,7 +57,7 @@ def _split(task: str, n_train: int = 160, n_valid: int = 40):
 @pytest.mark.parametrize("task", ["classification", "regression"])
 def test_cv_plan_covers_train_and_valid_once(task):
     train, valid, schema = _split(task)
-    plan = validation.plan(train, valid, schema, "cv", folds=4, seed=0)
+    plan = validation.plan(train, valid, schema, "cv", folds=4, seed=0, repeats=1)
     assert plan.kind == "cv" and len(plan.splits) == 4 and len(plan.X) == 200
     assert sorted(plan.eval_positions) == list(range(200))  # every row scored exactly once
     for fit, score in plan.splits:
@@ -81,8 +81,24 @@ def test_cv_folds_shrink_to_the_smallest_class():
     train, valid, schema = _split("classification")
     train = pd.concat([train[train["target"] == "no"], train[train["target"] == "yes"].head(2)])
     valid = valid[valid["target"] == "no"]
-    plan = validation.plan(train, valid, schema, "cv", folds=5)
+    plan = validation.plan(train, valid, schema, "cv", folds=5, repeats=1)
     assert len(plan.splits) == 2
+
+
+def test_cv_repeats_folds_on_small_data_only():
+    train, valid, schema = _split("classification")
+    plan = validation.plan(train, valid, schema, "cv", folds=4, seed=0)  # 200 rows: repeated
+    assert plan.repeats == validation.REPEATS and len(plan.splits) == 4 * validation.REPEATS
+    assert "4 folds x 3 repeats" in plan.describe()
+    # every row is scored once per repeat, and the repeats shuffle differently
+    counts = np.bincount(plan.eval_positions, minlength=200)
+    assert (counts == validation.REPEATS).all()
+    first, second = plan.splits[0][1], plan.splits[4][1]
+    assert set(first) != set(second)
+    n = validation.CV_REPEAT_MAX_ROWS + 1
+    big = synthetic_frame(n, "classification", seed=4)
+    plan = validation.plan(big.iloc[: n - 100], big.iloc[n - 100 :], schema, "cv", folds=4)
+    assert plan.repeats == 1 and len(plan.splits) == 4 and plan.describe().endswith("(4 folds)")
 
 
 def test_keep_positions_bounded_and_fixed():
@@ -215,10 +231,28 @@ def test_warm_start_keeps_best_fitting_configs_in_order():
     )  # fmt: skip
     chosen, skipped = seeds(board, list(FAMILIES.values()), 1000, "classification")
     assert [c["family"] for c in chosen] == ["hist_gb", "linear"]
-    assert chosen[1] == {"family": "linear", "linear.C": 0.5}
+    # a board from before preprocessing was searched: today's start values fill the gap
+    assert chosen[1] == {
+        "family": "linear",
+        "linear.C": 0.5,
+        "linear.encoding": "auto",
+        "linear.scaling": "standard",
+    }
     assert len(skipped) == 3
     assert any("outside today's space" in s for s in skipped)
     assert any("no such family" in s for s in skipped)
+
+
+def test_warm_start_adapts_preprocessing_to_todays_data():
+    params = {"C": 0.5, "encoding": "target", "scaling": "quantile"}
+    board = _board([("linear", params, "ok")])
+    [kept], _ = seeds(board, [FAMILIES["linear"]], 1000, "classification")
+    assert family_params(kept) == params  # searched today too: kept as it was
+    [dropped], _ = seeds(board, [FAMILIES["linear"]], 1000, "classification", has_categorical=False)
+    assert family_params(dropped) == {"C": 0.5, "scaling": "quantile"}  # no categories today
+    bad = _board([("linear", {**params, "encoding": "hashing"}, "ok")])
+    chosen, skipped = seeds(bad, [FAMILIES["linear"]], 1000, "classification")
+    assert chosen == [] and "outside today's space" in skipped[0]
 
 
 def test_warm_start_skips_families_not_searched():
@@ -251,8 +285,11 @@ def test_grid_starts_cheap_and_alternates_families():
 
 def test_fits_space_checks_types_and_bounds():
     rf = FAMILIES["random_forest"]
-    good = {"n_estimators": 50, "min_samples_leaf": 2, "max_features": 0.5}
+    good = {"n_estimators": 50, "min_samples_leaf": 2, "max_features": 0.5, "encoding": "ordinal"}
     assert fits_space(rf, good, 1000, "classification")
+    assert not fits_space(rf, {**good, "encoding": "hashing"}, 1000, "classification")
+    bare = {k: v for k, v in good.items() if k != "encoding"}
+    assert fits_space(rf, bare, 1000, "classification", has_categorical=False)
     assert not fits_space(rf, {**good, "n_estimators": 5000}, 1000, "classification")
     assert not fits_space(rf, {**good, "n_estimators": 50.5}, 1000, "classification")
     assert not fits_space(rf, {**good, "extra": 1}, 1000, "classification")

@@ -45,5 +45,6 @@ def package_model(
         dict(metrics.metadata),
         report.path,
         registry_root,
+        bento.uri,
     )
     bento.metadata.update({"bento_tag": packaged.bento_tag, "model_tag": packaged.model_tag})

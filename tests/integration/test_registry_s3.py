@@ -11,8 +11,10 @@ import json
 import multiprocessing
 import os
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -301,33 +303,87 @@ def test_racing_promotions_through_s3_leave_exactly_one_champion(s3):
     print(f"100 racing promotions in {elapsed:.1f} s, {refused} writes refused and retried")
 
 
-@pytest.mark.slow
-def test_pipeline_registers_gates_and_promotes_through_s3(s3, endpoint, small_churn_csv, tmp_path):
-    """`kfp-automl run` (kfp.local) with the registry in the object store: the package step
-    registers the model there, the gate reads the (absent) champion there, promote writes it."""
-    bucket, client = s3
-    root = f"minio://{bucket}/kfp-automl-registry"  # KFP's scheme; endpoint from AWS_ENDPOINT_URL
-    env = {**os.environ, **s3_env(endpoint), "KFP_AUTOML_REGISTRY": root}
-    args = ["--data", str(small_churn_csv), "--target", "churn", "--families", "linear"]
-    args += ["--max-trials", "2", "--time-budget", "20", "--model-name", "churn-s3"]
+def _run(args: list[str], env: dict, out) -> dict:
     proc = subprocess.run(
-        [*CLI, "run", *args, "--output", str(tmp_path / "out")],
+        [*CLI, "run", *args, "--output", str(out)],
         capture_output=True,
         text=True,
         env=env,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    version = summary["model_tag"].split(":")[1]
-    assert summary["deploy"] is True and "no champion" in summary["gate_reason"]
+    return json.loads((out / "summary.json").read_text())
+
+
+_LOAD = """
+import sys
+from components.registry.store import load_registered_model
+model, schema, meta = load_registered_model(sys.argv[1], {"version": sys.argv[2], "bento_uri": sys.argv[3]})
+print(meta["sha256"], schema["target"])
+"""
+
+
+@pytest.mark.slow
+def test_pipeline_registers_gates_and_promotes_through_s3(s3, endpoint, small_churn_csv, tmp_path):
+    """`kfp-automl run` (kfp.local) with the registry in the object store: the package step
+    registers the model there, the gate reads the champion there, promote writes it. A second
+    run in a fresh BentoML store (as a new pod would have) fetches the champion's archive."""
+    bucket, client = s3
+    root = f"minio://{bucket}/kfp-automl-registry"  # KFP's scheme; endpoint from AWS_ENDPOINT_URL
+    env = {**os.environ, **s3_env(endpoint), "KFP_AUTOML_REGISTRY": root}
+    args = ["--data", str(small_churn_csv), "--target", "churn", "--families", "linear"]
+    args += ["--max-trials", "2", "--time-budget", "20", "--model-name", "churn-s3"]
+    first = _run(args, env, tmp_path / "first")
+    v1 = first["model_tag"].split(":")[1]
+    assert first["deploy"] is True and "no champion" in first["gate_reason"]
     state, _ = _raw(client, bucket, "kfp-automl-registry/churn-s3.json")
-    assert state["champion"] == version
+    assert state["champion"] == v1
     assert [e["event"] for e in state["events"]] == ["register", "promote"]
-    assert state["versions"][version]["bento_tag"] == summary["bento_tag"]
+    assert state["versions"][v1]["bento_tag"] == first["bento_tag"]
+    assert Path(state["versions"][v1]["bento_uri"]).is_file()  # the artifact under the root
     out = subprocess.run(
         [*CLI, "models", "--registry", root], capture_output=True, text=True, env=env, timeout=120
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "churn-s3"
-    assert out.stdout.splitlines()[1].split()[:2] == [version, "champion"]
+    assert out.stdout.splitlines()[1].split()[:2] == [v1, "champion"]
+
+    # a pod with an empty BentoML store loads the champion from its archive in the store
+    archive = Path(state["versions"][v1]["bento_uri"])
+    client.put_object(Bucket=bucket, Key="artifacts/v1.bento", Body=archive.read_bytes())
+    fresh = {**env, "BENTOML_HOME": str(tmp_path / "bentoml-a")}
+    loaded = subprocess.run(
+        [sys.executable, "-c", _LOAD, "churn-s3", v1, f"minio://{bucket}/artifacts/v1.bento"],
+        capture_output=True,
+        text=True,
+        env=fresh,
+        timeout=120,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    import bentoml  # run 1 used this session's store
+
+    sha = bentoml.models.get(first["model_tag"]).info.metadata["sha256"]
+    assert loaded.stdout.split() == [sha, "churn"]
+    missing = subprocess.run(
+        [sys.executable, "-c", _LOAD, "churn-s3", v1, f"s3://{bucket}/artifacts/none.bento"],
+        capture_output=True,
+        text=True,
+        env={**env, "BENTOML_HOME": str(tmp_path / "bentoml-b")},
+        timeout=120,
+    )
+    assert missing.returncode != 0
+    assert f"cannot fetch model churn-s3:{v1} from s3://{bucket}/artifacts/none.bento" in (
+        missing.stderr
+    )
+
+    # the second run, in a fresh store: the gate scores the champion it fetched
+    second = _run(args, {**env, "BENTOML_HOME": str(tmp_path / "bentoml-c")}, tmp_path / "two")
+    v2 = second["model_tag"].split(":")[1]
+    assert second["champion_before"] == v1
+    decision = json.loads(
+        next((tmp_path / "two").glob("pipeline_root/*/gate-model/decision")).read_text()
+    )
+    assert decision["champion_version"] == v1 and decision["champion_score"] is not None
+    state, _ = _raw(client, bucket, "kfp-automl-registry/churn-s3.json")
+    assert set(state["versions"]) == {v1, v2}
+    assert state["champion"] == (v2 if second["deploy"] else v1)

@@ -53,12 +53,13 @@ class Conflict(Exception):
     """Another writer changed the document between our read and our conditional write."""
 
 
-def open_backend(root: str | os.PathLike[str], attempts: int = ATTEMPTS):
-    """The backend for `root`: a folder, `file://` folder, or `s3://`, `minio://`, `gs://` URL."""
+def parse_root(root: str | os.PathLike[str]) -> tuple[str, str, str]:
+    """(scheme, bucket, prefix) of an object-store root, ("", "", path) of a folder; a root
+    that cannot work is a UserError (no connection is made)."""
     text = os.fspath(root)
     scheme = urlsplit(text).scheme if "://" in text else ""
     if scheme in ("", "file"):
-        return LocalBackend(Path(text.removeprefix("file://")))
+        return "", "", text.removeprefix("file://")
     if scheme not in OBJECT_SCHEMES:
         raise UserError(
             f"registry root {text!r}: use a folder or an s3://, minio:// or gs:// URL "
@@ -70,9 +71,16 @@ def open_backend(root: str | os.PathLike[str], attempts: int = ATTEMPTS):
             f"registry root {scheme}://... holds credentials: pass them through the environment "
             "(or a Kubernetes Secret), never in the URL"
         )
-    bucket, prefix = parts.netloc, parts.path.strip("/")
-    if not bucket:
+    if not parts.netloc:
         raise UserError(f"registry root {text!r} names no bucket ({scheme}://BUCKET/PREFIX)")
+    return scheme, parts.netloc, parts.path.strip("/")
+
+
+def open_backend(root: str | os.PathLike[str], attempts: int = ATTEMPTS):
+    """The backend for `root`: a folder, `file://` folder, or `s3://`, `minio://`, `gs://` URL."""
+    scheme, bucket, prefix = parse_root(root)
+    if not scheme:
+        return LocalBackend(Path(prefix))
     if scheme == "gs":
         return GCSBackend(bucket, prefix, attempts)
     return S3Backend(bucket, prefix, attempts, scheme=scheme)

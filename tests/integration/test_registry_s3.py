@@ -220,6 +220,16 @@ def test_bad_input_is_one_line_and_writes_nothing(s3, monkeypatch, root, env, me
     assert "no-such-bucket" not in {b["Name"] for b in client.list_buckets()["Buckets"]}
 
 
+def test_the_s3_specific_endpoint_variable_and_listing_a_missing_bucket(s3, endpoint, monkeypatch):
+    bucket, client = s3
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)  # botocore's per-service variable
+    _registry(f"minio://{bucket}/r")
+    assert Registry(f"s3://{bucket}/r").names() == ["m"]
+    with pytest.raises(UserError, match="bucket 'no-such-bucket' does not exist"):
+        Registry("s3://no-such-bucket/r").names()
+
+
 def test_a_store_that_ignores_conditional_writes_is_refused(s3, endpoint, monkeypatch):
     """Racing promotions would be lost there without a word: the first write finds out."""
     bucket, client = s3

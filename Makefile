@@ -49,7 +49,7 @@ run: $(STAMP) ## Run the training pipeline locally on the built-in churn table (
 test: $(STAMP) system-deps ## Run every test (unit, components, whole pipeline, real bentoml serve and Prometheus)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-quick: $(STAMP) system-deps ## Run the fast tests only (no Ray, no servers, no pipeline runs)
+test-quick: $(STAMP) system-deps ## Run the fast tests only (no Ray, no pipeline runs, no Bento servers)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff lint and format check

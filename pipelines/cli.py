@@ -331,7 +331,8 @@ def _registry_option(f):
         "--registry",
         "registry",
         default="",
-        help="Registry folder (default: $KFP_AUTOML_REGISTRY, else beside the BentoML store).",
+        help="Registry folder, or s3://, minio://, gs:// BUCKET/PREFIX (default: "
+        "$KFP_AUTOML_REGISTRY, else beside the BentoML store).",
     )(f)
 
 

@@ -144,6 +144,10 @@ def build_arguments(
     arguments = {name: coerce_parameter(name, value, declared) for name, value in merged.items()}
     if arguments.get("data") and not arguments.get("target"):
         raise UserError("--target is required with --data")
+    if arguments.get("registry_root"):
+        from components.registry.backends import parse_root
+
+        parse_root(arguments["registry_root"])  # a scheme the steps know, no credentials in it
     return arguments
 
 

@@ -16,16 +16,19 @@ from components.tune.component import tune_models
 PIPELINE_NAME = "kfp-automl-training"
 
 # Credentials never travel as pipeline parameters. On a cluster, the steps that read URLs
-# (the table, a warm-start leaderboard) take object-store credentials from this optional
-# Secret in the run's namespace (keys named as the variables; absent keys or Secret: the pod's
-# own cloud identity is used), and the tune step takes the KubeRay cluster's token from the
-# Secret manifests/tuning expects.
+# (the table, a warm-start leaderboard) or the model registry (package registers, gate reads
+# the champion, promote writes it; an s3://, minio:// or gs:// registry_root) take
+# object-store credentials from this optional Secret in the run's namespace (keys named as the
+# variables; absent keys or Secret: the pod's own cloud identity is used), and the tune step
+# takes the KubeRay cluster's token from the Secret manifests/tuning expects.
 STORAGE_SECRET = "kfp-automl-storage"
 STORAGE_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
     "AWS_DEFAULT_REGION",
 )
 RAY_SECRET = "automl-ray-auth"
@@ -45,6 +48,10 @@ class Outputs(NamedTuple):
     data_report: HTML
     data_summary: Markdown
     search_report: HTML
+
+
+def _storage_credentials(task) -> None:
+    kubernetes.use_secret_as_env(task, STORAGE_SECRET, {k: k for k in STORAGE_ENV}, optional=True)
 
 
 @dsl.pipeline(
@@ -96,7 +103,9 @@ def training(
         seed: Seed for the split, the search and the models.
         ray_address: Ray cluster to join; empty starts Ray inside the tune step.
         model_name: Name of the BentoML model and Bento; empty derives it from the target.
-        registry_root: Model registry folder; empty uses the default beside the BentoML store.
+        registry_root: Model registry: a folder every run reaches (a shared volume), or an object
+            store, s3://, minio:// (KFP's MinIO; endpoint from AWS_ENDPOINT_URL) or gs://
+            bucket/prefix, e.g. beside the pipeline root; empty: beside the BentoML store.
         min_improvement: The least gain on the metric for a new model to replace the champion.
         slice_column: Categorical column for per-slice metrics in the report; empty picks one.
         n_bootstrap: Bootstrap resamples for the holdout metrics' confidence intervals.
@@ -155,10 +164,6 @@ def training(
         pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
     ).set_display_name("tune")
     tune.set_cpu_request("2").set_memory_request("4G").set_memory_limit("8G")
-    for task in (prep, tune):
-        kubernetes.use_secret_as_env(
-            task, STORAGE_SECRET, {k: k for k in STORAGE_ENV}, optional=True
-        )
     kubernetes.use_secret_as_env(tune, RAY_SECRET, {"auth_token": "RAY_AUTH_TOKEN"}, optional=True)
     evaluation = evaluate_model(
         model=tune.outputs["model"],
@@ -194,12 +199,15 @@ def training(
     gate.after(
         pkg
     )  # the champion is read after the new version is registered, never promoted in between
+    for step in (prep, tune, pkg, gate):
+        _storage_credentials(step)
     with dsl.If(gate.outputs["Output"] == True, name="deploy"):  # noqa: E712 (a KFP condition)
         promote = promote_model(
             bento=pkg.outputs["bento"],
             decision=gate.outputs["decision"],
             registry_root=registry_root,
         ).set_display_name("promote")
+        _storage_credentials(promote)
         with dsl.If(deploy_namespace != "", name="deploy-to-cluster"):
             deploy_model(
                 bento=pkg.outputs["bento"],

@@ -95,13 +95,14 @@ def test_pipeline_wiring_and_defaults():
 
 
 def test_credentials_come_from_optional_secrets_never_parameters():
-    """The steps that read URLs get object-store credentials from an optional Secret, the
-    tune step the KubeRay token; no other step sees either."""
+    """The steps that read URLs or the model registry get object-store credentials from an
+    optional Secret, the tune step the KubeRay token; no other step sees either."""
     from pipelines.training import RAY_SECRET, STORAGE_ENV, STORAGE_SECRET
 
     _, platform = yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text())
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(executors) == {"exec-prepare-data", "exec-tune-models"}
+    registry_steps = {"exec-package-model", "exec-gate-model", "exec-promote-model"}
+    assert set(executors) == {"exec-prepare-data", "exec-tune-models"} | registry_steps
     secrets = {
         name: {
             s["secretName"]: ({m["secretKey"]: m["envVar"] for m in s["keyToEnv"]}, s["optional"])
@@ -110,7 +111,9 @@ def test_credentials_come_from_optional_secrets_never_parameters():
         for name, cfg in executors.items()
     }
     storage = ({k: k for k in STORAGE_ENV}, True)
-    assert secrets["exec-prepare-data"] == {STORAGE_SECRET: storage}
+    assert {"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"} <= set(STORAGE_ENV)
+    for step in {"exec-prepare-data"} | registry_steps:
+        assert secrets[step] == {STORAGE_SECRET: storage}, step
     assert secrets["exec-tune-models"] == {
         STORAGE_SECRET: storage,
         RAY_SECRET: ({"auth_token": "RAY_AUTH_TOKEN"}, True),

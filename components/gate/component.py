@@ -29,7 +29,8 @@ def gate_model(
         test: Holdout rows both models are scored on.
         schema: The new data's schema; a champion with another schema is refused.
         decision: deploy, reason, both scores, the improvement and its paired-bootstrap p-value (JSON).
-        registry_root: Registry folder; empty uses the default beside the BentoML store.
+        registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty uses
+            the default beside the BentoML store.
         model_name: Registered model name; empty derives automl-<target>.
         metric: Primary metric; empty uses the task's default.
         min_improvement: The least gain on the metric that justifies a replacement.

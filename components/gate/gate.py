@@ -165,14 +165,14 @@ def run(
     from components.common.progress import say
     from components.package.package import model_name_for
     from components.registry.registry import Registry
-    from components.registry.store import load_stored_model
+    from components.registry.store import load_registered_model
 
     schema = read_json(schema_path)
     name = model_name or model_name_for(schema["target"])
     entry = Registry(registry_root or None).champion(name)
     champion = None
     if entry is not None:
-        model, champ_schema, _ = load_stored_model(f"{name}:{entry['version']}")
+        model, champ_schema, _ = load_registered_model(name, entry)
         champion = (model, champ_schema, entry["version"])
     decision = decide(
         load_model(model_dir, sha256),

@@ -29,7 +29,8 @@ def package_model(
         report: The evaluation report, recorded in the registry.
         bento: The exported Bento archive; metadata carries bento_tag and model_tag.
         model_name: BentoML model and Bento name; empty derives automl-<target>.
-        registry_root: Registry folder; empty uses the default beside the BentoML store.
+        registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty uses
+            the default beside the BentoML store.
     """
     from components.package.package import run
 
@@ -44,5 +45,6 @@ def package_model(
         dict(metrics.metadata),
         report.path,
         registry_root,
+        bento.uri,
     )
     bento.metadata.update({"bento_tag": packaged.bento_tag, "model_tag": packaged.model_tag})

@@ -134,10 +134,13 @@ def run(
     test_metrics: dict[str, Any] | None = None,
     report_path: str = "",
     registry_root: str = "",
+    bento_uri: str = "",
 ) -> Packaged:
     """Package the tuned model (hash from `model_info`) into a Bento archive at `archive_path`.
 
-    The new version is registered as a challenger with its metrics and report.
+    The new version is registered as a challenger with its metrics, its report, and where its
+    archive lives (`bento_uri`, the artifact's URI under the pipeline root; default the archive
+    path), so a gate in another pod can fetch it when it is the champion.
     """
     from components.common.io import read_json
     from components.common.progress import say
@@ -173,6 +176,7 @@ def run(
                 if isinstance(v, int | float) and not k.endswith(("_ci_low", "_ci_high"))
             },
             "report": report_path,
+            "bento_uri": bento_uri or str(archive_path),
             "data_fingerprint": schema.get("data_fingerprint", ""),
         },
     )

@@ -13,7 +13,8 @@ def promote_model(bento: Input[Model], decision: Input[Artifact], registry_root:
     Args:
         bento: The package step's output; its metadata names the model tag.
         decision: The gate's decision; its reason is recorded with the promotion.
-        registry_root: Registry folder; empty uses the default beside the BentoML store.
+        registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty uses
+            the default beside the BentoML store.
     """
     from components.registry.registry import promote_tag
 

@@ -1,11 +1,13 @@
 """The model registry: versions of a model, their metrics and stage, and who is champion.
 
-One JSON file per model name (`<root>/<name>.json`) is the source of truth; every
-change happens under an exclusive lock on `<root>/<name>.lock` and is written to a
-temporary file that is renamed into place, so readers never see a half-written
-file and two promotions racing each other still leave exactly one champion.
-Each version's stage is mirrored into its BentoML model's labels (`stage`), so
-`bentoml models list` shows it too.
+One JSON document per model name (`<root>/<name>.json`) is the source of truth. The root is
+a folder (a shared volume on a cluster) or an object store (`s3://`, `minio://`, `gs://`
+bucket/prefix, e.g. beside the pipeline root); `backends.py` keeps the document consistent
+in both: every change is a read-modify-write under a file lock in a folder, and a write
+conditional on the version read in an object store (retried when another writer got there
+first), so readers never see a half-written document and two promotions racing each other
+still leave exactly one champion. Each version's stage is mirrored into its BentoML model's
+labels (`stage`), so `bentoml models list` shows it too.
 
 Stages: `challenger` (registered, never promoted), `champion` (at most one per
 name), `archived` (a former champion).
@@ -13,25 +15,21 @@ name), `archived` (a former champion).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from components.common.errors import UserError
-from components.common.io import write_json
+from components.registry.backends import open_backend
 
 STAGES = ("challenger", "champion", "archived")
 
 
-def default_root() -> Path:
-    """`$KFP_AUTOML_REGISTRY`, else a folder beside the BentoML store."""
+def default_root() -> str | Path:
+    """`$KFP_AUTOML_REGISTRY` (a folder or URL), else a folder beside the BentoML store."""
     if os.environ.get("KFP_AUTOML_REGISTRY"):
-        return Path(os.environ["KFP_AUTOML_REGISTRY"])
+        return os.environ["KFP_AUTOML_REGISTRY"]
     home = os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml")
     return Path(home) / "kfp-automl-registry"
 
@@ -41,30 +39,21 @@ def _now() -> str:
 
 
 class Registry:
-    def __init__(self, root: str | os.PathLike[str] | None = None):
-        self.root = Path(root) if root else default_root()
+    def __init__(self, root: str | os.PathLike[str] | None = None, **backend_options: Any):
+        self.backend = open_backend(root or default_root(), **backend_options)
+        self.root = self.backend.root  # a Path for a folder, the URL for an object store
 
     # ---- reading ----------------------------------------------------------------------------
 
-    def _path(self, name: str) -> Path:
-        return self.root / f"{name}.json"
-
     def _read(self, name: str) -> dict[str, Any]:
-        try:
-            return json.loads(self._path(name).read_text())
-        except FileNotFoundError:
-            return {"name": name, "champion": None, "versions": {}, "events": []}
+        return self.backend.read(name)
 
     def names(self) -> list[str]:
-        return sorted(p.stem for p in self.root.glob("*.json")) if self.root.is_dir() else []
+        return self.backend.names()
 
     def versions(self, name: str) -> list[dict[str, Any]]:
         """Every version of `name`, oldest first, each with its `stage`."""
-        state = self._read(name)
-        return [
-            {"version": v, **entry, "stage": self._stage(state, v)}
-            for v, entry in sorted(state["versions"].items(), key=lambda kv: kv[1]["registered_at"])
-        ]
+        return _versions(self._read(name))
 
     def champion(self, name: str) -> dict[str, Any] | None:
         state = self._read(name)
@@ -74,38 +63,25 @@ class Registry:
     def events(self, name: str) -> list[dict[str, Any]]:
         return self._read(name)["events"]
 
-    @staticmethod
-    def _stage(state: dict[str, Any], version: str) -> str:
-        if state["champion"] == version:
-            return "champion"
-        return "archived" if state["versions"][version].get("was_champion") else "challenger"
-
-    # ---- changing (under the lock) ----------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[dict[str, Any]]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / f"{name}.lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                state = self._read(name)
-                yield state
-                write_json(self._path(name), state)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    # ---- changing (one read-modify-write each, see backends.py) -------------------------------
 
     def register(self, name: str, version: str, info: dict[str, Any]) -> dict[str, Any]:
         """Add `version` as a challenger (registering it again only updates its info)."""
-        with self._locked(name) as state:
+
+        def change(state: dict[str, Any]) -> dict[str, Any]:
             entry = state["versions"].setdefault(version, {"registered_at": _now()})
             entry.update(info)
             state["events"].append({"at": _now(), "event": "register", "version": version})
-        _mirror_stage(name, version, self._stage(state, version))
-        return {"version": version, **entry, "stage": self._stage(state, version)}
+            return {"version": version, **entry, "stage": _stage(state, version)}
+
+        entry = self.backend.update(name, change)
+        _mirror_stage(name, version, entry["stage"])
+        return entry
 
     def promote(self, name: str, version: str, reason: str = "") -> dict[str, Any]:
         """Make `version` the champion; the former champion becomes archived."""
-        with self._locked(name) as state:
+
+        def change(state: dict[str, Any]) -> dict[str, Any]:
             if version not in state["versions"]:
                 known = ", ".join(state["versions"]) or "none"
                 raise UserError(f"model {name!r} has no version {version!r} (versions: {known})")
@@ -123,19 +99,24 @@ class Registry:
                     "reason": reason,
                 }
             )
+            return {
+                "version": version,
+                **state["versions"][version],
+                "stage": "champion",
+                "previous": before,
+            }
+
+        entry = self.backend.update(name, change)
+        before = entry["previous"]
         if before and before != version:
             _mirror_stage(name, before, "archived")
         _mirror_stage(name, version, "champion")
-        return {
-            "version": version,
-            **state["versions"][version],
-            "stage": "champion",
-            "previous": before,
-        }
+        return entry
 
     def rollback(self, name: str, reason: str = "") -> dict[str, Any]:
         """Make champion again the version the current champion replaced when it was promoted."""
-        with self._locked(name) as state:
+
+        def change(state: dict[str, Any]) -> dict[str, Any]:
             current = state["champion"]
             if current is None:
                 raise UserError(f"model {name!r} has no champion to roll back from")
@@ -159,14 +140,30 @@ class Registry:
                     "reason": reason,
                 }
             )
-        _mirror_stage(name, current, "archived")
-        _mirror_stage(name, target, "champion")
-        return {
-            "version": target,
-            **state["versions"][target],
-            "stage": "champion",
-            "previous": current,
-        }
+            return {
+                "version": target,
+                **state["versions"][target],
+                "stage": "champion",
+                "previous": current,
+            }
+
+        entry = self.backend.update(name, change)
+        _mirror_stage(name, entry["previous"], "archived")
+        _mirror_stage(name, entry["version"], "champion")
+        return entry
+
+
+def _stage(state: dict[str, Any], version: str) -> str:
+    if state["champion"] == version:
+        return "champion"
+    return "archived" if state["versions"][version].get("was_champion") else "challenger"
+
+
+def _versions(state: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"version": v, **entry, "stage": _stage(state, v)}
+        for v, entry in sorted(state["versions"].items(), key=lambda kv: kv[1]["registered_at"])
+    ]
 
 
 def _mirror_stage(name: str, version: str, stage: str) -> None:

@@ -50,6 +50,7 @@ def test_submit_creates_experiment_then_run_and_prints_the_dashboard_url(kfp, ca
             "--data", "s3://bucket/churn.parquet", "--target", "churn",
             "--time-budget", "300", "--families", "hist_gb,linear",
             "--param", "min_improvement=0.01", "--param", "slice_column=contract",
+            "--param", "registry_root=minio://mlpipeline/kfp-automl-registry",
         ]
     )  # fmt: skip
     assert rc == 0
@@ -75,6 +76,7 @@ def test_submit_creates_experiment_then_run_and_prints_the_dashboard_url(kfp, ca
             "time_budget_s": 300,
             "min_improvement": 0.01,
             "slice_column": "contract",
+            "registry_root": "minio://mlpipeline/kfp-automl-registry",
         }
     }
     out = capsys.readouterr().out
@@ -181,6 +183,9 @@ def test_schedule_creates_a_recurring_run_with_a_cron_trigger(kfp, capsys):
         (["--time-budget", "5"], "--time-budget"),
         (["--image", "ghcr.io/x/components:latest"], "--image"),
         (["--pipeline", "/nonexistent/p.yaml"], "--pipeline"),
+        (["--param", "registry_root=s3://KEY:SECRET@b/reg"], "holds credentials"),
+        (["--param", "registry_root=hdfs://nn/reg"], "hdfs:// is not supported"),
+        (["--param", "registry_root=minio:///reg"], "names no bucket"),
     ],
 )
 def test_bad_parameters_exit_2_before_any_request(kfp, capsys, args, message):

@@ -1,0 +1,401 @@
+"""The model registry in an object store: a real S3 endpoint (moto's server) on 127.0.0.1.
+
+Every request goes over HTTP through botocore, as on a cluster against MinIO or S3: reads,
+conditional writes refused with 412 and retried, listing, the CLI, bad input, and two
+processes racing promotions.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from components.common.errors import UserError
+from components.registry.registry import Registry
+from tests.integration.servers import CLI, free_port
+from tests.s3_server import conditionless_proxy, s3_env, s3_server
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    with s3_server() as url:
+        yield url
+
+
+@pytest.fixture
+def s3(endpoint, monkeypatch, request):
+    """A fresh bucket on the server, the AWS environment set: (bucket name, botocore client)."""
+    import botocore.session
+
+    for key, value in s3_env(endpoint).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("KFP_AUTOML_REGISTRY", raising=False)
+    client = botocore.session.get_session().create_client("s3", region_name="us-east-1")
+    bucket = "reg-" + request.node.name.replace("_", "-")[:40].lower()
+    client.create_bucket(Bucket=bucket)
+    return bucket, client
+
+
+def _raw(client, bucket: str, key: str) -> tuple[dict, str]:
+    obj = client.get_object(Bucket=bucket, Key=key)
+    return json.loads(obj["Body"].read()), obj["ETag"]
+
+
+def _keys(client, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def _registry(root: str, versions=("v1", "v2", "v3"), **kw) -> Registry:
+    reg = Registry(root, **kw)
+    for v in versions:
+        reg.register("m", v, {"metric": "roc_auc", "valid_score": 0.8})
+    return reg
+
+
+def test_register_promote_rollback_and_list_through_s3(s3):
+    bucket, client = s3
+    reg = _registry(f"s3://{bucket}/team/registry")
+    reg.register("other", "v1", {"metric": "rmse"})
+    assert reg.root == f"s3://{bucket}/team/registry"
+    assert reg.names() == ["m", "other"]
+    assert reg.champion("m") is None
+    reg.promote("m", "v1")
+    reg.promote("m", "v2", reason="better")
+    stages = {v["version"]: v["stage"] for v in reg.versions("m")}
+    assert stages == {"v1": "archived", "v2": "champion", "v3": "challenger"}
+    assert reg.rollback("m")["version"] == "v1"
+    # one JSON document per name under the prefix, and the object the store was tested with
+    assert _keys(client, bucket) == [
+        "team/registry/.kfp-automl-write-check",
+        "team/registry/m.json",
+        "team/registry/other.json",
+    ]
+    state, _ = _raw(client, bucket, "team/registry/m.json")
+    assert state["champion"] == "v1"
+    assert [e["event"] for e in state["events"]][-3:] == ["promote", "promote", "rollback"]
+    # a fresh reader (another pod) sees the same, also through KFP's minio:// name
+    again = Registry(f"minio://{bucket}/team/registry/")
+    assert again.champion("m")["version"] == "v1"
+    assert again.names() == ["m", "other"]
+    # a bucket root (no prefix) and a prefix that holds nothing
+    assert Registry(f"s3://{bucket}/elsewhere").names() == []
+    Registry(f"s3://{bucket}").register("top", "v1", {})
+    assert Registry(f"s3://{bucket}").names() == ["top"]
+
+
+def test_a_refused_change_writes_nothing(s3):
+    bucket, client = s3
+    reg = _registry(f"s3://{bucket}/r")
+    reg.promote("m", "v1")
+    before = _raw(client, bucket, "r/m.json")
+    with pytest.raises(UserError, match="no version 'v9'"):
+        reg.promote("m", "v9")
+    with pytest.raises(UserError, match="first champion"):
+        reg.rollback("m")
+    assert _raw(client, bucket, "r/m.json") == before  # same document, same ETag
+
+
+def test_a_conflicting_write_is_retried_on_the_fresh_document(s3):
+    """Another writer changes the document between our read and our write: the store refuses
+    our write (412), the change is made again on what the other wrote, nothing is lost."""
+    bucket, client = s3
+    root = f"s3://{bucket}/r"
+    ours, theirs = Registry(root), Registry(root)
+    calls = []
+
+    def change(state):
+        calls.append(len(state["versions"]))
+        if len(calls) <= 2:  # meanwhile, someone else registers a version (the first creates)
+            theirs.register("m", f"theirs{len(calls)}", {})
+        state["versions"]["ours"] = {"registered_at": "2026-01-01T00:00:00Z"}
+        return len(calls)
+
+    assert ours.backend.update("m", change) == 3
+    assert calls == [0, 1, 2]  # each retry started from the other writer's latest document
+    assert ours.backend.conflicts == 2
+    assert set(Registry(root).backend.read("m")["versions"]) == {"theirs1", "theirs2", "ours"}
+
+
+def test_gives_up_after_a_bounded_number_of_attempts(s3):
+    bucket, client = s3
+    root = f"s3://{bucket}/r"
+    ours, theirs = _registry(root, attempts=3), Registry(root)
+
+    def change(state):
+        theirs.register("m", f"t{len(state['versions'])}", {})  # always one step ahead
+        state["champion"] = "v1"
+
+    started = time.monotonic()
+    with pytest.raises(UserError, match="changed by others 3 times in a row") as err:
+        ours.backend.update("m", change)
+    assert "\n" not in str(err.value)
+    assert time.monotonic() - started < 10
+    state, _ = _raw(client, bucket, "r/m.json")
+    assert state["champion"] is None and len(state["versions"]) == 6  # theirs all kept, ours none
+
+
+@pytest.mark.slow  # several CLI processes
+def test_cli_lists_and_promotes_from_s3(s3, endpoint):
+    bucket, _ = s3
+    root = f"s3://{bucket}/cli"
+    _registry(root)
+    env = {**os.environ, **s3_env(endpoint)}
+
+    def cli(*args):
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=120)
+
+    out = cli("promote", "m:v2", "--registry", root)
+    assert out.returncode == 0, out.stderr
+    assert "m:v2 is the champion (before: none)" in out.stdout
+    out = cli("models", "--registry", root)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "m"
+    stages = {line.split()[0]: line.split()[1] for line in lines[1:]}
+    assert stages == {"v1": "challenger", "v2": "champion", "v3": "challenger"}
+    out = cli("models", "--registry", f"s3://{bucket}/empty")
+    assert f"no models registered yet in s3://{bucket}/empty" in out.stdout
+    out = cli("promote", "m:v1", "--registry", "s3://no-such-bucket/cli")
+    assert out.returncode == 2
+    assert (
+        out.stderr
+        == "error: registry s3://no-such-bucket/cli: bucket 'no-such-bucket' does not exist\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "root, env, message",
+    [
+        ("s3://no-such-bucket/r", {}, "bucket 'no-such-bucket' does not exist"),
+        (
+            "s3://{bucket}/r",
+            {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None},
+            "no object-store credentials; set AWS_ACCESS_KEY_ID",
+        ),
+        (
+            "minio://{bucket}/r",
+            {"AWS_ENDPOINT_URL": None},
+            "a minio:// registry needs the MinIO endpoint in AWS_ENDPOINT_URL",
+        ),
+        ("s3://key:secret@{bucket}/r", {}, "never in the URL"),
+        ("ftp://{bucket}/r", {}, "ftp:// is not supported"),
+        ("s3:///r", {}, "names no bucket"),
+        pytest.param(
+            "s3://{bucket}/r",
+            {"AWS_ENDPOINT_URL": "http://127.0.0.1:{port}"},
+            "cannot reach the object store",
+            marks=pytest.mark.slow,  # botocore tries three times
+        ),
+    ],
+    ids=[
+        "no-bucket",
+        "no-credentials",
+        "minio-no-endpoint",
+        "password",
+        "scheme",
+        "no-name",
+        "unreachable",
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(s3, monkeypatch, root, env, message):
+    bucket, client = s3
+    for key, value in env.items():
+        if value is None:
+            monkeypatch.delenv(key)
+        else:
+            monkeypatch.setenv(key, value.format(port=free_port()))
+    with pytest.raises(UserError, match=message) as err:
+        _registry(root.format(bucket=bucket))
+    assert "\n" not in str(err.value)
+    assert _keys(client, bucket) == []
+    assert "no-such-bucket" not in {b["Name"] for b in client.list_buckets()["Buckets"]}
+
+
+def test_the_s3_specific_endpoint_variable_and_listing_a_missing_bucket(s3, endpoint, monkeypatch):
+    bucket, client = s3
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)  # botocore's per-service variable
+    _registry(f"minio://{bucket}/r")
+    assert Registry(f"s3://{bucket}/r").names() == ["m"]
+    with pytest.raises(UserError, match="bucket 'no-such-bucket' does not exist"):
+        Registry("s3://no-such-bucket/r").names()
+
+
+def test_a_store_that_ignores_conditional_writes_is_refused(s3, endpoint, monkeypatch):
+    """Racing promotions would be lost there without a word: the first write finds out."""
+    bucket, client = s3
+    with conditionless_proxy(endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy)
+        reg = Registry(f"s3://{bucket}/r")
+        assert reg.names() == []  # reading works
+        with pytest.raises(UserError, match="the object store ignores conditional writes"):
+            reg.register("m", "v1", {})
+    assert "r/m.json" not in _keys(client, bucket)
+
+
+def test_a_document_that_is_not_the_registrys_is_refused(s3):
+    bucket, client = s3
+    client.put_object(Bucket=bucket, Key="r/m.json", Body=b"<html>")
+    with pytest.raises(UserError, match=r"r/m.json is not a registry document \(not JSON\)"):
+        Registry(f"s3://{bucket}/r").register("m", "v1", {})
+    assert client.get_object(Bucket=bucket, Key="r/m.json")["Body"].read() == b"<html>"
+
+
+def _promote_many(root: str, versions: list[str], conflicts, start) -> None:
+    reg = Registry(root)
+    import bentoml  # noqa: F401  (imported by the first promotion otherwise: a 2 s head start)
+
+    start.wait(60)  # both processes are ready: the promotions overlap
+    for v in versions:
+        reg.promote("m", v)
+    conflicts.put(reg.backend.conflicts)
+
+
+def _check_chain(state: dict) -> int:
+    """Exactly one champion, named by the last promotion; every promotion names the one before."""
+    promotions = [e for e in state["events"] if e["event"] == "promote"]
+    for before, after in zip(promotions, promotions[1:], strict=False):
+        assert after["from"] == before["version"]
+    if promotions:
+        assert state["champion"] == promotions[-1]["version"]
+        assert state["versions"][state["champion"]]["was_champion"] is True
+    return len(promotions)
+
+
+@pytest.mark.slow
+def test_racing_promotions_through_s3_leave_exactly_one_champion(s3):
+    """Two processes, 50 promotions each, against one document: none lost, and every state a
+    third reader observed meanwhile had exactly one champion and an unbroken chain."""
+    bucket, client = s3
+    root = f"s3://{bucket}/race"
+    versions = [f"v{i}" for i in range(20)]
+    _registry(root, versions)
+    ctx = multiprocessing.get_context("spawn")
+    conflicts, start = ctx.Queue(), ctx.Barrier(2)
+    procs = [
+        ctx.Process(target=_promote_many, args=(root, versions[i::2] * 5, conflicts, start))
+        for i in range(2)
+    ]
+    observed, stop = [], threading.Event()
+
+    def observe():
+        while not stop.is_set():
+            state, etag = _raw(client, bucket, "race/m.json")
+            if not observed or observed[-1][0] != etag:
+                observed.append((etag, _check_chain(state)))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=observe)
+    started = time.monotonic()
+    watcher.start()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    stop.set()
+    watcher.join(30)
+    elapsed = time.monotonic() - started
+    assert [p.exitcode for p in procs] == [0, 0]
+    state, _ = _raw(client, bucket, "race/m.json")
+    assert _check_chain(state) == 100  # no promotion lost to the race
+    champions = [v for v in Registry(root).versions("m") if v["stage"] == "champion"]
+    assert len(champions) == 1 and champions[0]["version"] == state["champion"]
+    counts = [n for _, n in observed]
+    assert len(observed) > 5 and counts == sorted(counts)  # states seen mid-race, in order
+    refused = conflicts.get(timeout=10) + conflicts.get(timeout=10)
+    print(f"100 racing promotions in {elapsed:.1f} s, {refused} writes refused and retried")
+
+
+def _run(args: list[str], env: dict, out) -> dict:
+    proc = subprocess.run(
+        [*CLI, "run", *args, "--output", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads((out / "summary.json").read_text())
+
+
+_LOAD = """
+import sys
+from components.registry.store import load_registered_model
+model, schema, meta = load_registered_model(sys.argv[1], {"version": sys.argv[2], "bento_uri": sys.argv[3]})
+print(meta["sha256"], schema["target"])
+"""
+
+
+@pytest.mark.slow
+def test_pipeline_registers_gates_and_promotes_through_s3(s3, endpoint, small_churn_csv, tmp_path):
+    """`kfp-automl run` (kfp.local) with the registry in the object store: the package step
+    registers the model there, the gate reads the champion there, promote writes it. A second
+    run in a fresh BentoML store (as a new pod would have) fetches the champion's archive."""
+    bucket, client = s3
+    root = f"minio://{bucket}/kfp-automl-registry"  # KFP's scheme; endpoint from AWS_ENDPOINT_URL
+    env = {**os.environ, **s3_env(endpoint), "KFP_AUTOML_REGISTRY": root}
+    args = ["--data", str(small_churn_csv), "--target", "churn", "--families", "linear"]
+    args += ["--max-trials", "2", "--time-budget", "20", "--model-name", "churn-s3"]
+    first = _run(args, env, tmp_path / "first")
+    v1 = first["model_tag"].split(":")[1]
+    assert first["deploy"] is True and "no champion" in first["gate_reason"]
+    state, _ = _raw(client, bucket, "kfp-automl-registry/churn-s3.json")
+    assert state["champion"] == v1
+    assert [e["event"] for e in state["events"]] == ["register", "promote"]
+    assert state["versions"][v1]["bento_tag"] == first["bento_tag"]
+    assert Path(state["versions"][v1]["bento_uri"]).is_file()  # the artifact under the root
+    out = subprocess.run(
+        [*CLI, "models", "--registry", root], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "churn-s3"
+    assert out.stdout.splitlines()[1].split()[:2] == [v1, "champion"]
+
+    # a pod with an empty BentoML store loads the champion from its archive in the store
+    archive = Path(state["versions"][v1]["bento_uri"])
+    client.put_object(Bucket=bucket, Key="artifacts/v1.bento", Body=archive.read_bytes())
+    fresh = {**env, "BENTOML_HOME": str(tmp_path / "bentoml-a")}
+    loaded = subprocess.run(
+        [sys.executable, "-c", _LOAD, "churn-s3", v1, f"minio://{bucket}/artifacts/v1.bento"],
+        capture_output=True,
+        text=True,
+        env=fresh,
+        timeout=120,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    import bentoml  # run 1 used this session's store
+
+    sha = bentoml.models.get(first["model_tag"]).info.metadata["sha256"]
+    assert loaded.stdout.split() == [sha, "churn"]
+    missing = subprocess.run(
+        [sys.executable, "-c", _LOAD, "churn-s3", v1, f"s3://{bucket}/artifacts/none.bento"],
+        capture_output=True,
+        text=True,
+        env={**env, "BENTOML_HOME": str(tmp_path / "bentoml-b")},
+        timeout=120,
+    )
+    assert missing.returncode != 0
+    assert f"cannot fetch model churn-s3:{v1} from s3://{bucket}/artifacts/none.bento" in (
+        missing.stderr
+    )
+
+    # the second run, in a fresh store: the gate scores the champion it fetched
+    second = _run(args, {**env, "BENTOML_HOME": str(tmp_path / "bentoml-c")}, tmp_path / "two")
+    v2 = second["model_tag"].split(":")[1]
+    assert second["champion_before"] == v1
+    decision = json.loads(
+        next((tmp_path / "two").glob("pipeline_root/*/gate-model/decision")).read_text()
+    )
+    assert decision["champion_version"] == v1 and decision["champion_score"] is not None
+    state, _ = _raw(client, bucket, "kfp-automl-registry/churn-s3.json")
+    assert set(state["versions"]) == {v1, v2}
+    assert state["champion"] == (v2 if second["deploy"] else v1)

@@ -4,8 +4,8 @@ The serving pod's init container runs it (manifests/serving/base/deployment.yaml
 new model version needs no image build: the pod fetches the archive the package step
 wrote, then `kfp-automl serve --model <file>` imports it into an empty BentoML store.
 
-Sources are fsspec URLs: a local path, file://, http(s)://, and s3:// or gs:// when
-s3fs / gcsfs are installed (the `storage` extra; the serving image has them). The copy
+Sources are fsspec URLs: a local path, file://, http(s)://, and s3:// (also KFP's
+minio://, endpoint from AWS_ENDPOINT_URL) or gs:// when s3fs / gcsfs are installed (the `storage` extra; the serving image has them). The copy
 goes to a temporary file beside the destination and is renamed into place only after
 it proved to be a Bento archive, so the destination is never half-written.
 """
@@ -38,8 +38,10 @@ def display_url(url: str) -> str:
 def _filesystem(url: str):
     import fsspec
 
+    from components.common.io import fsspec_url
+
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(fsspec_url(url))
     except ImportError:
         scheme = urlsplit(url).scheme
         package = _EXTRAS.get(scheme, f"the fsspec implementation for {scheme}://")
@@ -97,7 +99,7 @@ def fetch(url: str, dest: str | Path) -> tuple[str, int]:
 @click.option(
     "--url",
     required=True,
-    help="The .bento archive: a path, file://, http(s)://, s3:// or gs:// URL.",
+    help="The .bento archive: a path, file://, http(s)://, s3://, minio:// or gs:// URL.",
 )
 @click.option(
     "--dest",

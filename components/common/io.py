@@ -52,6 +52,12 @@ def _is_url(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def fsspec_url(url: str) -> str:
+    """`url` as fsspec reads it: KFP names its MinIO artifact store `minio://BUCKET/KEY`,
+    which is S3 (s3fs, endpoint from AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3)."""
+    return "s3://" + url.removeprefix("minio://") if url.startswith("minio://") else url
+
+
 MAX_RETYPED_COLUMNS = 50  # columns re-read as text after a type clash, before giving up
 _DELIMITERS = (",", ";", "\t", "|")
 
@@ -132,7 +138,7 @@ def _open(path: str):
     """A binary file object for a local path or URL, decompressed by its extension."""
     import fsspec
 
-    return fsspec.open(path, "rb", compression="infer").open()
+    return fsspec.open(fsspec_url(path), "rb", compression="infer").open()
 
 
 def _head(path: str, n_bytes: int = 1 << 16) -> bytes:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from components.common.errors import UserError
+from components.common.io import fsspec_url
 from components.common.model_io import load_model
 
 
@@ -62,7 +63,7 @@ def _import_archive(uri: str, tag: str) -> None:
     import fsspec
     from bentoml.exceptions import BentoMLException, NotFound
 
-    url = "s3://" + uri.removeprefix("minio://") if uri.startswith("minio://") else uri
+    url = fsspec_url(uri)
     with tempfile.TemporaryDirectory(prefix="kfp-automl-champion-") as tmp:
         local = Path(tmp) / "champion.bento"
         try:

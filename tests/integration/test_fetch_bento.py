@@ -63,6 +63,43 @@ def test_fetch_from_a_path(pipeline_run, tmp_path):
     assert f"fetched Bento {pipeline_run[1]['bento_tag']}" in done.stdout
 
 
+def test_fetch_from_kfp_minio_url(pipeline_run, tmp_path):
+    """KFP's default pipeline root names its MinIO store `minio://`: fetch-bento reads it as
+    S3 at AWS_ENDPOINT_URL (a real S3 server on 127.0.0.1 here)."""
+    import os
+
+    import botocore.session
+
+    from tests.s3_server import s3_env, s3_server
+
+    archive = Path(pipeline_run[1]["bento_archive"])
+    with s3_server() as endpoint:
+        env = {**os.environ, **s3_env(endpoint)}
+        client = botocore.session.get_session().create_client(
+            "s3",
+            region_name="us-east-1",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        client.create_bucket(Bucket="mlpipeline")
+        key = "v2/artifacts/training/run-1/package/bento_archive"
+        client.put_object(Bucket="mlpipeline", Key=key, Body=archive.read_bytes())
+        dest = tmp_path / "model.bento"
+        cmd = [*CLI, "fetch-bento", "--dest", str(dest), "--url"]
+        done = subprocess.run(
+            [*cmd, f"minio://mlpipeline/{key}"], capture_output=True, text=True, env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert dest.read_bytes() == archive.read_bytes()
+        missing = subprocess.run(
+            [*cmd, "minio://mlpipeline/nope.bento"], capture_output=True, text=True, env=env
+        )
+        assert missing.returncode == 2
+        assert "no Bento archive at minio://mlpipeline/nope.bento" in missing.stderr
+        assert "Traceback" not in missing.stderr
+
+
 def test_fetch_over_http_then_serve_from_an_empty_store(http_store, tmp_path, monkeypatch):
     base, archive, requests = http_store
     missing = _fetch(f"{base}/no-such.bento", tmp_path / "x.bento")

@@ -399,3 +399,17 @@ def test_pipeline_registers_gates_and_promotes_through_s3(s3, endpoint, small_ch
     state, _ = _raw(client, bucket, "kfp-automl-registry/churn-s3.json")
     assert set(state["versions"]) == {v1, v2}
     assert state["champion"] == (v2 if second["deploy"] else v1)
+
+
+def test_read_table_from_kfp_minio_url(s3):
+    """Data in KFP's MinIO store (`minio://`) reads like s3:// at AWS_ENDPOINT_URL."""
+    from components.common.io import fsspec_url, read_table
+
+    bucket, client = s3
+    csv = b"age,plan,churn\n31,basic,no\n45,premium,yes\n"
+    client.put_object(Bucket=bucket, Key="data/churn.csv", Body=csv)
+    assert fsspec_url(f"minio://{bucket}/data/churn.csv") == f"s3://{bucket}/data/churn.csv"
+    assert fsspec_url("/tmp/minio://x") == "/tmp/minio://x"
+    df = read_table(f"minio://{bucket}/data/churn.csv")
+    assert df.to_dict("list") == {"age": [31, 45], "plan": ["basic", "premium"],
+                                  "churn": ["no", "yes"]}  # fmt: skip

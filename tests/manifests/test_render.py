@@ -197,6 +197,14 @@ def _check_serving_contract(pod: dict, main_name: str) -> None:
         "/bento/model.bento",
     ]
     assert _env(init)["BENTO_URL"]
+    # the store's credentials come from the pipeline's optional Secret, never from literals
+    assert init["envFrom"] == [{"secretRef": {"name": "kfp-automl-storage", "optional": True}}]
+    secrets = [
+        e
+        for e in init.get("env", [])
+        if e["name"] in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    ]
+    assert all("valueFrom" in e and "value" not in e for e in secrets)
     main = {c["name"]: c for c in pod["containers"]}[main_name]
     assert main["command"] == [
         "kfp-automl",

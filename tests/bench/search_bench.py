@@ -193,6 +193,7 @@ def main(out: Path) -> str:
                     "table": name,
                     "budget_s": budget,
                     "metric": metric.name,
+                    "test_rows": len(prepared.test),
                     "scores": scores,
                     "normalized": _normalized(scores, metric.greater_is_better),
                     "ours": ours,
@@ -236,14 +237,15 @@ def _efficiency_markdown(rows: list[dict]) -> str:
 
 def _markdown(rows: list[dict]) -> str:
     lines = [
-        "| table | budget | metric | ours | FLAML | default HGB | ours / FLAML | ours / default "
-        "| our model | fit share | first trial |",
+        "| table (test rows) | budget | metric | ours | FLAML | default HGB | ours / FLAML "
+        "| ours / default | our model | fit share | first trial |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s, o = r["scores"], r["ours"]
         lines.append(
-            f"| {r['table']} | {r['budget_s']} s | {r['metric']} | {s['ours']:.4f} | "
+            f"| {r['table']} ({r.get('test_rows', '?')}) | {r['budget_s']} s | {r['metric']} | "
+            f"{s['ours']:.4f} | "
             f"{s['flaml']:.4f} | {s['default']:.4f} | {s['ours'] / s['flaml']:.3f} | "
             f"{s['ours'] / s['default']:.3f} | {o['model']} | {o['fit_share']:.2f} | "
             f"{o['first_trial_s']:.1f} s |"

@@ -217,13 +217,14 @@ def check_records(
     _columns(records, schema, unknown_fields, id_field)
 
 
-def records_to_frame(
+def records_to_columns(
     records: list[Any], schema: dict[str, Any], unknown_fields: str = "ignore"
-) -> pd.DataFrame:
-    """Validate JSON records (one dict per row) and build the model's input frame.
+) -> dict[str, np.ndarray]:
+    """Validate JSON records (one dict per row) and gather the model's input columns.
 
-    One pass over the values checks and gathers them; `unknown_fields` is
-    "ignore" (extra fields are dropped) or "reject".
+    Numbers as floats (NaN for missing), everything else as text (NaN for
+    missing), in schema order. One pass over the values checks and gathers
+    them; `unknown_fields` is "ignore" (extra fields are dropped) or "reject".
     """
     columns = _columns(records, schema, unknown_fields)
     out = {}
@@ -233,7 +234,14 @@ def records_to_frame(
             out[f["name"]] = np.array([np.nan if v is None else v for v in values], dtype=float)
         else:
             out[f["name"]] = _categorical(values)
-    return pd.DataFrame(out)
+    return out
+
+
+def records_to_frame(
+    records: list[Any], schema: dict[str, Any], unknown_fields: str = "ignore"
+) -> pd.DataFrame:
+    """The model's input frame of JSON records (see records_to_columns)."""
+    return pd.DataFrame(records_to_columns(records, schema, unknown_fields))
 
 
 def predict_frame(model: Any, X: pd.DataFrame) -> pd.DataFrame:

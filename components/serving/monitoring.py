@@ -87,7 +87,10 @@ def bin_index(values, spec: dict[str, Any]) -> np.ndarray:
         v = np.asarray(values)
         if v.dtype.kind != "f":
             v = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
-        idx = np.searchsorted(np.asarray(spec["edges"], dtype=float), v, side="right")
+        edges = spec.get("_edges")
+        if edges is None:  # cached on the spec, like _lookup
+            edges = spec["_edges"] = np.asarray(spec["edges"], dtype=float)
+        idx = np.searchsorted(edges, v, side="right")
         idx[np.isnan(v)] = n_bins - 1
         return idx
     table, other, missing = _lookup(spec), n_bins - 2, n_bins - 1
@@ -264,23 +267,28 @@ class Monitor:
         self._inference.observe(time.perf_counter() - start)
         self._batch.observe(n_records)
 
-    def observe(self, X: pd.DataFrame, predictions) -> None:
-        """Count one scored batch: bins per feature, missing, out-of-range and unseen values."""
-        self._records.inc(len(X))
+    def observe(self, X, predictions) -> None:
+        """Count one scored batch: bins per feature, missing, out-of-range and unseen values.
+
+        `X`: the batch's feature columns by name, a DataFrame or (cheaper per batch)
+        a dict of arrays as `records_to_columns` returns them.
+        """
+        predictions = np.asarray(predictions)
+        self._records.inc(len(predictions))
         for feature, (spec, children) in self._children.items():
-            values = np.asarray(predictions) if feature == PREDICTION else X[feature].to_numpy()
+            values = predictions if feature == PREDICTION else np.asarray(X[feature])
             idx = bin_index(values, spec)
-            counts = np.bincount(idx, minlength=len(children))
+            counts = np.bincount(idx, minlength=len(children)).tolist()
             for child, c in zip(children, counts, strict=True):
                 if c:
-                    child.inc(int(c))
+                    child.inc(c)
             if feature == PREDICTION:
                 continue
-            n_missing = int(counts[-1])
+            n_missing = counts[-1]
             if n_missing:
                 self.missing.labels(*self.ids, feature).inc(n_missing)
             if spec["kind"] == "numeric" and spec.get("min") is not None:
-                v = np.asarray(values, dtype=float)
+                v = values if values.dtype.kind == "f" else np.asarray(values, dtype=float)
                 outside = int(np.sum((v < spec["min"]) | (v > spec["max"])))
                 if outside:
                     self.out_of_range.labels(*self.ids, feature).inc(outside)

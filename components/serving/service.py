@@ -25,6 +25,7 @@ import uuid
 from typing import Any, Literal
 
 import bentoml
+import pandas as pd
 from automl_io import (  # shipped beside this file in the Bento
     RecordError,
     check_records,
@@ -32,7 +33,7 @@ from automl_io import (  # shipped beside this file in the Bento
     parse_request,
     predict_frame,
     prediction_records,
-    records_to_frame,
+    records_to_columns,
     serving_model,
 )
 from monitoring import Monitor
@@ -232,11 +233,12 @@ class AutoMLService:
         BentoML merges concurrent requests into one call; RequestGuard has already
         checked every record, so one bad request never fails a batch.
         """
-        X = records_to_frame(records, self.schema)
+        columns = records_to_columns(records, self.schema)
+        X = pd.DataFrame(columns)
         with self.monitor.timed(len(X)):
             result = predict_frame(self.model, X)
         if args.monitoring:
-            self.monitor.observe(X, result["prediction"].to_numpy())
+            self.monitor.observe(columns, result["prediction"].to_numpy())
         answers = prediction_records(result)
         ids = [self._record_id(r) for r in records]
         if self.log is not None:

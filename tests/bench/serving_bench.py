@@ -378,12 +378,14 @@ def floor(home: str, model_tag: str, payloads: dict[str, list]) -> dict[str, Any
     a private Prometheus registry).
     """
     import numpy as np
+    import pandas as pd
     from prometheus_client import CollectorRegistry
 
     from components.serving.automl_io import (
         ServingModel,
         load_model,
         predict_frame,
+        records_to_columns,
         records_to_frame,
         serving_model,
     )
@@ -409,13 +411,13 @@ def floor(home: str, model_tag: str, payloads: dict[str, list]) -> dict[str, Any
                 lambda r=records: predict_frame(fitted, records_to_frame(r, schema)), FLOOR_S
             )
         )
-        X = records_to_frame(records, schema)
-        preds = predict_frame(model, X)["prediction"].to_numpy()
+        columns = records_to_columns(records, schema)
+        preds = predict_frame(model, pd.DataFrame(columns))["prediction"].to_numpy()
 
-        def monitored(X=X, preds=preds):
-            with monitor.timed(len(X)):
+        def monitored(columns=columns, preds=preds):  # as the service calls it
+            with monitor.timed(len(preds)):
                 pass
-            monitor.observe(X, preds)
+            monitor.observe(columns, preds)
 
         m = np.array(_timed_loop(monitored, 1.0))
         results[name] = {

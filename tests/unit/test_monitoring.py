@@ -136,3 +136,29 @@ def test_monitor_counts_bins_quality_and_keeps_series_bounded(churn_df):
         Y["payment_method"] = [f"new-{i}" for i in rng.integers(0, 10_000, size=len(Y))]
         mon.observe(Y, rng.choice(["No", "Yes"], size=len(Y)))
     assert set(_metrics(registry)) == set(before)
+
+
+def test_monitor_counts_request_columns_as_it_counts_a_frame(churn_df):
+    """The service hands observe() the request's columns (records_to_columns), not a frame."""
+    from components.prepare.prepare import prepare
+    from components.serving.automl_io import records_to_columns, records_to_frame
+
+    prepared = prepare(churn_df.head(800), "churn")
+    profile = build_profile(prepared.train, prepared.schema)
+    X = prepared.test.drop(columns="churn").head(40).astype(object)
+    records = [{k: (None if v != v else v) for k, v in r.items()} for r in X.to_dict("records")]
+    records[0]["contract"], records[1]["tenure"], records[2]["monthly_charges"] = "Never", 1e4, None
+    preds = np.array(["No", "Yes"] * 20)
+    counted = []
+    for batch in (
+        records_to_columns(records, prepared.schema),
+        records_to_frame(records, prepared.schema),
+    ):
+        registry = CollectorRegistry()
+        Monitor(profile, "m", "v1", registry=registry).observe(batch, preds)
+        counted.append({k: v for k, v in _metrics(registry).items() if "_created" not in k[0]})
+    assert counted[0] == counted[1]
+    assert any(
+        k[0] == "automl_feature_out_of_range_total" and v == 1 for k, v in counted[0].items()
+    )
+    assert sum(v for k, v in counted[0].items() if k[0] == "automl_records_total") == 40

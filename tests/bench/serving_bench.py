@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -86,9 +87,19 @@ def require_wrk() -> str:
 
 
 def train(env: dict[str, str]) -> dict[str, Any]:
-    """`kfp-automl run --time-budget 30` into bench-output/serving-run; its summary."""
-    print(f"serving bench: training ({TRAIN_BUDGET_S} s search) into {RUN_DIR}", flush=True)
-    cmd = [*CLI, "run", "--time-budget", str(TRAIN_BUDGET_S), "--output", str(RUN_DIR)]
+    """`kfp-automl run --time-budget 30` into bench-output/serving-run; its summary.
+
+    BENCH_SERVING_RUN_ARGS adds arguments to that run, e.g. `--families random_forest
+    --no-ensemble` to choose the served model's kind; by default the search picks it.
+    """
+    extra = shlex.split(os.environ.get("BENCH_SERVING_RUN_ARGS", ""))
+    print(
+        f"serving bench: training ({TRAIN_BUDGET_S} s search"
+        + (f", {' '.join(extra)}" if extra else "")
+        + f") into {RUN_DIR}",
+        flush=True,
+    )
+    cmd = [*CLI, "run", "--time-budget", str(TRAIN_BUDGET_S), "--output", str(RUN_DIR), *extra]
     rc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, timeout=900).returncode
     if rc != 0:
         raise SystemExit(f"kfp-automl run failed with exit code {rc}; see {RUN_DIR / 'run.log'}")

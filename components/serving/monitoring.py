@@ -277,19 +277,18 @@ class Monitor:
         self._records.inc(len(predictions))
         for feature, (spec, children) in self._children.items():
             values = predictions if feature == PREDICTION else np.asarray(X[feature])
-            idx = bin_index(values, spec)
-            counts = np.bincount(idx, minlength=len(children)).tolist()
-            for child, c in zip(children, counts, strict=True):
-                if c:
-                    child.inc(c)
+            counts = np.bincount(bin_index(values, spec), minlength=len(children))
+            seen = np.flatnonzero(counts)  # only the bins this batch reached
+            for j, c in zip(seen.tolist(), counts[seen].tolist(), strict=True):
+                children[j].inc(c)
             if feature == PREDICTION:
                 continue
-            n_missing = counts[-1]
+            n_missing = int(counts[-1])
             if n_missing:
                 self.missing.labels(*self.ids, feature).inc(n_missing)
             if spec["kind"] == "numeric" and spec.get("min") is not None:
                 v = values if values.dtype.kind == "f" else np.asarray(values, dtype=float)
-                outside = int(np.sum((v < spec["min"]) | (v > spec["max"])))
+                outside = int(np.count_nonzero((v < spec["min"]) | (v > spec["max"])))
                 if outside:
                     self.out_of_range.labels(*self.ids, feature).inc(outside)
             elif spec["kind"] == "categorical" and counts[-2]:

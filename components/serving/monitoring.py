@@ -80,20 +80,20 @@ def _lookup(spec: dict[str, Any]) -> dict[str, int]:
     return table
 
 
-def bin_index(values, spec: dict[str, Any]) -> np.ndarray:
+def bin_index(values, spec: dict[str, Any], edges: np.ndarray | None = None) -> np.ndarray:
     """The bin of every value (an index into spec['bins']).
 
-    Numeric values: one searchsorted over the reference edges. Categories: a
-    dict lookup per value; unseen ones go to `other`, missing ones to `missing`.
+    Numeric values: one searchsorted over the reference edges (`edges`: them as
+    a float array, when the caller keeps one). Categories: a dict lookup per
+    value; unseen ones go to `other`, missing ones to `missing`.
     """
     n_bins = len(spec["bins"])
     if spec["kind"] == "numeric":
         v = np.asarray(values)
         if v.dtype.kind != "f":
             v = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
-        edges = spec.get("_edges")
-        if edges is None:  # cached on the spec, like _lookup
-            edges = spec["_edges"] = np.asarray(spec["edges"], dtype=float)
+        if edges is None:
+            edges = np.asarray(spec["edges"], dtype=float)
         idx = np.searchsorted(edges, v, side="right")
         idx[np.isnan(v)] = n_bins - 1
         return idx
@@ -250,12 +250,15 @@ class Monitor:
         self._batch = self.batch.labels(*self.ids)
         for reason in REJECT_REASONS:
             self.rejected_total.labels(*self.ids, reason)
-        self._children: dict[str, tuple[dict, list, Any]] = {}
+        self._children: dict[str, tuple[dict, list, Any, np.ndarray | None]] = {}
         for feature, spec in self.profile["features"].items():
             children = [self.bins.labels(*self.ids, feature, b) for b in spec["bins"]]
             # what a small batch looks its values up in: the edges as a list, or the categories
-            lookup = list(map(float, spec["edges"])) if spec["kind"] == "numeric" else _lookup(spec)
-            self._children[feature] = (spec, children, lookup)
+            if spec["kind"] == "numeric":
+                lookup, edges = list(map(float, spec["edges"])), np.asarray(spec["edges"], float)
+            else:
+                lookup, edges = _lookup(spec), None
+            self._children[feature] = (spec, children, lookup, edges)
             for b, s in zip(spec["bins"], spec["shares"], strict=True):
                 share.labels(*self.ids, feature, b).set(s)
             for stat, value in spec.get("thresholds", {}).items():
@@ -288,13 +291,13 @@ class Monitor:
         predictions = np.asarray(predictions)
         self._records.inc(len(predictions))
         small = len(predictions) <= SMALL_BATCH
-        for feature, (spec, children, lookup) in self._children.items():
+        for feature, (spec, children, lookup, edges) in self._children.items():
             values = predictions if feature == PREDICTION else np.asarray(X[feature])
             numeric = spec["kind"] == "numeric"
             if small and (not numeric or values.dtype.kind == "f"):
                 counts = self._count_small(values.tolist(), numeric, children, lookup)
             else:
-                counts = np.bincount(bin_index(values, spec), minlength=len(children))
+                counts = np.bincount(bin_index(values, spec, edges), minlength=len(children))
                 seen = counts.nonzero()[0]  # only the bins this batch reached
                 for j, c in zip(seen.tolist(), counts[seen].tolist(), strict=True):
                     children[j].inc(c)

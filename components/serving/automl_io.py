@@ -282,9 +282,10 @@ def prediction_records(result: pd.DataFrame) -> list[dict[str, Any]]:
 # few array operations): about 15 ms for the built-in churn table's 16 columns, whether
 # the batch holds 1 record or 400, and once more for every ensemble member. ServingModel
 # runs the same fitted objects with less of that: each categorical column's transform is
-# remembered value by value, and ensemble members whose fitted preprocessing is identical
-# share one transform per batch. serving_model() checks on probe rows that it answers
-# exactly as the model does, and otherwise keeps the model.
+# remembered value by value, ensemble members whose fitted preprocessing is identical
+# share one transform per batch, and a forest's trees are called without joblib's
+# dispatch per tree. serving_model() checks on probe rows that it answers exactly as
+# the model does, and otherwise keeps the model.
 
 
 class _Unsupported(Exception):

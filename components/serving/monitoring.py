@@ -13,7 +13,10 @@ workers or replicas serve the model, and a request costs O(features x batch).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +27,7 @@ import pandas as pd
 EPS = 1e-4  # shares are clamped to this before logs, here and in the recording rules
 N_NUMERIC_BINS = 10
 MAX_CATEGORY_BINS = 20
+SMALL_BATCH = 16  # up to this many records, Monitor.observe counts without numpy's per-call cost
 PREDICTION = "__prediction__"
 MISSING, OTHER = "missing", "other"
 REJECT_REASONS = (
@@ -76,31 +80,38 @@ def _lookup(spec: dict[str, Any]) -> dict[str, int]:
     return table
 
 
-def bin_index(values, spec: dict[str, Any]) -> np.ndarray:
+def bin_index(values, spec: dict[str, Any], edges: np.ndarray | None = None) -> np.ndarray:
     """The bin of every value (an index into spec['bins']).
 
-    Numeric values: one searchsorted over the reference edges. Categories: a
-    dict lookup per value; unseen ones go to `other`, missing ones to `missing`.
+    Numeric values: one searchsorted over the reference edges (`edges`: them as
+    a float array, when the caller keeps one). Categories: a dict lookup per
+    value; unseen ones go to `other`, missing ones to `missing`.
     """
     n_bins = len(spec["bins"])
     if spec["kind"] == "numeric":
         v = np.asarray(values)
         if v.dtype.kind != "f":
             v = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
-        idx = np.searchsorted(np.asarray(spec["edges"], dtype=float), v, side="right")
+        if edges is None:
+            edges = np.asarray(spec["edges"], dtype=float)
+        idx = np.searchsorted(edges, v, side="right")
         idx[np.isnan(v)] = n_bins - 1
         return idx
     table, other, missing = _lookup(spec), n_bins - 2, n_bins - 1
-    return np.fromiter(
-        (
-            missing
-            if v is None or v != v
-            else table.get(v if isinstance(v, str) else str(v), other)
-            for v in (values.tolist() if hasattr(values, "tolist") else values)
-        ),
-        dtype=np.int64,
-        count=len(values),
-    )
+    items = values.tolist() if hasattr(values, "tolist") else list(values)
+    try:  # text is looked up without a Python call per value ...
+        idx = np.fromiter(
+            map(table.get, items, itertools.repeat(other)), dtype=np.int64, count=len(items)
+        )
+    except TypeError:  # an unhashable value: everything one by one below
+        idx = np.full(len(items), other, dtype=np.int64)
+    for i in np.flatnonzero(idx == other).tolist():  # ... and what landed in `other` checked
+        v = items[i]
+        if v is None or v != v:
+            idx[i] = missing
+        elif not isinstance(v, str):
+            idx[i] = table.get(str(v), other)
+    return idx
 
 
 def bin_shares(values: pd.Series, spec: dict[str, Any]) -> np.ndarray:
@@ -239,10 +250,15 @@ class Monitor:
         self._batch = self.batch.labels(*self.ids)
         for reason in REJECT_REASONS:
             self.rejected_total.labels(*self.ids, reason)
-        self._children: dict[str, tuple[dict, list]] = {}
+        self._children: dict[str, tuple[dict, list, Any, np.ndarray | None]] = {}
         for feature, spec in self.profile["features"].items():
             children = [self.bins.labels(*self.ids, feature, b) for b in spec["bins"]]
-            self._children[feature] = (spec, children)
+            # what a small batch looks its values up in: the edges as a list, or the categories
+            if spec["kind"] == "numeric":
+                lookup, edges = list(map(float, spec["edges"])), np.asarray(spec["edges"], float)
+            else:
+                lookup, edges = _lookup(spec), None
+            self._children[feature] = (spec, children, lookup, edges)
             for b, s in zip(spec["bins"], spec["shares"], strict=True):
                 share.labels(*self.ids, feature, b).set(s)
             for stat, value in spec.get("thresholds", {}).items():
@@ -264,34 +280,69 @@ class Monitor:
         self._inference.observe(time.perf_counter() - start)
         self._batch.observe(n_records)
 
-    def observe(self, X: pd.DataFrame, predictions) -> None:
-        """Count one scored batch: bins per feature, missing, out-of-range and unseen values."""
-        self._records.inc(len(X))
-        for feature, (spec, children) in self._children.items():
-            values = np.asarray(predictions) if feature == PREDICTION else X[feature].to_numpy()
-            idx = bin_index(values, spec)
-            counts = np.bincount(idx, minlength=len(children))
-            for child, c in zip(children, counts, strict=True):
-                if c:
-                    child.inc(int(c))
+    def observe(self, X, predictions) -> None:
+        """Count one scored batch: bins per feature, missing, out-of-range and unseen values.
+
+        `X`: the batch's feature columns by name, a DataFrame or (cheaper per batch)
+        a dict of arrays as `records_to_columns` returns them. A batch of up to
+        SMALL_BATCH records is counted value by value in plain Python, a larger one
+        with numpy; both count the same.
+        """
+        predictions = np.asarray(predictions)
+        self._records.inc(len(predictions))
+        small = len(predictions) <= SMALL_BATCH
+        for feature, (spec, children, lookup, edges) in self._children.items():
+            values = predictions if feature == PREDICTION else np.asarray(X[feature])
+            numeric = spec["kind"] == "numeric"
+            if small and (not numeric or values.dtype.kind == "f"):
+                counts = self._count_small(values.tolist(), numeric, children, lookup)
+            else:
+                counts = np.bincount(bin_index(values, spec, edges), minlength=len(children))
+                seen = counts.nonzero()[0]  # only the bins this batch reached
+                for j, c in zip(seen.tolist(), counts[seen].tolist(), strict=True):
+                    children[j].inc(c)
+                counts = counts.tolist()
             if feature == PREDICTION:
                 continue
-            n_missing = int(counts[-1])
-            if n_missing:
-                self.missing.labels(*self.ids, feature).inc(n_missing)
-            if spec["kind"] == "numeric" and spec.get("min") is not None:
-                v = np.asarray(values, dtype=float)
-                outside = int(np.sum((v < spec["min"]) | (v > spec["max"])))
+            if counts[-1]:
+                self.missing.labels(*self.ids, feature).inc(counts[-1])
+            if numeric and spec.get("min") is not None:
+                v = values if values.dtype.kind == "f" else np.asarray(values, dtype=float)
+                low, high = spec["min"], spec["max"]
+                if small:
+                    outside = sum(1 for x in v.tolist() if x < low or x > high)
+                else:
+                    outside = int(np.count_nonzero((v < low) | (v > high)))
                 if outside:
                     self.out_of_range.labels(*self.ids, feature).inc(outside)
-            elif spec["kind"] == "categorical" and counts[-2]:
+            elif not numeric and counts[-2]:
                 # `other` holds unseen categories, and rare training ones when there were many
                 known = spec.get("known")
                 if known is None:
-                    unseen = int(counts[-2])
+                    unseen = counts[-2]
                 else:
                     unseen = sum(
                         1 for v in values if v == v and v is not None and str(v) not in known
                     )
                 if unseen:
                     self.unseen.labels(*self.ids, feature).inc(unseen)
+
+    @staticmethod
+    def _count_small(items: list, numeric: bool, children: list, lookup) -> list[int]:
+        """Bin counts of a few values, each binned as bin_index bins it."""
+        n_bins = len(children)
+        other, missing = n_bins - 2, n_bins - 1
+        if numeric:  # bisect_right over the edges is searchsorted(side="right")
+            bins = [missing if x != x else bisect.bisect_right(lookup, x) for x in items]
+        else:
+            bins = [
+                missing
+                if v is None or v != v
+                else lookup.get(v if isinstance(v, str) else str(v), other)
+                for v in items
+            ]
+        counts = [0] * n_bins
+        for b, c in Counter(bins).items():
+            counts[b] = c
+            children[b].inc(c)
+        return counts

@@ -136,3 +136,66 @@ def test_monitor_counts_bins_quality_and_keeps_series_bounded(churn_df):
         Y["payment_method"] = [f"new-{i}" for i in rng.integers(0, 10_000, size=len(Y))]
         mon.observe(Y, rng.choice(["No", "Yes"], size=len(Y)))
     assert set(_metrics(registry)) == set(before)
+
+
+def test_monitor_counts_request_columns_as_it_counts_a_frame(churn_df):
+    """The service hands observe() the request's columns (records_to_columns), not a frame."""
+    from components.prepare.prepare import prepare
+    from components.serving.automl_io import records_to_columns, records_to_frame
+
+    prepared = prepare(churn_df.head(800), "churn")
+    profile = build_profile(prepared.train, prepared.schema)
+    X = prepared.test.drop(columns="churn").head(40).astype(object)
+    records = [{k: (None if v != v else v) for k, v in r.items()} for r in X.to_dict("records")]
+    records[0]["contract"], records[1]["tenure"], records[2]["monthly_charges"] = "Never", 1e4, None
+    preds = np.array(["No", "Yes"] * 20)
+    counted = []
+    for batch in (
+        records_to_columns(records, prepared.schema),
+        records_to_frame(records, prepared.schema),
+    ):
+        registry = CollectorRegistry()
+        Monitor(profile, "m", "v1", registry=registry).observe(batch, preds)
+        counted.append({k: v for k, v in _metrics(registry).items() if "_created" not in k[0]})
+    assert counted[0] == counted[1]
+    assert any(
+        k[0] == "automl_feature_out_of_range_total" and v == 1 for k, v in counted[0].items()
+    )
+    assert sum(v for k, v in counted[0].items() if k[0] == "automl_records_total") == 40
+
+
+@pytest.mark.parametrize("size", [1, 5, 16])
+def test_small_batches_are_counted_as_numpy_counts_them(churn_df, monkeypatch, size):
+    """Up to SMALL_BATCH records are binned in plain Python: the same counts as numpy's."""
+    import components.serving.monitoring as monitoring
+    from components.prepare.prepare import prepare
+    from components.serving.automl_io import records_to_columns
+
+    prepared = prepare(churn_df.head(800), "churn")
+    profile = add_prediction_profile(
+        build_profile(prepared.train, prepared.schema),
+        prepared.test["churn"],
+        "classification",
+        ["No", "Yes"],
+    )
+    X = prepared.test.drop(columns="churn").head(size).astype(object)
+    records = [{k: (None if v != v else v) for k, v in r.items()} for r in X.to_dict("records")]
+    records[0].update(contract="Never", tenure=-5.0, monthly_charges=None, payment_method=None)
+    records[-1].update(
+        tenure=1e4, total_charges=float(profile["features"]["total_charges"]["edges"][0])
+    )
+    columns = records_to_columns(records, prepared.schema)
+    preds = np.array(["No", "Yes", "Maybe"] * size)[:size]
+    counted = []
+    for small in (monitoring.SMALL_BATCH, 0):
+        monkeypatch.setattr(monitoring, "SMALL_BATCH", small)
+        registry = CollectorRegistry()
+        Monitor(profile, "m", "v1", registry=registry).observe(columns, preds)
+        counted.append({k: v for k, v in _metrics(registry).items() if "_created" not in k[0]})
+    assert counted[0] == counted[1]
+    assert counted[0][
+        (
+            "automl_feature_out_of_range_total",
+            (("feature", "tenure"), ("model", "m"), ("version", "v1")),
+        )
+    ] == (2 if size > 1 else 1)

@@ -227,11 +227,13 @@ def _grid_searcher(points: list[dict[str, Any]], metric: Metric):
 
 
 def _scheduler(metric: Metric, early_stopping: bool):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from components.tune.scheduler import FamilyASHA
 
     if not early_stopping:
         return FIFOScheduler()
-    return ASHAScheduler(
+    return FamilyASHA(
         time_attr="step",
         metric="score",
         mode=metric.mode,

@@ -386,13 +386,14 @@ class GCSBackend(_ObjectBackend):
 
 
 _GCS_TIMEOUT = (5, 30)  # connect, read (s)
+GCS_RETRY_S = 20.0  # how long transient GCS errors are retried (the library's default: 120 s)
 
 
 def _gcs_retry():
-    """google-cloud-storage's retry on transient errors, given up after 20 s (default: 120)."""
+    """google-cloud-storage's retry on transient errors, given up after GCS_RETRY_S."""
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    return DEFAULT_RETRY.with_timeout(20)
+    return DEFAULT_RETRY.with_timeout(GCS_RETRY_S)
 
 
 def _parse(body: bytes, where: str) -> dict[str, Any]:

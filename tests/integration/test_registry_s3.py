@@ -373,7 +373,7 @@ def test_pipeline_registers_gates_and_promotes_through_s3(s3, endpoint, small_ch
         timeout=120,
     )
     assert loaded.returncode == 0, loaded.stderr[-2000:]
-    import bentoml  # run 1 used this session's store
+    import bentoml  # run 1 used this test process's store
 
     sha = bentoml.models.get(first["model_tag"]).info.metadata["sha256"]
     assert loaded.stdout.split() == [sha, "churn"]

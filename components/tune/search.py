@@ -176,8 +176,8 @@ def _searcher(
 
     starts = [c for c in initial_configs(families, n_rows, task, categorical) if c not in seeds]
     if algorithm == "grid":
-        points = [c for c in grid(families, n_rows, task, has_categorical=categorical)]
-        points = [c for c in points if c not in seeds]
+        grid_points = grid(families, n_rows, task, has_categorical=categorical)
+        points = [c for c in grid_points if c not in seeds]
         points = seeds + points
         return _grid_searcher(points, metric), len(points)
     sampler = (

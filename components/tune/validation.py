@@ -86,14 +86,12 @@ def plan(
         raise UserError(f"cv_folds must be at least 2, got {folds}")
     if repeats is None:
         repeats = REPEATS if len(data) <= CV_REPEAT_MAX_ROWS else 1
+    classification = schema["task"] == "classification"
+    k = max(2, min(folds, int(y.value_counts().min()))) if classification else min(folds, len(data))
     splits = []
     for r in range(max(1, repeats)):  # each repeat a different shuffle, stratified alike
-        if schema["task"] == "classification":
-            smallest = int(y.value_counts().min())
-            k = max(2, min(folds, smallest))
-            splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed + r)
-        else:
-            splitter = KFold(n_splits=min(folds, len(data)), shuffle=True, random_state=seed + r)
+        kind = StratifiedKFold if classification else KFold
+        splitter = kind(n_splits=k, shuffle=True, random_state=seed + r)
         splits += [(tr, va) for tr, va in splitter.split(X, y)]
     return Plan("cv", X, y, splits, max(1, repeats))
 

@@ -279,6 +279,8 @@ def run_search(
     import ray
     from ray import tune
 
+    from components.tune.budget import BudgetStopper, grace_for
+
     if algorithm not in ALGORITHMS:
         raise UserError(
             f"unknown search algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}"
@@ -313,6 +315,8 @@ def run_search(
         this_run_at = started_now - started_wall
         budget_left = max(1.0, time_budget_s - (time.monotonic() - started))
         callback = _callback(metric, time_budget_s, started, preds_dir)
+        grace_s = grace_for(time_budget_s)
+        stopper = BudgetStopper(time.monotonic() + budget_left, grace_s)
         exp_path = f"{storage.rstrip('/')}/{EXPERIMENT}"
         if storage_path and tune.Tuner.can_restore(exp_path):
             say("tune", f"resuming the search saved in {exp_path}")
@@ -321,7 +325,8 @@ def run_search(
             )
             # the restored run config holds the dead driver's callback and budget
             tuner._local_tuner._run_config.callbacks = [callback]
-            tuner._local_tuner._tune_config.time_budget_s = budget_left
+            tuner._local_tuner._run_config.stop = stopper
+            tuner._local_tuner._tune_config.time_budget_s = None
         else:
             searcher, n_points = _searcher(
                 algorithm,
@@ -349,7 +354,6 @@ def run_search(
                     scheduler=_scheduler(metric, early_stopping),
                     num_samples=samples,
                     max_concurrent_trials=concurrency,
-                    time_budget_s=budget_left,
                     reuse_actors=True,
                 ),
                 run_config=tune.RunConfig(
@@ -357,6 +361,7 @@ def run_search(
                     storage_path=storage,
                     verbose=0,
                     callbacks=[callback],
+                    stop=stopper,
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                 ),
             )
@@ -380,7 +385,8 @@ def run_search(
             )
         local_dir.cleanup()
         raise RuntimeError(
-            f"no trial finished within the time budget of {time_budget_s:.0f}s; raise --time-budget"
+            f"no trial finished within the time budget of {time_budget_s:.0f}s nor in the "
+            f"{grace_s:.0f}s after it; raise --time-budget"
         )
     best = ok.iloc[0]
     best_config = flat_config(best["family"], json.loads(best["params"]))

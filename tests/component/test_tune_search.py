@@ -73,6 +73,14 @@ def test_asha_stops_iterative_trials_at_a_budget_step(prepared):
     assert stopped["fit_time_s"].median() < board[board["status"] == "ok"]["fit_time_s"].median()
 
 
+def test_a_budget_shorter_than_rays_start_still_ends_with_a_model(prepared, capsys):
+    # Ray's start alone outlasts a 1 s budget: the search waits for its first finished trial
+    result = _search(prepared, families="random_forest", time_budget_s=1, max_trials=4)
+    ok = result.leaderboard[result.leaderboard["status"] == "ok"]
+    assert len(ok) >= 1 and result.best_config["family"] == "random_forest"
+    assert "waiting up to 30s more for the first one" in capsys.readouterr().out
+
+
 def test_warm_start_configs_run_first(prepared):
     seed_config = {"family": "linear", "linear.C": 0.0123}
     result = _search(prepared, warm_start=[seed_config], max_trials=4, early_stopping=False)

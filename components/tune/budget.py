@@ -26,7 +26,9 @@ class BudgetStopper(Stopper):
     """Stop every trial at `deadline` (a `clock()` time) if one has finished, else at
     `deadline + grace_s`. A finished trial is one that reported `final`."""
 
-    def __init__(self, deadline: float, grace_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, deadline: float, grace_s: float, clock: Callable[[], float] = time.monotonic
+    ):
         self.deadline, self.grace_s, self.clock = deadline, grace_s, clock
         self.finished = 0
         self.waiting = False  # past the deadline, waiting for the first finished trial

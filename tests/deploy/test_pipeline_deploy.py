@@ -3,6 +3,7 @@
 With `deploy_namespace` set, the deploy step runs after promote (nested `dsl.If` on the
 parameter) and talks to the stand-in API server through a kubeconfig, exactly as a pod would
 with its kubeconfig; the BENTO_URL it applies is the Bento artifact's URI.
+A run without `deploy_namespace` sends nothing: tests/integration/test_pipeline_local.py.
 """
 
 from __future__ import annotations
@@ -48,23 +49,3 @@ def test_pipeline_deploys_the_promoted_bento(api, small_churn_csv, tmp_path, mon
     record = json.loads(release.read_text())
     assert record["deployed"] is True and record["namespace"] == "ml-serving"
     assert "deploy" in (tmp_path / "out" / "run.log").read_text()
-
-
-def test_pipeline_without_deploy_namespace_contacts_no_cluster(
-    api, small_churn_csv, tmp_path, monkeypatch
-):
-    from pipelines.local_run import run_pipeline
-
-    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kc", api.host)))
-    params = dict(
-        data=str(small_churn_csv),
-        target="churn",
-        families="linear",
-        time_budget_s=30,
-        max_trials=2,
-        registry_root=str(tmp_path / "registry"),
-    )
-    summary = run_pipeline(params, tmp_path / "out")
-    assert summary["deploy"] is True  # promoted, but not deployed: no namespace given
-    assert api.state.requests == []
-    assert not list(Path(summary["pipeline_run_dir"]).rglob("deploy-model"))

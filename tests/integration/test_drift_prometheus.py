@@ -17,7 +17,7 @@ from tests.integration.servers import json_records, prometheus, serve
 
 pytestmark = pytest.mark.slow
 
-WINDOW_S = 30
+WINDOW_S = 20
 SHIFTED = {"tenure", "contract"}
 
 

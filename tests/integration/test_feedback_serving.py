@@ -177,7 +177,7 @@ def test_the_join_survives_a_restart_and_the_export_retrains(
     out = tmp_path / "run"
     run = subprocess.run(
         [*CLI, "run", "--data", str(table), "--target", "churn", "--time-budget", "20"]
-        + ["--max-trials", "4", "--output", str(out)],
+        + ["--families", "linear", "--max-trials", "2", "--output", str(out)],
         capture_output=True,
         text=True,
         timeout=600,

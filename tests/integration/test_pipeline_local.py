@@ -93,6 +93,14 @@ def test_first_model_becomes_champion_and_a_second_run_is_gated(
     assert decision["champion_version"] == v1 and decision["p_value"] is not None
 
 
+def test_a_run_without_deploy_namespace_contacts_no_cluster(pipeline_run, run_api):
+    # the run's kubeconfig points at the stand-in API server; promoted, but not deployed
+    _, summary, _ = pipeline_run
+    assert summary["deploy"] is True
+    assert run_api.state.requests == []
+    assert not list(Path(summary["pipeline_run_dir"]).rglob("deploy-model"))
+
+
 def test_progress_output_shows_steps_and_trials(pipeline_run):
     _, s, stdout = pipeline_run
     for step in ("prepare", "tune", "evaluate", "package", "gate", "promote"):

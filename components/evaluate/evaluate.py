@@ -29,6 +29,7 @@ from components.evaluate.importance import (
     PD_FEATURES,
     Dependence,
     Importance,
+    inspection_model,
     partial_dependence,
     permutation_importance,
 )
@@ -171,9 +172,10 @@ def diagnose(
     target = schema["target"]
     X = test.drop(columns=[target])
     metric = diagnostic_metric(ev)
-    importance = permutation_importance(model, X, ev.y, metric, seed)
+    answering = inspection_model(model, X, schema)
+    importance = permutation_importance(answering, X, ev.y, metric, seed)
     top = importance.top(PD_FEATURES)
-    dependence = partial_dependence(model, X, top, schema, seed) if top else []
+    dependence = partial_dependence(answering, X, top, schema, seed) if top else []
     column = slice_column or default_slice_column(schema)
     if column:
         slices = slice_metrics(

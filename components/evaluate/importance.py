@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.utils.metaestimators import available_if
 
 from components.common.metrics import Metric, Scorer
 
@@ -43,6 +45,58 @@ class Dependence:
     grid: list  # feature values (numbers or category names)
     outputs: list[str]  # what each row of `average` is, e.g. "P(yes)"
     average: list[list[float]]  # len(outputs) x len(grid)
+
+
+def inspection_model(model: Any, X: pd.DataFrame, schema: dict[str, Any]) -> Any:
+    """`model` for the many calls of permutation importance and partial dependence.
+
+    Through sklearn most of a call on a few hundred rows is fixed cost (the
+    ColumnTransformer's column selection and checks, again per ensemble member),
+    and these two diagnostics call the model dozens of times. The serving path
+    (`components/serving/automl_io.serving_model`) answers the same with less of
+    it; it is used only when it gives exactly the model's answers on the schema's
+    probe rows and on `X`, otherwise the model itself is.
+    """
+    from components.serving.automl_io import serving_model
+
+    fast = serving_model(model, schema)
+    if fast is model or len(X) == 0:
+        return model
+    if hasattr(model, "predict_proba"):
+        expected, got = model.predict_proba(X), fast.predict_proba(X)
+    else:
+        expected, got = model.predict(X), fast.predict(X)
+    if expected.shape != got.shape or not np.allclose(got, expected, rtol=0, atol=1e-12):
+        return model
+    return _Answering(model, fast)
+
+
+class _Answering(BaseEstimator):
+    """A fitted estimator to sklearn's inspection tools: `model`'s tags and classes,
+    `fast`'s answers."""
+
+    def __init__(self, model: Any = None, fast: Any = None):
+        self.model, self.fast = model, fast
+
+    def __sklearn_tags__(self):
+        return self.model.__sklearn_tags__()
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
+    def fit(self, X, y=None):
+        raise TypeError("an already fitted model; it is not refitted here")
+
+    @property
+    def classes_(self):
+        return self.model.classes_
+
+    def predict(self, X):
+        return self.fast.predict(X)
+
+    @available_if(lambda self: hasattr(self.model, "predict_proba"))
+    def predict_proba(self, X):
+        return self.fast.predict_proba(X)
 
 
 def permutation_importance(

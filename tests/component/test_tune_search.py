@@ -97,6 +97,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    """Until the head's GCS accepts connections on 127.0.0.1:`port`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the Ray head exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the Ray head did not listen on port {port} in {timeout:.0f}s")
+
+
 _PROBE = """
 import sys, ray
 ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
@@ -152,7 +165,7 @@ def ray_cluster(request):
                 stderr=subprocess.DEVNULL,
             )
         )
-        time.sleep(8)
+        _wait_for_port(port, procs[0])
         procs.append(
             subprocess.Popen(
                 [RAY, "start", f"--address=127.0.0.1:{port}", *common],
@@ -234,7 +247,8 @@ def test_search_on_a_two_node_cluster_uses_both_nodes(prepared, tmp_path, ray_cl
 def test_cluster_refuses_a_driver_without_its_token(prepared, tmp_path, ray_cluster):
     address, env = ray_cluster
     files = _write_inputs(prepared, tmp_path)
-    wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # a refused driver retries once a second, 20 times by default; 2 are enough here
+    wrong = {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_gcs_server_port_wait_time_s": "2"}
     proc = _driver(files, tmp_path, wrong, ray_address=address)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0

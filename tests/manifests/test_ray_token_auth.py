@@ -106,7 +106,9 @@ def test_ray_head_with_the_manifest_env_requires_the_token(tmp_path):
         address = f"127.0.0.1:{port}"
         ok = _join(address, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}, tmp_path)
         assert "answer 42" in ok.stdout, ok.stdout + ok.stderr[-3000:]
-        wrong = _join(address, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "wrong"}, tmp_path)
+        # a refused driver retries once a second, 20 times by default; 2 are enough here
+        refused = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "wrong"}
+        wrong = _join(address, {**refused, "RAY_gcs_server_port_wait_time_s": "2"}, tmp_path)
         assert wrong.returncode != 0
         assert "InvalidAuthToken" in wrong.stderr
     finally:

@@ -54,21 +54,15 @@ def inspection_model(model: Any, X: pd.DataFrame, schema: dict[str, Any]) -> Any
     ColumnTransformer's column selection and checks, again per ensemble member),
     and these two diagnostics call the model dozens of times. The serving path
     (`components/serving/automl_io.serving_model`) answers the same with less of
-    it; it is used only when it gives exactly the model's answers on the schema's
-    probe rows and on `X`, otherwise the model itself is.
+    it; it is used only when it gives exactly the model's answers on `X`, the rows
+    whose values the diagnostics permute and vary, otherwise the model itself is.
     """
     from components.serving.automl_io import serving_model
 
-    fast = serving_model(model, schema)
-    if fast is model or len(X) == 0:
+    if len(X) == 0:
         return model
-    if hasattr(model, "predict_proba"):
-        expected, got = model.predict_proba(X), fast.predict_proba(X)
-    else:
-        expected, got = model.predict(X), fast.predict(X)
-    if expected.shape != got.shape or not np.allclose(got, expected, rtol=0, atol=1e-12):
-        return model
-    return _Answering(model, fast)
+    fast = serving_model(model, schema, probe=X)
+    return model if fast is model else _Answering(model, fast)
 
 
 class _Answering(BaseEstimator):

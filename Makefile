@@ -64,7 +64,7 @@ compile: $(STAMP) ## Compile pipelines to pipelines/compiled/*.yaml
 	$(BIN)/kfp-automl compile
 
 rules: $(STAMP) ## Render the Prometheus rules (plain file + PrometheusRule) and the Grafana dashboard
-	$(BIN)/python -m pipelines.monitoring_rules --output manifests/monitoring/prometheus-rules.yaml \
+	$(BIN)/python -m kfp_automl.observability.render --output manifests/monitoring/prometheus-rules.yaml \
 	  --prometheus-rule manifests/serving/base/prometheusrule.yaml \
 	  --dashboard manifests/serving/base/grafana-dashboard.yaml
 

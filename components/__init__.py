@@ -1,3 +1,5 @@
-"""kfp-automl components: data prep, Ray Tune search, evaluation and BentoML packaging."""
+"""The pipeline's steps (installed as `kfp_automl.components`).
 
-__version__ = "0.1.0"
+One sub-package per KFP step: `component.py` is the thin `@dsl.component` adapter, the
+other modules are plain Python that knows nothing of KFP.
+"""

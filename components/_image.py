@@ -4,7 +4,7 @@ Derived from the package version so a compiled pipeline always names the
 image built from the same source (see images/components.Dockerfile).
 """
 
-from components import __version__
+from kfp_automl import __version__
 
 IMAGE_REPOSITORY = "ghcr.io/kfp-automl/components"
 COMPONENTS_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"

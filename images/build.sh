@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Build the kfp-automl images with the first working engine: docker, podman or buildah.
 #   images/build.sh [IMAGE...]     IMAGE: components, serving (default: both)
-# Tags: ghcr.io/kfp-automl/<image>:<package version> (components/__init__.py), the names
+# Tags: ghcr.io/kfp-automl/<image>:<package version> (kfp_automl/__init__.py), the names
 # components/_image.py and manifests/ use. REGISTRY=... changes the registry part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 registry=${REGISTRY:-ghcr.io/kfp-automl}
-version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' components/__init__.py)
-[ -n "$version" ] || { echo "error: no __version__ in components/__init__.py" >&2; exit 1; }
+version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' kfp_automl/__init__.py)
+[ -n "$version" ] || { echo "error: no __version__ in kfp_automl/__init__.py" >&2; exit 1; }
 images=("$@")
 [ ${#images[@]} -gt 0 ] || images=(components serving)
 

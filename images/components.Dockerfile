@@ -10,6 +10,7 @@ FROM python:3.11.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY kfp_automl ./kfp_automl
 COPY components ./components
 COPY pipelines ./pipelines
 # --only-binary: every dependency comes as a wheel, so no compiler is needed or installed.

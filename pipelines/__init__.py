@@ -1,0 +1,1 @@
+"""The training pipeline, compiling it, and running it locally (installed as `kfp_automl.pipelines`)."""

@@ -4,14 +4,13 @@ from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics, Model
-
-from components.deploy.component import deploy_model
-from components.evaluate.component import evaluate_model
-from components.gate.component import gate_model
-from components.package.component import package_model
-from components.prepare.component import prepare_data
-from components.promote.component import promote_model
-from components.tune.component import tune_models
+from kfp_automl.components.deploy.component import deploy_model
+from kfp_automl.components.evaluate.component import evaluate_model
+from kfp_automl.components.gate.component import gate_model
+from kfp_automl.components.package.component import package_model
+from kfp_automl.components.prepare.component import prepare_data
+from kfp_automl.components.promote.component import promote_model
+from kfp_automl.components.tune.component import tune_models
 
 PIPELINE_NAME = "kfp-automl-training"
 

@@ -16,7 +16,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def churn_df():
-    from components.common.io import DEFAULT_DATASET, read_table
+    from kfp_automl.tables.io import DEFAULT_DATASET, read_table
 
     return read_table(DEFAULT_DATASET)
 

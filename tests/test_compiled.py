@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import yaml
+from kfp_automl.components._image import COMPONENTS_IMAGE
+from kfp_automl.pipelines.compile import COMPILED_DIR, PIPELINES, compile_pipeline
 
-from components import __version__
-from components._image import COMPONENTS_IMAGE
-from pipelines.compile import COMPILED_DIR, PIPELINES, compile_pipeline
+from kfp_automl import __version__
 
 
 def test_committed_yaml_is_up_to_date(tmp_path):
@@ -97,7 +97,7 @@ def test_pipeline_wiring_and_defaults():
 def test_credentials_come_from_optional_secrets_never_parameters():
     """The steps that read URLs or the model registry get object-store credentials from an
     optional Secret, the tune step the KubeRay token; no other step sees either."""
-    from pipelines.training import RAY_SECRET, STORAGE_ENV, STORAGE_SECRET
+    from kfp_automl.pipelines.training import RAY_SECRET, STORAGE_ENV, STORAGE_SECRET
 
     _, platform = yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text())
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

@@ -8,11 +8,12 @@ import sys
 
 import pytest
 import yaml
+from kfp_automl.components._image import COMPONENTS_IMAGE
+from kfp_automl.pipelines.compile import COMPILED_DIR, check_image, compile_pipeline
 
-from components._image import COMPONENTS_IMAGE
-from components.common.errors import UserError
-from pipelines.cli import main
-from pipelines.compile import COMPILED_DIR, check_image, compile_pipeline
+from kfp_automl import __version__
+from kfp_automl.cli.main import main
+from kfp_automl.errors import UserError
 
 REF = "registry.example.com:5000/ml/kfp-automl-components:2026.11.1"
 
@@ -41,7 +42,7 @@ def test_default_compile_is_unchanged_and_ignores_the_environment(tmp_path):
     # whoever compiles, with whatever in their environment, gets the same YAML
     env = {"PATH": "/usr/bin:/bin", "KFP_AUTOML_IMAGE": REF, "IMAGE": REF, "COMPONENTS_IMAGE": REF}
     subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "compile", "--output-dir", str(env_dir)],
+        [sys.executable, "-m", "kfp_automl.cli.main", "compile", "--output-dir", str(env_dir)],
         check=True,
         env=env,
         capture_output=True,
@@ -55,7 +56,7 @@ def test_default_compile_is_unchanged_and_ignores_the_environment(tmp_path):
 @pytest.mark.parametrize(
     "ref",
     [
-        "ghcr.io/kfp-automl/components:0.1.0",
+        f"ghcr.io/kfp-automl/components:{__version__}",
         "localhost:5000/components:dev-1",
         "components@sha256:" + "a" * 64,
         "reg.io/team/components:1.0@sha256:" + "0" * 64,

@@ -2,8 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
-
-from components._image import COMPONENTS_IMAGE
+from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
@@ -29,7 +28,7 @@ def deploy_model(
         name: Name of the serving Deployment in the manifests.
         timeout_s: Seconds to wait for the rollout before rolling back.
     """
-    from components.deploy.deploy import run
+    from kfp_automl.components.deploy.deploy import run
 
     outcome = run(
         bento.uri,

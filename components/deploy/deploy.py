@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from components.common.errors import PipelineFailed, UserError
-from components.common.progress import say
-from components.deploy.kube import ApiProblem, Cluster
-from components.deploy.render import (
+from kfp_automl.components.deploy.kube import ApiProblem, Cluster
+from kfp_automl.components.deploy.render import (
     DEFAULT_NAME,
     RELEASE_ANNOTATION,
     Release,
@@ -26,6 +24,9 @@ from components.deploy.render import (
     render,
     with_record,
 )
+
+from kfp_automl.errors import PipelineFailed, UserError
+from kfp_automl.progress import say
 
 # The rendered serving overlay, baked into the components image at build time.
 DEFAULT_MANIFESTS = "/opt/kfp-automl/serving.yaml"
@@ -240,7 +241,7 @@ def run(
     """The deploy step: deploy the Bento at `bento_uri` if the gate passed; write the release JSON."""
     from dataclasses import asdict
 
-    from components.common.io import write_json
+    from kfp_automl.files import write_json
 
     if not decision_metadata.get("deploy", False):
         reason = decision_metadata.get("reason", "")
@@ -254,7 +255,7 @@ def run(
     version = tag.split(":", 1)[1]
     check(text, bento_uri, version, namespace, name, manifests or DEFAULT_MANIFESTS)
     if cluster_factory is None:
-        from components.deploy.kube import api_client
+        from kfp_automl.components.deploy.kube import api_client
 
         def cluster_factory() -> Cluster:
             return Cluster(api_client())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common.errors import UserError
+from kfp_automl.errors import UserError
 
 FIELD_MANAGER = "kfp-automl"
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from components.common.errors import UserError
+from kfp_automl.errors import UserError
 
 DEFAULT_NAME = "automl-serving"
 APP_LABEL = "app.kubernetes.io/name"

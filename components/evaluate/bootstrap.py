@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.common.metrics import Metric
+from kfp_automl.runtime.metrics import Metric
 
 MIN_ROWS = 30  # fewer holdout rows: no interval at all
 MAX_UNDEFINED_SHARE = 0.1  # metric undefined in more resamples than this: no interval

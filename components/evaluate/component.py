@@ -12,8 +12,7 @@ from kfp.dsl import (
     Model,
     Output,
 )
-
-from components._image import COMPONENTS_IMAGE
+from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
@@ -55,7 +54,7 @@ def evaluate_model(
         n_bootstrap: Bootstrap resamples per interval (0 turns intervals off).
         seed: Seed for the resamples, permutations and learning-curve folds.
     """
-    from components.evaluate.evaluate import run
+    from kfp_automl.components.evaluate.evaluate import run
 
     ev = run(
         model.path,

@@ -14,18 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, roc_curve
-
-from components.common.metrics import (
-    METRICS,
-    Metric,
-    default_metric,
-    resolve_metric,
-    score_defined,
-    task_metrics,
-)
-from components.evaluate.bootstrap import Interval, bootstrap_intervals
-from components.evaluate.importance import (
+from kfp_automl.components.evaluate.bootstrap import Interval, bootstrap_intervals
+from kfp_automl.components.evaluate.importance import (
     PD_FEATURES,
     Dependence,
     Importance,
@@ -33,8 +23,18 @@ from components.evaluate.importance import (
     partial_dependence,
     permutation_importance,
 )
-from components.evaluate.learning_curve import LearningCurve, learning_curve
-from components.evaluate.slices import SliceReport, default_slice_column, slice_metrics
+from kfp_automl.components.evaluate.learning_curve import LearningCurve, learning_curve
+from kfp_automl.components.evaluate.slices import SliceReport, default_slice_column, slice_metrics
+from sklearn.metrics import confusion_matrix, roc_curve
+
+from kfp_automl.runtime.metrics import (
+    METRICS,
+    Metric,
+    default_metric,
+    resolve_metric,
+    score_defined,
+    task_metrics,
+)
 
 MAX_ROC_POINTS = 200
 N_BOOTSTRAP = 200
@@ -238,11 +238,16 @@ def run(
     import time
     from pathlib import Path
 
-    from components.common.io import atomic_path, read_json
-    from components.common.model_io import load_model
-    from components.common.progress import say
-    from components.evaluate.model_card import model_card, model_card_markdown, summary_markdown
-    from components.evaluate.report import render_report
+    from kfp_automl.components.evaluate.model_card import (
+        model_card,
+        model_card_markdown,
+        summary_markdown,
+    )
+    from kfp_automl.components.evaluate.report import render_report
+
+    from kfp_automl.files import atomic_path, read_json
+    from kfp_automl.progress import say
+    from kfp_automl.runtime.model_file import load_model
 
     started = time.perf_counter()
     schema = read_json(schema_path)

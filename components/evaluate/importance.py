@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.utils.metaestimators import available_if
 
-from components.common.metrics import Metric, Scorer
+from kfp_automl.runtime.metrics import Metric, Scorer
 
 N_REPEATS = 3
 MAX_IMPORTANCE_ROWS = 2000  # permutation importance scores at most this many holdout rows
@@ -53,11 +53,11 @@ def inspection_model(model: Any, X: pd.DataFrame, schema: dict[str, Any]) -> Any
     Through sklearn most of a call on a few hundred rows is fixed cost (the
     ColumnTransformer's column selection and checks, again per ensemble member),
     and these two diagnostics call the model dozens of times. The serving path
-    (`components/serving/automl_io.serving_model`) answers the same with less of
+    (`kfp_automl/runtime/fast_path.serving_model`) answers the same with less of
     it; it is used only when it gives exactly the model's answers on `X`, the rows
     whose values the diagnostics permute and vary, otherwise the model itself is.
     """
-    from components.serving.automl_io import serving_model
+    from kfp_automl.runtime.fast_path import serving_model
 
     if len(X) == 0:
         return model

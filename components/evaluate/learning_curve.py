@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.common.metrics import Metric, Scorer
+from kfp_automl.runtime.metrics import Metric, Scorer
 
 MIN_ROWS = 150  # fewer rows in train+valid: skipped
 MAX_ROWS = 8000  # more rows are subsampled to this many (seeded), to keep it cheap

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from components.evaluate.evaluate import Diagnostics, Evaluation
+    from kfp_automl.components.evaluate.evaluate import Diagnostics, Evaluation
 
 CARD_VERSION = 1
 MISSING_RATE_WARN = 0.2  # a feature missing in at least this share of rows is a limitation
@@ -100,7 +100,7 @@ def model_card(
     diag: Diagnostics | None = None,
 ) -> dict[str, Any]:
     """Everything a reviewer needs about the model, JSON-safe."""
-    from components import __version__
+    from kfp_automl import __version__
 
     features = [
         {

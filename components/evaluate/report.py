@@ -11,13 +11,13 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from kfp_automl.components.evaluate import plots
+from kfp_automl.components.evaluate.slices import ABSOLUTE_GAP, MIN_FLAG_ROWS, RELATIVE_GAP
 
-from components.common.metrics import METRICS
-from components.evaluate import plots
-from components.evaluate.slices import ABSOLUTE_GAP, MIN_FLAG_ROWS, RELATIVE_GAP
+from kfp_automl.runtime.metrics import METRICS
 
 if TYPE_CHECKING:
-    from components.evaluate.evaluate import Diagnostics, Evaluation
+    from kfp_automl.components.evaluate.evaluate import Diagnostics, Evaluation
 
 LEADERBOARD_ROWS = 25
 STYLE = (
@@ -294,7 +294,7 @@ def render_report(
     diag: Diagnostics | None = None,
 ) -> str:
     """A self-contained HTML page the Kubeflow dashboard can show."""
-    from components.evaluate.model_card import limitations
+    from kfp_automl.components.evaluate.model_card import limitations
 
     sections = [
         _section("model", TITLES["model"], _model(ev, model_info)),

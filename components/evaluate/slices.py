@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.common.metrics import Metric, MetricUndefined
+from kfp_automl.runtime.metrics import Metric, MetricUndefined
 
 RELATIVE_GAP = 0.10
 ABSOLUTE_GAP = 0.05  # for r2

@@ -6,8 +6,7 @@ It returns the decision as its single output: kfp.local 2.17.0 cannot resolve a
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
-
-from components._image import COMPONENTS_IMAGE
+from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
@@ -39,7 +38,7 @@ def gate_model(
     Returns:
         True when the challenger should become champion (the reason is in `decision`).
     """
-    from components.gate.gate import run
+    from kfp_automl.components.gate.gate import run
 
     d = run(
         model.path,

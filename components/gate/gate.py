@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.common.metrics import Metric, resolve_metric
-from components.serving.automl_io import coerce_frame
+from kfp_automl.runtime.metrics import Metric, resolve_metric
+from kfp_automl.runtime.records import coerce_frame
 
 MIN_ROWS = 30
 
@@ -160,12 +160,13 @@ def run(
     n_bootstrap: int = 500,
 ) -> Decision:
     """Load the challenger (hash-checked) and the registry's champion, decide, write the decision."""
-    from components.common.io import read_json, write_json
-    from components.common.model_io import load_model
-    from components.common.progress import say
-    from components.package.package import model_name_for
-    from components.registry.registry import Registry
-    from components.registry.store import load_registered_model
+    from kfp_automl.components.package.package import model_name_for
+
+    from kfp_automl.files import read_json, write_json
+    from kfp_automl.progress import say
+    from kfp_automl.registry.registry import Registry
+    from kfp_automl.registry.store import load_registered_model
+    from kfp_automl.runtime.model_file import load_model
 
     schema = read_json(schema_path)
     name = model_name or model_name_for(schema["target"])

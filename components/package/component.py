@@ -2,8 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
-
-from components._image import COMPONENTS_IMAGE
+from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
@@ -32,7 +31,7 @@ def package_model(
         registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty uses
             the default beside the BentoML store.
     """
-    from components.package.package import run
+    from kfp_automl.components.package.package import run
 
     packaged = run(
         model.path,

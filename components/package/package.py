@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
@@ -12,21 +13,46 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from kfp_automl.components.prepare.profile import add_prediction_profile
 
-from components.common.io import write_json
-from components.common.model_io import MODEL_FILE, load_model
-from components.common.profile import add_prediction_profile
+from kfp_automl.files import write_json
+from kfp_automl.runtime.model_file import MODEL_FILE, load_model
 
-SERVING_DIR = Path(__file__).resolve().parent.parent / "serving"
-SERVICE = "service:AutoMLService"
-SERVICE_FILES = [
-    "service.py",
-    "automl_io.py",
-    "monitoring.py",
-    "prediction_log.py",
-    "prediction_store.py",
-    "quality.py",
-]
+SERVICE = "kfp_automl.serving.service:AutoMLService"
+# The code a Bento ships: the service and what it imports of this project, so a Bento runs the
+# code it was built with (and its pickled model finds its classes) wherever its Python packages
+# are installed. tests/unit/test_bento_code.py holds this list to what the service imports.
+BENTO_PACKAGES = ("kfp_automl.contracts", "kfp_automl.runtime", "kfp_automl.serving")
+BENTO_MODULES = ("kfp_automl", "kfp_automl.errors", "kfp_automl.files")
+
+
+def bento_sources() -> dict[str, Path]:
+    """The files a Bento ships: path inside the Bento -> file in this installation."""
+    import importlib
+
+    files: dict[str, Path] = {}
+    for name in BENTO_MODULES:
+        module = importlib.import_module(name)
+        source = Path(module.__file__)
+        rel = name.replace(".", "/") + ("/__init__.py" if source.name == "__init__.py" else ".py")
+        files[rel] = source
+    for name in BENTO_PACKAGES:
+        package_dir = Path(importlib.import_module(name).__file__).parent
+        for source in sorted(package_dir.glob("*.py")):
+            files[f"{name.replace('.', '/')}/{source.name}"] = source
+    return files
+
+
+def _build_context(directory: Path) -> list[str]:
+    """Copy the Bento's code into `directory`; return the files (BentoML's `include`)."""
+    sources = bento_sources()
+    for rel, source in sources.items():
+        target = directory / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    return sorted(sources)
+
+
 # What the service imports; pinned to the versions that trained the model so it unpickles the same.
 RUNTIME_PACKAGES = [
     "scikit-learn",
@@ -102,19 +128,23 @@ def package(
             write_json(stored.path_of("profile.json"), profile)
         if evaluation:
             write_json(stored.path_of("evaluation.json"), evaluation)
-    bento = bentoml.bentos.build(
-        SERVICE,
-        name=name,
-        labels=labels,
-        description=f"kfp-automl {schema['task']} model for target {schema['target']!r}",
-        build_ctx=str(SERVING_DIR),
-        include=SERVICE_FILES,
-        python={"packages": runtime_requirements()},
-        args={"model_tag": str(stored.tag)},
-        # the Bento takes the model's version, so BentoML's request metrics (labelled with
-        # the Bento's name and version) and ours (the model's) line up in Prometheus
-        version=stored.tag.version,
-    )
+    # the service module reads its model tag when imported: import it afresh for this Bento,
+    # not as an earlier build in this process left it in sys.modules
+    sys.modules.pop(SERVICE.split(":")[0], None)
+    with tempfile.TemporaryDirectory(prefix="kfp-automl-bento-") as ctx:
+        bento = bentoml.bentos.build(
+            SERVICE,
+            name=name,
+            labels=labels,
+            description=f"kfp-automl {schema['task']} model for target {schema['target']!r}",
+            build_ctx=ctx,
+            include=_build_context(Path(ctx)),
+            python={"packages": runtime_requirements()},
+            args={"model_tag": str(stored.tag)},
+            # the Bento takes the model's version, so BentoML's request metrics (labelled with
+            # the Bento's name and version) and ours (the model's) line up in Prometheus
+            version=stored.tag.version,
+        )
     archive_path = Path(archive_path)
     archive_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=archive_path.parent, prefix=".export-") as tmp:
@@ -142,9 +172,9 @@ def run(
     archive lives (`bento_uri`, the artifact's URI under the pipeline root; default the archive
     path), so a gate in another pod can fetch it when it is the champion.
     """
-    from components.common.io import read_json
-    from components.common.progress import say
-    from components.registry.registry import Registry
+    from kfp_automl.files import read_json
+    from kfp_automl.progress import say
+    from kfp_automl.registry.registry import Registry
 
     info = {k: v for k, v in model_info.items() if k != "sha256"}
     profile = read_json(profile_path) if profile_path else None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from components.common.preprocess import category_strings
+from kfp_automl.runtime.transformers import category_strings
 
 LEAK_SCORE = 0.98
 N_BINS = 100

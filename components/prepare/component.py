@@ -2,8 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Markdown, Output
-
-from components._image import COMPONENTS_IMAGE
+from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
@@ -56,8 +55,8 @@ def prepare_data(
         time_column: Split by time on this column (the latest rows are the test rows).
         group_column: Split so that one value of this column never spans two splits.
     """
-    from components.prepare.prepare import Options, run
-    from components.prepare.roles import parse_list
+    from kfp_automl.components.prepare.prepare import Options, run
+    from kfp_automl.components.prepare.roles import parse_list
 
     options = Options(
         drop=parse_list(drop_columns),

@@ -2,7 +2,7 @@
 
 Plain functions with no KFP imports; `component.py` is the thin adapter.
 The schema written here is what tuning builds its preprocessing from
-(components/common/preprocess.py) and what serving checks requests against.
+(kfp_automl/runtime/transformers.py) and what serving checks requests against.
 Every automatic decision (a role, a dropped column or row, the split) is
 recorded in the schema's `decisions` with its reason; `warnings` lists what
 a person should look at.
@@ -16,12 +16,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from kfp_automl.components.prepare.association import LEAK_SCORE, association
+from kfp_automl.components.prepare.roles import (
+    Column,
+    Overrides,
+    apply_override,
+    describe,
+    infer_column,
+)
+from kfp_automl.components.prepare.splitting import split
 from pandas.api import types as ptypes
 
-from components.common.errors import UserError
-from components.prepare.association import LEAK_SCORE, association
-from components.prepare.roles import Column, Overrides, apply_override, describe, infer_column
-from components.prepare.splitting import split
+from kfp_automl.errors import UserError
 
 __all__ = ["Options", "Prepared", "describe_features", "infer_task", "prepare", "split", "validate"]
 
@@ -236,7 +242,7 @@ def _decision(column: str, action: str, reason: str) -> dict[str, str]:
 
 def _fitted_decisions(feature: dict[str, Any], train: pd.Series) -> list[dict[str, str]]:
     """What the model's preprocessing will learn from these training rows: clip bounds, rare groups."""
-    from components.common.preprocess import (
+    from kfp_automl.runtime.transformers import (
         CLIP_QUANTILES,
         RARE,
         RARE_MIN_COUNT,
@@ -297,8 +303,9 @@ def prepare(
     options: Options | None = None,
 ) -> Prepared:
     """Validate, clean, describe and split `df`; return the splits and their schema."""
-    from components.common.preprocess import HIGH_CARDINALITY
-    from components.common.profile import fingerprint
+    from kfp_automl.components.prepare.profile import fingerprint
+
+    from kfp_automl.runtime.transformers import HIGH_CARDINALITY
 
     options = options or Options()
     _check_table(df, target, task)
@@ -469,17 +476,12 @@ def run(
     An empty `data` means the built-in demo table (and its target when `target` is empty).
     Nothing is written unless preparation succeeds. Returns the schema.
     """
-    from components.common.io import (
-        DEFAULT_DATASET,
-        DEFAULT_TARGET,
-        atomic_path,
-        read_table,
-        write_json,
-        write_parquet,
-    )
-    from components.common.profile import build_profile
-    from components.common.progress import say
-    from components.prepare.report import render_html, render_markdown
+    from kfp_automl.components.prepare.profile import build_profile
+    from kfp_automl.components.prepare.report import render_html, render_markdown
+
+    from kfp_automl.files import atomic_path, write_json
+    from kfp_automl.progress import say
+    from kfp_automl.tables.io import DEFAULT_DATASET, DEFAULT_TARGET, read_table, write_parquet
 
     if not data:
         data, target = str(DEFAULT_DATASET), target or DEFAULT_TARGET

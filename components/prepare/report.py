@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from components.evaluate.plots import _png
-from components.evaluate.report import STYLE, _img, _note, _section, _table, esc
+from kfp_automl.components.evaluate.plots import _png
+from kfp_automl.components.evaluate.report import STYLE, _img, _note, _section, _table, esc
 
 MAX_PLOTS = 60
 PLOT_ROWS = 100_000

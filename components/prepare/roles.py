@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 from pandas.api import types as ptypes
 
-from components.common.errors import UserError
-from components.common.preprocess import (
+from kfp_automl.errors import UserError
+from kfp_automl.runtime.transformers import (
     FALSE_WORDS,
     TRUE_WORDS,
     boolean_values,

@@ -7,7 +7,7 @@ import pandas as pd
 from pandas.api import types as ptypes
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
-from components.common.errors import UserError
+from kfp_automl.errors import UserError
 
 
 def _check_fractions(valid_fraction: float, test_fraction: float) -> None:

@@ -2,8 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model
-
-from components._image import COMPONENTS_IMAGE
+from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
@@ -16,6 +15,6 @@ def promote_model(bento: Input[Model], decision: Input[Artifact], registry_root:
         registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty uses
             the default beside the BentoML store.
     """
-    from components.registry.registry import promote_tag
+    from kfp_automl.registry.registry import promote_tag
 
     promote_tag(bento.metadata["model_tag"], decision.metadata.get("reason", ""), registry_root)

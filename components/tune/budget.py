@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ray.tune.stopper import Stopper
 
-from components.common.progress import say
+from kfp_automl.progress import say
 
 
 def grace_for(time_budget_s: float) -> float:

@@ -2,8 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Model, Output
-
-from components._image import COMPONENTS_IMAGE
+from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
@@ -55,7 +54,7 @@ def tune_models(
         run_id: Names the state folder under the root (the pipeline run's id).
         pipeline_root: The pipeline root (dsl.PIPELINE_ROOT_PLACEHOLDER in the pipeline).
     """
-    from components.tune.tune import run, state_path
+    from kfp_automl.components.tune.tune import run, state_path
 
     storage = state_path(search_state_root, pipeline_root, run_id)
     meta = run(

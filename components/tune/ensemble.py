@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from components.common.metrics import Metric, MetricUndefined
+from kfp_automl.runtime.metrics import Metric, MetricUndefined
 
 ROUNDS = 25
 

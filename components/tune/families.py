@@ -34,7 +34,7 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 
-from components.common.errors import UserError
+from kfp_automl.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def domains(
 
 
 def has_categorical(schema: dict[str, Any]) -> bool:
-    from components.common.preprocess import role_of
+    from kfp_automl.runtime.transformers import role_of
 
     return any(role_of(f) == "categorical" for f in schema["features"])
 
@@ -374,13 +374,13 @@ def preprocessor(
     categorical_encoding: str = "auto",
     seed: int = 0,
 ) -> ColumnTransformer:
-    """The schema's in-model preprocessing (components/common/preprocess.py), fitted with the model.
+    """The schema's in-model preprocessing (kfp_automl/runtime/transformers.py), fitted with the model.
 
     `scaling`: "none", "standard" or "quantile" (numeric columns). `categorical_encoding`:
     "auto" (one-hot for few categories, cross-fitted target encoding for many), "onehot",
     "target" or "ordinal".
     """
-    from components.common.preprocess import build_preprocessor
+    from kfp_automl.runtime.transformers import build_preprocessor
 
     return build_preprocessor(
         schema, numeric_scaling=scaling, categorical_encoding=categorical_encoding, seed=seed

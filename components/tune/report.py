@@ -8,9 +8,9 @@ import io
 import json
 
 import pandas as pd
+from kfp_automl.components.tune.families import family_params
 
-from components.common.metrics import Metric
-from components.tune.families import family_params
+from kfp_automl.runtime.metrics import Metric
 
 STYLE = (
     "body{font-family:sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#222}"

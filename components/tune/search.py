@@ -21,12 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from components.common.errors import UserError
-from components.common.metrics import Metric
-from components.common.progress import say
-from components.tune import ensemble, validation
-from components.tune.families import (
+from kfp_automl.components.tune import ensemble, validation
+from kfp_automl.components.tune.families import (
     Family,
     SearchSpace,
     build_model,
@@ -36,7 +32,11 @@ from components.tune.families import (
     has_categorical,
     initial_configs,
 )
-from components.tune.trial import MAX_STEP, STEPS, train_fn
+from kfp_automl.components.tune.trial import MAX_STEP, STEPS, train_fn
+
+from kfp_automl.errors import UserError
+from kfp_automl.progress import say
+from kfp_automl.runtime.metrics import Metric
 
 # Ray Tune writes CSV/JSON/TensorBoard logs per trial unless told not to;
 # they cost seconds per trial on 2 cores and nothing here reads them.
@@ -227,9 +227,8 @@ def _grid_searcher(points: list[dict[str, Any]], metric: Metric):
 
 
 def _scheduler(metric: Metric, early_stopping: bool):
+    from kfp_automl.components.tune.scheduler import FamilyASHA
     from ray.tune.schedulers import FIFOScheduler
-
-    from components.tune.scheduler import FamilyASHA
 
     if not early_stopping:
         return FIFOScheduler()
@@ -277,9 +276,8 @@ def run_search(
 ) -> SearchResult:
     """Search families x hyperparameters with Ray Tune; return the leaderboard and the winner."""
     import ray
+    from kfp_automl.components.tune.budget import BudgetStopper, grace_for
     from ray import tune
-
-    from components.tune.budget import BudgetStopper, grace_for
 
     if algorithm not in ALGORITHMS:
         raise UserError(

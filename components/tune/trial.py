@@ -15,9 +15,9 @@ import warnings
 from typing import Any
 
 import numpy as np
+from kfp_automl.components.tune.families import FAMILIES, Family, build_model, family_params
 
-from components.common.metrics import METRICS
-from components.tune.families import FAMILIES, Family, build_model, family_params
+from kfp_automl.runtime.metrics import METRICS
 
 STEPS = (1, 3, 9)  # budget steps: a step s runs s/9 of the family's rounds or trees
 MAX_STEP = STEPS[-1]

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from kfp_automl.components.tune.families import family_params, has_categorical, select_families
+from kfp_automl.components.tune.search import refit_best, run_search
 
-from components.common.io import atomic_path, read_json
-from components.common.metrics import resolve_metric
-from components.common.model_io import save_model
-from components.common.progress import say
-from components.tune.families import family_params, has_categorical, select_families
-from components.tune.search import refit_best, run_search
+from kfp_automl.files import atomic_path, read_json
+from kfp_automl.progress import say
+from kfp_automl.runtime.metrics import resolve_metric
+from kfp_automl.runtime.model_file import save_model
 
 
 def state_path(search_state_root: str, pipeline_root: str, run_id: str) -> str:
@@ -58,8 +58,8 @@ def run(
 
     Returns the model's metadata: sha256, family, params, metric, valid_score, n_trials, ...
     """
-    from components.tune import report
-    from components.tune import warm_start as ws
+    from kfp_automl.components.tune import report
+    from kfp_automl.components.tune import warm_start as ws
 
     schema = read_json(schema_path)
     train, valid = pd.read_parquet(train_path), pd.read_parquet(valid_path)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.common.errors import UserError
+from kfp_automl.errors import UserError
 
 CV_MAX_ROWS = 10_000  # train+valid rows up to which trials cross-validate
 CV_REPEAT_MAX_ROWS = 2_000  # ... and up to which the folds are repeated

@@ -6,9 +6,7 @@ import json
 from typing import Any
 
 import pandas as pd
-
-from components.common.errors import UserError
-from components.tune.families import (
+from kfp_automl.components.tune.families import (
     FAMILIES,
     PREPROCESSING,
     Family,
@@ -16,6 +14,8 @@ from components.tune.families import (
     fits_space,
     flat_config,
 )
+
+from kfp_automl.errors import UserError
 
 MAX_SEEDS = 5
 

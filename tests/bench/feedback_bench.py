@@ -48,7 +48,7 @@ SINGLE_CLIENTS, N_SINGLE = 8, 1000
 
 def payload() -> list[dict[str, Any]]:
     """Rows of the built-in table without missing values (what the model was trained on)."""
-    from components.common.io import DEFAULT_DATASET, DEFAULT_TARGET, read_table
+    from kfp_automl.tables.io import DEFAULT_DATASET, DEFAULT_TARGET, read_table
 
     rows = read_table(DEFAULT_DATASET).drop(columns=[DEFAULT_TARGET]).dropna()
     return json_records(rows.sample(200, random_state=0))
@@ -82,8 +82,8 @@ def in_process_cost(records: list[dict]) -> dict[str, float]:
     """µs per request batch for ids + queue append, and per record for the background writer."""
     from prometheus_client import CollectorRegistry
 
-    from components.serving.prediction_log import LogSettings, PredictionLog
-    from components.serving.quality import QualityMetrics
+    from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
+    from kfp_automl.serving.quality import QualityMetrics
 
     schema = {
         "target": "churn",

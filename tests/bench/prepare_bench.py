@@ -80,7 +80,7 @@ print(json.dumps({"wall_s": time.perf_counter() - t, "rows": [len(train), len(va
 _PREPARE = """
 import json, resource, sys, time
 t = time.perf_counter()
-from components.prepare.prepare import run
+from kfp_automl.components.prepare.prepare import run
 out = sys.argv[2]
 schema = run(sys.argv[1], "target", *(f"{out}/{k}" for k in ("train", "valid", "test", "schema", "profile")),
     report_path=f"{out}/report.html", summary_path=f"{out}/summary.md")

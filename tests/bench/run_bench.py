@@ -75,7 +75,7 @@ def run_default(budget: int) -> dict:
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "kfp_automl.cli.main",
             "run",
             "--time-budget",
             str(budget),
@@ -100,10 +100,10 @@ def run_default(budget: int) -> dict:
 def baseline_score(summary: dict) -> float:
     """Default HistGradientBoosting on the same train+valid/test split, same preprocessing."""
     import pandas as pd
+    from kfp_automl.components.tune.families import build_model, initial_configs, select_families
 
-    from components.common.io import read_json
-    from components.common.metrics import METRICS, score
-    from components.tune.families import build_model, initial_configs, select_families
+    from kfp_automl.files import read_json
+    from kfp_automl.runtime.metrics import METRICS, score
 
     run_dir = Path(summary["pipeline_run_dir"])
     schema = read_json(summary["schema_json"])

@@ -49,14 +49,14 @@ def load(name: str):
 
 
 def _test_score(metric, model, test, target) -> float:
-    from components.common.metrics import score
+    from kfp_automl.runtime.metrics import score
 
     return score(metric, model, test.drop(columns=[target]), test[target])
 
 
 def run_ours(prepared, metric, budget: int) -> dict:
-    from components.tune.families import select_families
-    from components.tune.search import refit_best, run_search
+    from kfp_automl.components.tune.families import select_families
+    from kfp_automl.components.tune.search import refit_best, run_search
 
     started = time.monotonic()
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -147,8 +147,7 @@ def run_flaml(prepared, metric, budget: int) -> dict:
 
 def run_default(prepared, metric) -> dict:
     import pandas as pd
-
-    from components.tune.families import build_model
+    from kfp_automl.components.tune.families import build_model
 
     target = prepared.schema["target"]
     train = pd.concat([prepared.train, prepared.valid], ignore_index=True)
@@ -172,8 +171,9 @@ def _normalized(scores: dict[str, float], greater_is_better: bool) -> dict[str, 
 
 
 def main(out: Path) -> str:
-    from components.common.metrics import resolve_metric
-    from components.prepare.prepare import prepare
+    from kfp_automl.components.prepare.prepare import prepare
+
+    from kfp_automl.runtime.metrics import resolve_metric
 
     budgets = [int(b) for b in os.environ.get("BENCH_SEARCH_BUDGETS", "60,300").split(",")]
     names = os.environ.get("BENCH_SEARCH_TABLES", ",".join(TABLES)).split(",")

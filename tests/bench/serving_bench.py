@@ -392,15 +392,10 @@ def floor(home: str, model_tag: str, payloads: dict[str, list]) -> dict[str, Any
     import pandas as pd
     from prometheus_client import CollectorRegistry
 
-    from components.serving.automl_io import (
-        ServingModel,
-        load_model,
-        predict_frame,
-        records_to_columns,
-        records_to_frame,
-        serving_model,
-    )
-    from components.serving.monitoring import Monitor
+    from kfp_automl.runtime.fast_path import ServingModel, serving_model
+    from kfp_automl.runtime.model_file import load_model
+    from kfp_automl.runtime.records import predict_frame, records_to_columns, records_to_frame
+    from kfp_automl.serving.monitoring import Monitor
 
     mdir = stored_dir(home, "models", model_tag)
     sha256 = yaml.safe_load((mdir / "model.yaml").read_text())["metadata"]["sha256"]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipelines.cli import main
+from kfp_automl.cli.main import main
 
 
 def _fill(args: list[str], names: dict) -> list[str]:
@@ -102,7 +102,7 @@ def test_run_rejects_bad_input(args, words, tables, tmp_path, capsys):
 def test_bad_input_exits_before_ray_or_bentoml_in_a_real_process(tables, tmp_path):
     """A real process: no traceback, and neither Ray nor BentoML was even imported."""
     code = (
-        "import sys; from pipelines.cli import main; rc = main(sys.argv[1:]); "
+        "import sys; from kfp_automl.cli.main import main; rc = main(sys.argv[1:]); "
         "print('ray' in sys.modules, 'bentoml' in sys.modules); sys.exit(rc)"
     )
     args = [

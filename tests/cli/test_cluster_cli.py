@@ -10,9 +10,9 @@ import time
 
 import pytest
 import yaml
+from kfp_automl.pipelines.compile import COMPILED_DIR
 
-from pipelines.cli import main
-from pipelines.compile import COMPILED_DIR
+from kfp_automl.cli.main import main
 from tests.kfp_standin import KfpStandIn
 
 API = "/apis/v2beta1/"
@@ -135,7 +135,14 @@ def test_kubeconfig_context_reaches_kfp_through_the_api_server_proxy(kfp, tmp_pa
     # a new process: the kubernetes client reads $KUBECONFIG when it is imported
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "submit", "--ui-url", "https://kf.example.com"],
+        [
+            sys.executable,
+            "-m",
+            "kfp_automl.cli.main",
+            "submit",
+            "--ui-url",
+            "https://kf.example.com",
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -263,7 +270,7 @@ def test_server_error_exits_1(kfp, capsys):
 
 
 def test_a_host_that_never_answers_times_out(capsys, monkeypatch):
-    from pipelines import cluster
+    from kfp_automl.cluster import client as cluster
 
     monkeypatch.setattr(cluster, "REQUEST_TIMEOUT_S", 0.5)
     with socket.socket() as silent:  # accepts connections, never answers

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.fetch_cli import display_url
+from kfp_automl.bentos.fetch import display_url
+from kfp_automl.cli.main import main
 
 
 def _archive(path: Path, name: str = "automl-churn", version: str = "abc123") -> Path:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipelines.cli import main
-from pipelines.prepare_cli import prepare_params
+from kfp_automl.cli.main import main
+from kfp_automl.cli.prepare_options import prepare_params
 from tests.bad_tables import CASES, good_frame
 
 

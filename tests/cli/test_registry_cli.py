@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from components.registry.registry import Registry
-from pipelines.cli import main
+from kfp_automl.cli.main import main
+from kfp_automl.registry.registry import Registry
 
 
 def _setup(tmp_path):

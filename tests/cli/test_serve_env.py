@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipelines import bentos
-from pipelines.cli import main
+from kfp_automl.bentos import lookup as bentos
+from kfp_automl.cli.main import main
 
 KEYS = (
     "AUTOML_WORKERS",

@@ -11,11 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Markdown, Metrics, Model
-
-from components.evaluate.component import evaluate_model
-from components.package.component import package_model
-from components.prepare.component import prepare_data
-from components.tune.component import tune_models
+from kfp_automl.components.evaluate.component import evaluate_model
+from kfp_automl.components.package.component import package_model
+from kfp_automl.components.prepare.component import prepare_data
+from kfp_automl.components.tune.component import tune_models
 
 pytestmark = pytest.mark.slow
 
@@ -152,8 +151,8 @@ def test_classification_chain(tmp_path, small_churn_csv):
     assert bento.metadata["bento_tag"].startswith("automl-churn:")
     assert Path(bento.path).stat().st_size > 10_000
 
-    from components.registry.registry import Registry
-    from pipelines.bentos import load_packaged_model
+    from kfp_automl.bentos.lookup import load_packaged_model
+    from kfp_automl.registry.registry import Registry
 
     [entry] = Registry(tmp_path / "registry").versions("automl-churn")
     assert entry["stage"] == "challenger" and entry["bento_tag"] == bento.metadata["bento_tag"]
@@ -193,10 +192,10 @@ def test_regression_chain(tmp_path):
 
 
 def test_package_refuses_a_tampered_model(tmp_path):
+    from kfp_automl.components.package.package import package
     from sklearn.dummy import DummyClassifier
 
-    from components.common.model_io import ModelIntegrityError, save_model
-    from components.package.package import package
+    from kfp_automl.runtime.model_file import ModelIntegrityError, save_model
 
     sha = save_model(DummyClassifier().fit([[0], [1]], [0, 1]), tmp_path)
     model_file = tmp_path / "model.joblib"
@@ -210,12 +209,12 @@ def test_package_refuses_a_tampered_model(tmp_path):
 def test_search_puts_the_data_in_ray_once(monkeypatch, small_churn_csv):
     """The training frame reaches Ray's object store once, however many trials run."""
     import ray
+    from kfp_automl.components.prepare.prepare import prepare
+    from kfp_automl.components.tune.families import select_families
+    from kfp_automl.components.tune.search import run_search
 
-    from components.common.io import read_table
-    from components.common.metrics import resolve_metric
-    from components.prepare.prepare import prepare
-    from components.tune.families import select_families
-    from components.tune.search import run_search
+    from kfp_automl.runtime.metrics import resolve_metric
+    from kfp_automl.tables.io import read_table
 
     prepared = prepare(read_table(small_churn_csv), "churn")
     puts = []

@@ -17,12 +17,13 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+from kfp_automl.components.prepare.prepare import prepare
+from kfp_automl.components.tune.families import select_families
+from kfp_automl.components.tune.search import run_search
 
-from components.common.io import read_table, write_json, write_parquet
-from components.common.metrics import resolve_metric
-from components.prepare.prepare import prepare
-from components.tune.families import select_families
-from components.tune.search import run_search
+from kfp_automl.files import write_json
+from kfp_automl.runtime.metrics import resolve_metric
+from kfp_automl.tables.io import read_table, write_parquet
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -200,7 +201,7 @@ def _write_inputs(prepared, tmp: Path) -> list[str]:
 
 DRIVER = """
 import json, sys
-from components.tune.tune import run
+from kfp_automl.components.tune.tune import run
 args = json.loads(sys.argv[1])
 print("META " + json.dumps(run(*args.pop("files"), **args)), flush=True)
 """

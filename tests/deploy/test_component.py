@@ -6,8 +6,8 @@ import json
 
 import pytest
 from kfp.dsl import Artifact, Model
+from kfp_automl.components.deploy.component import deploy_model
 
-from components.deploy.component import deploy_model
 from tests.deploy.apiserver import write_kubeconfig
 from tests.deploy.conftest import FIXTURE
 

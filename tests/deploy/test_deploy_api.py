@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from kfp_automl.components.deploy.deploy import DeployError, deploy, run
+from kfp_automl.components.deploy.render import RELEASE_ANNOTATION, decode_release
 
-from components.common.errors import UserError
-from components.deploy.deploy import DeployError, deploy, run
-from components.deploy.render import RELEASE_ANNOTATION, decode_release
+from kfp_automl.errors import UserError
 
 pytestmark = pytest.mark.slow  # each test starts a (small, threaded) HTTP server
 
@@ -232,9 +232,8 @@ def test_a_forbidden_read_of_the_live_deployment_stops_before_any_apply(
 def test_connection_refused_is_one_clear_line(tmp_path, manifests_text):
     import socket
 
+    from kfp_automl.components.deploy.kube import Cluster
     from kubernetes import client
-
-    from components.deploy.kube import Cluster
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -263,9 +262,8 @@ def test_connection_refused_is_one_clear_line(tmp_path, manifests_text):
 
 
 def test_run_deploys_and_records_the_release(api, tmp_path, manifests_text):
+    from kfp_automl.components.deploy.kube import Cluster
     from kubernetes import client
-
-    from components.deploy.kube import Cluster
 
     manifests = tmp_path / "serving.yaml"
     manifests.write_text(manifests_text)

@@ -10,9 +10,9 @@ import tarfile
 
 import pytest
 import yaml
+from kfp_automl.components.deploy.render import RELEASE_ANNOTATION
 
-from components.deploy.render import RELEASE_ANNOTATION
-from pipelines.cli import main
+from kfp_automl.cli.main import main
 from tests.deploy.apiserver import write_kubeconfig
 
 URL = "s3://models/automl-churn/v9.bento"
@@ -115,7 +115,12 @@ def test_no_cluster_is_one_line_in_a_real_process(files, tmp_path, kubeconfig, e
     path = files.get(kubeconfig, tmp_path / kubeconfig)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(path)}
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *_args(files, "--bento", URL, "--version", "v9")],
+        [
+            sys.executable,
+            "-m",
+            "kfp_automl.cli.main",
+            *_args(files, "--bento", URL, "--version", "v9"),
+        ],
         capture_output=True,
         text=True,
         env=env,

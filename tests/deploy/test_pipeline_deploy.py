@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.bentos import _archive_tag
+from kfp_automl.bentos.lookup import _archive_tag
 from tests.deploy.apiserver import write_kubeconfig
 from tests.deploy.conftest import FIXTURE
 
@@ -23,7 +23,7 @@ DEP = "/apis/apps/v1/namespaces/ml-serving/deployments/automl-serving"
 
 
 def test_pipeline_deploys_the_promoted_bento(api, small_churn_csv, tmp_path, monkeypatch):
-    from pipelines.local_run import run_pipeline
+    from kfp_automl.pipelines.local import run_pipeline
 
     monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kc", api.host)))
     params = dict(

@@ -6,10 +6,8 @@ import copy
 
 import pytest
 import yaml
-
-from components.common.errors import UserError
-from components.deploy.deploy import rollout_status
-from components.deploy.render import (
+from kfp_automl.components.deploy.deploy import rollout_status
+from kfp_automl.components.deploy.render import (
     RELEASE_ANNOTATION,
     decode_release,
     encode_release,
@@ -18,6 +16,8 @@ from components.deploy.render import (
     to_yaml,
     with_record,
 )
+
+from kfp_automl.errors import UserError
 
 URL = "s3://models/automl-churn/v7.bento"
 

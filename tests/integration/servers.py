@@ -18,7 +18,7 @@ import httpx
 import pandas as pd
 import yaml
 
-CLI = [sys.executable, "-m", "pipelines.cli"]
+CLI = [sys.executable, "-m", "kfp_automl.cli.main"]
 
 
 def free_port() -> int:

@@ -187,7 +187,7 @@ def _drifted_exporter(stop_event: threading.Event):
 
 
 def test_prometheus_drift_alert_reaches_kfp_through_alertmanager(tmp_path):
-    from pipelines.monitoring_rules import render_rules
+    from kfp_automl.observability.rules import render_rules
 
     prometheus = shutil.which("prometheus")
     if prometheus is None:

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from pipelines.monitoring_rules import render_rules
+from kfp_automl.observability.rules import render_rules
 from tests.integration.servers import json_records, prometheus, serve
 
 pytestmark = pytest.mark.slow

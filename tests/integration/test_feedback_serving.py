@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipelines.monitoring_rules import render_rules
+from kfp_automl.observability.rules import render_rules
 from tests.integration.servers import CLI, json_records, prometheus, serve
 
 pytestmark = pytest.mark.slow

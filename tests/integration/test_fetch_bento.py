@@ -161,7 +161,7 @@ for probe in /probe "$REPO/probe" "$VENV/probe"; do
 done
 exec setpriv --no-new-privs --bounding-set=-all --inh-caps=-all \
   env HOME=/tmp BENTOML_HOME=/mnt/bentoml PYTHONDONTWRITEBYTECODE=1 \
-  "$PYTHON" -m pipelines.cli serve --model /mnt/bento/model.bento --host 127.0.0.1 --port "$PORT"
+  "$PYTHON" -m kfp_automl.cli.main serve --model /mnt/bento/model.bento --host 127.0.0.1 --port "$PORT"
 """
 
 
@@ -210,6 +210,6 @@ def test_serve_with_a_read_only_root_filesystem_and_no_capabilities(pipeline_run
 
 @functools.cache
 def _rows() -> pd.DataFrame:
-    from components.common.io import DEFAULT_DATASET, read_table
+    from kfp_automl.tables.io import DEFAULT_DATASET, read_table
 
     return read_table(DEFAULT_DATASET).drop(columns=["churn"]).head(5)

@@ -64,7 +64,7 @@ def test_summary_has_every_field(pipeline_run):
 def test_first_model_becomes_champion_and_a_second_run_is_gated(
     pipeline_run, small_churn_csv, tmp_path
 ):
-    from components.registry.registry import Registry
+    from kfp_automl.registry.registry import Registry
 
     _, first, _ = pipeline_run
     assert first["deploy"] is True and "no champion" in first["gate_reason"]

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from components.common.errors import UserError
-from components.registry.registry import Registry
+from kfp_automl.errors import UserError
+from kfp_automl.registry.registry import Registry
 from tests.gcs_server import gcs_server
 from tests.integration.servers import CLI, free_port
 
@@ -112,7 +112,7 @@ def test_a_missing_bucket_is_a_one_line_error(gcs):
 
 @pytest.mark.slow
 def test_an_unreachable_store_is_a_one_line_error(gcs, monkeypatch):
-    from components.registry import backends
+    from kfp_automl.registry import backends
 
     monkeypatch.setattr(backends, "GCS_RETRY_S", 2.0)  # the retries end sooner, not differently
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common.errors import UserError
-from components.registry.registry import Registry
+from kfp_automl.errors import UserError
+from kfp_automl.registry.registry import Registry
 from tests.integration.servers import CLI, free_port
 from tests.s3_server import conditionless_proxy, s3_env, s3_server
 
@@ -329,7 +329,7 @@ def _run(args: list[str], env: dict, out) -> dict:
 
 _LOAD = """
 import sys
-from components.registry.store import load_registered_model
+from kfp_automl.registry.store import load_registered_model
 model, schema, meta = load_registered_model(sys.argv[1], {"version": sys.argv[2], "bento_uri": sys.argv[3]})
 print(meta["sha256"], schema["target"])
 """
@@ -392,7 +392,7 @@ def test_pipeline_registers_gates_and_promotes_through_s3(s3, endpoint, small_ch
 
 def test_read_table_from_kfp_minio_url(s3):
     """Data in KFP's MinIO store (`minio://`) reads like s3:// at AWS_ENDPOINT_URL."""
-    from components.common.io import fsspec_url, read_table
+    from kfp_automl.tables.io import fsspec_url, read_table
 
     bucket, client = s3
     csv = b"age,plan,churn\n31,basic,no\n45,premium,yes\n"

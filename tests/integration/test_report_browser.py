@@ -44,11 +44,13 @@ def _chromium() -> str:
 
 def _evaluate(tmp: Path, df: pd.DataFrame, target: str) -> tuple[Path, str]:
     """prepare -> fit the random forest's starting configuration -> evaluate.run: (report, task)."""
-    from components.common.io import write_json, write_parquet
-    from components.common.model_io import save_model
-    from components.evaluate.evaluate import run
-    from components.prepare.prepare import prepare
-    from components.tune.families import build_model
+    from kfp_automl.components.evaluate.evaluate import run
+    from kfp_automl.components.prepare.prepare import prepare
+    from kfp_automl.components.tune.families import build_model
+
+    from kfp_automl.files import write_json
+    from kfp_automl.runtime.model_file import save_model
+    from kfp_automl.tables.io import write_parquet
 
     prepared = prepare(df, target)
     paths = {}
@@ -124,9 +126,8 @@ def test_report_renders_in_chromium(tmp_path, table, small_churn_csv):
 
 
 def _check_report(browser, report: Path, task: str, tmp_path: Path) -> None:
+    from kfp_automl.components.evaluate.report import section_ids
     from selenium.webdriver.support.ui import WebDriverWait
-
-    from components.evaluate.report import section_ids
 
     browser.get(report.as_uri())
     WebDriverWait(browser, 30).until(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines import grafana_dashboard
+from kfp_automl.observability import dashboard as grafana_dashboard
 from tests.manifests.render import one, render
 
 # The request series BentoML 1.4 exports (bentoml/_internal/server/http/instruments.py,

@@ -1,4 +1,4 @@
-"""The monitoring manifests: generated from pipelines/monitoring_rules.py and up to date,
+"""The monitoring manifests: generated from kfp_automl/observability and up to date,
 valid for promtool, naming only series that exist, and the autoscaling queries right."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipelines import monitoring_rules
+from kfp_automl.observability import render as generate
+from kfp_automl.observability import rules, series
 from tests.manifests.promql import (
     BENTOML_SERIES,
     as_promql,
@@ -18,9 +19,9 @@ from tests.manifests.promql import (
 from tests.manifests.render import MANIFESTS, ROOT, one, render
 
 GENERATED = {
-    "manifests/monitoring/prometheus-rules.yaml": monitoring_rules.render_rules,
-    "manifests/serving/base/prometheusrule.yaml": monitoring_rules.render_prometheus_rule,
-    "manifests/serving/base/grafana-dashboard.yaml": monitoring_rules.render_dashboard,
+    "manifests/monitoring/prometheus-rules.yaml": rules.render_rules,
+    "manifests/serving/base/prometheusrule.yaml": rules.render_prometheus_rule,
+    "manifests/serving/base/grafana-dashboard.yaml": generate.render_dashboard,
 }
 
 
@@ -32,14 +33,14 @@ def test_committed_file_is_up_to_date(path):
 def test_stale_check_can_fail(tmp_path):
     """What `make rules` writes differs as soon as a setting does."""
     assert (
-        monitoring_rules.render_prometheus_rule(window="5m")
+        rules.render_prometheus_rule(window="5m")
         != (ROOT / "manifests/serving/base/prometheusrule.yaml").read_text()
     )
 
 
 def test_make_rules_writes_all_three(tmp_path):
     out = {name: tmp_path / name for name in ("rules.yaml", "rule.yaml", "dash.yaml")}
-    code = monitoring_rules.main(
+    code = generate.main(
         [
             "--output",
             str(out["rules.yaml"]),
@@ -57,7 +58,7 @@ def test_make_rules_writes_all_three(tmp_path):
 
 def test_prometheus_rule_is_the_single_source_and_passes_promtool(tmp_path):
     rule = one(render("serving/overlays/prod"), "PrometheusRule")
-    assert rule["spec"] == monitoring_rules.rule_groups()
+    assert rule["spec"] == rules.rule_groups()
     out = check_rules(rule["spec"], tmp_path)
     assert "SUCCESS" in out and "rules found" in out
 
@@ -83,7 +84,7 @@ def test_dashboard_reads_only_series_that_exist():
     """automl_* from the service's Monitor, automl:* from the rules, bentoml_* from BentoML."""
     from prometheus_client import CollectorRegistry
 
-    import components.serving.monitoring as monitoring
+    from kfp_automl.serving import monitoring
 
     registry = CollectorRegistry()
     monitoring.Monitor(None, "m", "v", {"task": "classification"}, registry=registry)
@@ -91,10 +92,7 @@ def test_dashboard_reads_only_series_that_exist():
     for family in registry.collect():
         exported |= {s.name for s in family.samples} | {family.name}
     recorded = {
-        r["record"]
-        for g in monitoring_rules.rule_groups()["groups"]
-        for r in g["rules"]
-        if "record" in r
+        r["record"] for g in rules.rule_groups()["groups"] for r in g["rules"] if "record" in r
     }
     # histograms and counters with no samples yet: their series names follow the type
     exported |= {
@@ -114,7 +112,7 @@ def test_dashboard_reads_only_series_that_exist():
     names = set().union(*(metric_names(q) for q in dashboard_queries()))
     assert names - exported - recorded - BENTOML_SERIES == set()
     # the drift row reads the recording rules, the quality row the service's counters
-    assert {monitoring_rules.PSI, monitoring_rules.JS} <= names
+    assert {series.PSI, series.JS} <= names
     assert {"automl_feature_missing_total", "automl_feature_unseen_category_total"} <= names
 
 
@@ -169,7 +167,7 @@ def test_keda_query_gives_requests_in_flight_of_the_namespace(tmp_path):
 
 def test_dashboard_layout_is_consistent():
     """Unique panel ids and refIds, panels inside Grafana's 24 columns, none overlapping."""
-    from pipelines.grafana_dashboard import dashboard
+    from kfp_automl.observability.dashboard import dashboard
 
     panels = dashboard()["panels"]
     assert len({p["id"] for p in panels}) == len(panels)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from kfp_automl import __version__
 from tests.manifests import pss
 from tests.manifests.render import KUSTOMIZATIONS, find, one, pod_specs, render
 
@@ -176,7 +177,7 @@ def test_ray_cluster_autoscales_with_token_auth_and_no_external_service():
     images = {
         c["image"] for _, pod, _ in pod_specs(cluster) for c in pod["containers"] if "image" in c
     }
-    assert images == {"ghcr.io/kfp-automl/components:0.1.0"}
+    assert images == {f"ghcr.io/kfp-automl/components:{__version__}"}
 
 
 # ---- the serving Deployment's contract ------------------------------------------------------
@@ -233,7 +234,7 @@ def _check_serving_contract(pod: dict, main_name: str) -> None:
     )
     assert "/bento" in {m["mountPath"] for m in init["volumeMounts"]}
     # Graceful shutdown: the grace period covers the preStop pause plus BentoML's
-    # traffic timeout (60 s, components/serving/service.py) for requests in flight.
+    # traffic timeout (60 s, kfp_automl/serving/service.py) for requests in flight.
     sleep = int(main["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pod["terminationGracePeriodSeconds"] >= sleep + 60
 
@@ -275,7 +276,7 @@ def test_overlays_differ_in_replicas_resources_and_images():
             d["spec"]["template"]["spec"]["initContainers"]
             + d["spec"]["template"]["spec"]["containers"]
         ):
-            assert c["image"] == "ghcr.io/kfp-automl/serving:0.1.0"
+            assert c["image"] == f"ghcr.io/kfp-automl/serving:{__version__}"
     hpa = {
         n: one(render(f"serving/overlays/{n}"), "HorizontalPodAutoscaler") for n in ("dev", "prod")
     }
@@ -355,7 +356,7 @@ def test_the_deploy_step_renders_the_overlays(name):
     """components/deploy accepts these manifests and sets a version's URL and label."""
     import copy
 
-    from components.deploy import render as deploy
+    from kfp_automl.components.deploy import render as deploy
 
     objects = copy.deepcopy(list(render(name)))
     release = deploy.render(objects, "s3://models/automl-churn.bento", "v2", "ml-serving")

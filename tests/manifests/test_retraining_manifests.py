@@ -18,11 +18,11 @@ import click
 import kubernetes_validate
 import pytest
 import yaml
+from kfp_automl.components._image import COMPONENTS_IMAGE
 
-from components._image import COMPONENTS_IMAGE
-from pipelines.cli import cli
-from pipelines.cluster import check_cron
-from pipelines.retrain_trigger import TOKEN_ENV
+from kfp_automl.cli.main import cli
+from kfp_automl.cluster.client import check_cron
+from kfp_automl.retrain.trigger import TOKEN_ENV
 
 ROOT = Path(__file__).resolve().parents[2] / "manifests" / "retraining"
 KUSTOMIZATIONS = [ROOT, ROOT / "schedule"]
@@ -204,8 +204,8 @@ def test_example_alertmanager_receiver_passes_amtool():
 
 
 def test_drift_rules_carry_the_label_the_trigger_acts_on():
-    from pipelines.monitoring_rules import rule_groups
-    from pipelines.retrain_trigger import MODEL_LABEL, RETRAIN_LABEL
+    from kfp_automl.observability.rules import rule_groups
+    from kfp_automl.retrain.trigger import MODEL_LABEL, RETRAIN_LABEL
 
     alerts = [r for g in rule_groups()["groups"] for r in g["rules"] if "alert" in r]
     retrain = [a["alert"] for a in alerts if a["labels"].get("action") == RETRAIN_LABEL[1]]

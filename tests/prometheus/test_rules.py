@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import monitoring_rules
-from pipelines.monitoring_rules import EPS, render_rules
+from kfp_automl.observability import render, series
+from kfp_automl.observability.rules import render_rules
+from kfp_automl.runtime.drift import EPS
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "manifests" / "monitoring" / "prometheus-rules.yaml"
@@ -120,7 +121,7 @@ def value_tests() -> dict:
 def test_committed_rules_are_up_to_date():
     assert COMMITTED.read_text() == render_rules(), (
         f"{COMMITTED.relative_to(ROOT)} is stale: run "
-        "`python -m pipelines.monitoring_rules --output manifests/monitoring/prometheus-rules.yaml`"
+        "`python -m kfp_automl.observability.render --output manifests/monitoring/prometheus-rules.yaml`"
     )
 
 
@@ -146,12 +147,12 @@ def test_rule_and_alert_names():
     groups = yaml.safe_load(render_rules())["groups"]
     assert [g["name"] for g in groups] == ["automl-drift", "automl-alerts"]
     assert [r["record"] for r in groups[0]["rules"]] == [
-        monitoring_rules.BIN_RECORDS,
-        monitoring_rules.RECORDS,
-        monitoring_rules.SHARE,
-        monitoring_rules.REFERENCE_SHARE,
-        monitoring_rules.PSI,
-        monitoring_rules.JS,
+        series.BIN_RECORDS,
+        series.RECORDS,
+        series.SHARE,
+        series.REFERENCE_SHARE,
+        series.PSI,
+        series.JS,
     ]
     alerts = {r["alert"]: r for r in groups[1]["rules"]}
     assert list(alerts) == [
@@ -215,15 +216,15 @@ def test_prometheus_durations_are_accepted(duration):
 
 def test_main_writes_the_file_or_prints_it(tmp_path, capsys):
     out = tmp_path / "monitoring" / "rules.yaml"
-    assert monitoring_rules.main(["--window", "5m", "--for", "1m", "--output", str(out)]) == 0
+    assert render.main(["--window", "5m", "--for", "1m", "--output", str(out)]) == 0
     assert out.read_text() == render_rules(window="5m", alert_for="1m")
     assert [p.name for p in out.parent.iterdir()] == ["rules.yaml"]  # no temp file left
     capsys.readouterr()
-    assert monitoring_rules.main([]) == 0
+    assert render.main([]) == 0
     assert capsys.readouterr().out == render_rules()
 
 
 def test_main_reports_bad_arguments_in_one_line(capsys):
-    assert monitoring_rules.main(["--window", "10 minutes"]) == 2
+    assert render.main(["--window", "10 minutes"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: window must be a Prometheus duration") and err.count("\n") == 1

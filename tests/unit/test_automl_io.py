@@ -1,4 +1,4 @@
-"""components/serving/automl_io.py: request records, model input, answers, hash-checked loading."""
+"""kfp_automl/runtime/records.py: request records, model input, answers, hash-checked loading."""
 
 from __future__ import annotations
 
@@ -9,22 +9,24 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from kfp_automl.components.tune.families import build_model
 
-from components.common.model_io import save_model
-from components.serving.automl_io import (
+from kfp_automl.runtime.model_file import (
     MODEL_FILE,
     ModelIntegrityError,
+    load_model,
+    save_model,
+    sha256_file,
+)
+from kfp_automl.runtime.records import (
     RecordError,
     check_records,
     coerce_frame,
-    load_model,
     parse_request,
     predict_frame,
     prediction_records,
     records_to_frame,
-    sha256_file,
 )
-from components.tune.families import build_model
 
 from ._data import schema_for, synthetic_frame
 
@@ -122,7 +124,7 @@ def test_records_to_frame_rejects(records, index, field, match):
 
 
 def test_records_to_frame_rejects_integer_too_large_for_a_float():
-    """BUG (components/serving/automl_io.py:records_to_frame): a JSON integer beyond
+    """BUG (kfp_automl/runtime/records.py:records_to_frame): a JSON integer beyond
     float range (json.loads('1' + '0' * 400) is a Python int) passes the checks and
     then pd.to_numeric raises OverflowError, which the service turns into a 500
     instead of a 400 naming the record and field."""

@@ -3,7 +3,7 @@ waits a bounded grace for the first finished trial."""
 
 from __future__ import annotations
 
-from components.tune.budget import BudgetStopper, grace_for
+from kfp_automl.components.tune.budget import BudgetStopper, grace_for
 
 
 class Clock:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from components.common.errors import UserError
-from pipelines.cluster import check_cron, coerce_parameter, parse_assignments
+from kfp_automl.cluster.client import check_cron, coerce_parameter, parse_assignments
+from kfp_automl.errors import UserError
 
 DECLARED = {
     "s": {"parameterType": "STRING"},

@@ -1,4 +1,4 @@
-"""pipelines/local_run.py ConsoleFilter: everything to run.log, only progress to the console."""
+"""pipelines/local.py ConsoleFilter: everything to run.log, only progress to the console."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import io
 import re
 
 import pytest
+from kfp_automl.pipelines.local import ConsoleFilter
 
-from components.common.progress import PREFIX
-from pipelines.local_run import ConsoleFilter
+from kfp_automl.progress import PREFIX
 
 CYAN, GREEN, RED, RESET = "\x1b[96m", "\x1b[92m", "\x1b[91m", "\x1b[0m"
 

@@ -9,32 +9,23 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import roc_curve
-
-import components
-from components.common.metrics import METRICS, task_metrics
-from components.evaluate.bootstrap import MIN_ROWS, bootstrap_intervals
-from components.evaluate.evaluate import (
-    MAX_ROC_POINTS,
-    diagnose,
-    evaluate,
-    run,
-)
-from components.evaluate.learning_curve import FRACTIONS, learning_curve
-from components.evaluate.learning_curve import MIN_ROWS as LC_MIN_ROWS
-from components.evaluate.model_card import (
+from kfp_automl.components.evaluate.bootstrap import MIN_ROWS, bootstrap_intervals
+from kfp_automl.components.evaluate.evaluate import MAX_ROC_POINTS, diagnose, evaluate, run
+from kfp_automl.components.evaluate.learning_curve import FRACTIONS, learning_curve
+from kfp_automl.components.evaluate.learning_curve import MIN_ROWS as LC_MIN_ROWS
+from kfp_automl.components.evaluate.model_card import (
     limitations,
     model_card,
     model_card_markdown,
     summary_markdown,
 )
-from components.evaluate.report import render_report, section_ids
-from components.evaluate.slices import (
-    MISSING,
-    default_slice_column,
-    slice_metrics,
-)
-from components.tune.families import build_model
+from kfp_automl.components.evaluate.report import render_report, section_ids
+from kfp_automl.components.evaluate.slices import MISSING, default_slice_column, slice_metrics
+from kfp_automl.components.tune.families import build_model
+from sklearn.metrics import roc_curve
+
+import kfp_automl
+from kfp_automl.runtime.metrics import METRICS, task_metrics
 
 from ._data import schema_for, synthetic_frame
 
@@ -581,7 +572,7 @@ def test_model_card_fields(binary_diag):
     schema["features"][1]["missing_rate"] = 0.35
     card = model_card(ev, schema, INFO, diag)
     json.dumps(card, allow_nan=False)  # strict JSON
-    assert card["code_version"] == components.__version__
+    assert card["code_version"] == kfp_automl.__version__
     assert card["task"] == "classification" and card["target"] == "target"
     assert card["classes"] == ["no", "yes"]
     assert card["data"]["fingerprint"] == "f" * 64
@@ -646,8 +637,8 @@ def test_summary_markdown(binary_diag):
 
 
 def test_run_writes_report_summary_and_card(tmp_path, binary_model):
-    from components.common.io import write_json
-    from components.common.model_io import save_model
+    from kfp_automl.files import write_json
+    from kfp_automl.runtime.model_file import save_model
 
     schema = _schema("classification")
     sha = save_model(binary_model, tmp_path / "model")

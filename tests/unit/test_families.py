@@ -9,9 +9,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-
-from components.common.errors import UserError
-from components.tune.families import (
+from kfp_automl.components.tune.families import (
     FAMILIES,
     Choice,
     Float,
@@ -25,6 +23,8 @@ from components.tune.families import (
     initial_configs,
     select_families,
 )
+
+from kfp_automl.errors import UserError
 
 from ._data import schema_for, synthetic_frame
 

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
-from components.common.errors import UserError
-from components.serving.prediction_log import LogSettings, PredictionLog
-from components.serving.quality import QualityMetrics
-from pipelines.cli import main
-from pipelines.feedback_table import append_to, feedback_table, parse_since
+from kfp_automl.cli.main import main
+from kfp_automl.errors import UserError
+from kfp_automl.feedback.export import append_to, feedback_table, parse_since
+from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
+from kfp_automl.serving.quality import QualityMetrics
 
 from ._data import schema_for, synthetic_frame
 

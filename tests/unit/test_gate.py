@@ -5,11 +5,10 @@ from __future__ import annotations
 import copy
 
 import pytest
+from kfp_automl.components.gate.gate import decide, schema_differences
+from kfp_automl.components.prepare.prepare import prepare
+from kfp_automl.components.tune.families import FAMILIES, build_model, flat_config
 from sklearn.dummy import DummyClassifier
-
-from components.gate.gate import decide, schema_differences
-from components.prepare.prepare import prepare
-from components.tune.families import FAMILIES, build_model, flat_config
 
 
 @pytest.fixture(scope="module")

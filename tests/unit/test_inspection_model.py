@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
-from components.common.metrics import resolve_metric
-from components.evaluate.importance import (
+from kfp_automl.components.evaluate.importance import (
     inspection_model,
     partial_dependence,
     permutation_importance,
 )
-from components.tune import ensemble
-from components.tune.families import FAMILIES, build_model, flat_config
+from kfp_automl.components.tune import ensemble
+from kfp_automl.components.tune.families import FAMILIES, build_model, flat_config
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from kfp_automl.runtime.metrics import resolve_metric
 
 from ._data import schema_for, synthetic_frame
 

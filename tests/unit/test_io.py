@@ -1,4 +1,4 @@
-"""components/common/io.py: table formats, reading user tables, atomic writes, JSON."""
+"""kfp_automl/tables/io.py: table formats, reading user tables, atomic writes, JSON."""
 
 from __future__ import annotations
 
@@ -10,15 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.common.errors import UserError
-from components.common.io import (
+from kfp_automl.errors import UserError
+from kfp_automl.files import atomic_path, read_json, write_json
+from kfp_automl.tables.io import (
     DEFAULT_DATASET,
     DEFAULT_TARGET,
-    atomic_path,
-    read_json,
     read_table,
     table_format,
-    write_json,
     write_parquet,
 )
 
@@ -246,7 +244,7 @@ def test_write_json_round_trip_with_numpy_scalars(tmp_path):
 
 
 def test_write_json_round_trip_with_numpy_arrays(tmp_path):
-    """BUG (components/common/io.py:_json_default): ndarrays have `.item`, so the
+    """BUG (kfp_automl/files.py:_json_default): ndarrays have `.item`, so the
     `tolist` branch is never reached; a multi-element array raises ValueError and a
     one-element array is written as a bare scalar instead of a list."""
     path = tmp_path / "a.json"

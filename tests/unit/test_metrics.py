@@ -1,4 +1,4 @@
-"""components/common/metrics.py: metric choice per task, direction, and values."""
+"""kfp_automl/runtime/metrics.py: metric choice per task, direction, and values."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.linear_model import LogisticRegression
 
-from components.common.errors import UserError
-from components.common.metrics import (
+from kfp_automl.errors import UserError
+from kfp_automl.runtime.metrics import (
     METRICS,
     MetricUndefined,
     Scorer,

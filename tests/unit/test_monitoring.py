@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from kfp_automl.components.prepare.profile import add_prediction_profile, build_profile
 from prometheus_client import CollectorRegistry
 
-from components.common.profile import add_prediction_profile, build_profile
-from components.serving.monitoring import (
+from kfp_automl.runtime.drift import (
     MISSING,
     OTHER,
-    PREDICTION,
-    Monitor,
     bin_index,
     bin_shares,
     calibrate,
@@ -21,6 +19,8 @@ from components.serving.monitoring import (
     numeric_spec,
     psi,
 )
+from kfp_automl.runtime.names import PREDICTION
+from kfp_automl.serving.monitoring import Monitor
 
 
 def test_numeric_bins_are_quantiles_with_a_missing_bin():
@@ -71,7 +71,7 @@ def test_calibrated_threshold_separates_noise_from_shift():
 
 
 def test_profile_of_the_churn_table(churn_df):
-    from components.prepare.prepare import prepare
+    from kfp_automl.components.prepare.prepare import prepare
 
     prepared = prepare(churn_df, "churn")
     profile = build_profile(prepared.train, prepared.schema)
@@ -96,7 +96,7 @@ def _metrics(registry) -> dict[tuple, float]:
 
 
 def test_monitor_counts_bins_quality_and_keeps_series_bounded(churn_df):
-    from components.prepare.prepare import prepare
+    from kfp_automl.components.prepare.prepare import prepare
 
     prepared = prepare(churn_df, "churn")
     profile = add_prediction_profile(
@@ -140,8 +140,9 @@ def test_monitor_counts_bins_quality_and_keeps_series_bounded(churn_df):
 
 def test_monitor_counts_request_columns_as_it_counts_a_frame(churn_df):
     """The service hands observe() the request's columns (records_to_columns), not a frame."""
-    from components.prepare.prepare import prepare
-    from components.serving.automl_io import records_to_columns, records_to_frame
+    from kfp_automl.components.prepare.prepare import prepare
+
+    from kfp_automl.runtime.records import records_to_columns, records_to_frame
 
     prepared = prepare(churn_df.head(800), "churn")
     profile = build_profile(prepared.train, prepared.schema)
@@ -167,9 +168,10 @@ def test_monitor_counts_request_columns_as_it_counts_a_frame(churn_df):
 @pytest.mark.parametrize("size", [1, 5, 16])
 def test_small_batches_are_counted_as_numpy_counts_them(churn_df, monkeypatch, size):
     """Up to SMALL_BATCH records are binned in plain Python: the same counts as numpy's."""
-    import components.serving.monitoring as monitoring
-    from components.prepare.prepare import prepare
-    from components.serving.automl_io import records_to_columns
+    from kfp_automl.components.prepare.prepare import prepare
+
+    from kfp_automl.runtime.records import records_to_columns
+    from kfp_automl.serving import monitoring
 
     prepared = prepare(churn_df.head(800), "churn")
     profile = add_prediction_profile(

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from components.common.metrics import METRICS
-from components.serving.prediction_log import LogSettings, PredictionLog
-from components.serving.prediction_store import PredictionStore, read_labels
-from components.serving.quality import QualityMetrics, check_label, live_metrics
+from kfp_automl.runtime.metrics import METRICS
+from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
+from kfp_automl.serving.prediction_store import PredictionStore, read_labels
+from kfp_automl.serving.quality import QualityMetrics, check_label, live_metrics
 
 from ._data import schema_for
 
@@ -217,8 +217,8 @@ def test_an_unwritable_directory_is_reported_and_never_raises(tmp_path):
 FULL_DISK = """
 import json, resource, signal, sys
 from prometheus_client import CollectorRegistry
-from components.serving.prediction_log import LogSettings, PredictionLog
-from components.serving.quality import QualityMetrics
+from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
+from kfp_automl.serving.quality import QualityMetrics
 schema = json.loads(sys.argv[2])
 reg = CollectorRegistry()
 metrics = QualityMetrics("m", "v1", "classification", "roc_auc", None, reg)

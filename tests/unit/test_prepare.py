@@ -7,9 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from components.common.errors import UserError
-from components.prepare.prepare import (
+from kfp_automl.components.prepare.prepare import (
     MAX_CLASSES,
     MIN_ROWS,
     MIN_ROWS_PER_CLASS,
@@ -19,6 +17,8 @@ from components.prepare.prepare import (
     split,
     validate,
 )
+
+from kfp_automl.errors import UserError
 
 rng = np.random.default_rng(123)
 

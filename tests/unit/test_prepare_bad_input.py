@@ -14,13 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import pandas as hpd
+from kfp_automl.components.prepare.prepare import Options, prepare
+from kfp_automl.components.prepare.profile import build_profile
 
-from components.common.errors import UserError
-from components.common.io import read_table
-from components.common.preprocess import build_preprocessor
-from components.common.profile import build_profile
-from components.prepare.prepare import Options, prepare
-from components.serving.automl_io import check_records, records_to_frame
+from kfp_automl.errors import UserError
+from kfp_automl.runtime.records import check_records, records_to_frame
+from kfp_automl.runtime.transformers import build_preprocessor
+from kfp_automl.tables.io import read_table
 from tests.bad_tables import CASES, unicode_frame
 
 

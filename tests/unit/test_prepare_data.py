@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from kfp_automl.components.prepare.prepare import Options, prepare, run
+from kfp_automl.components.prepare.profile import build_profile, fast_bin_index
 
-from components.common.errors import UserError
-from components.common.io import read_json
-from components.common.profile import build_profile, fast_bin_index
-from components.prepare.prepare import Options, prepare, run
-from components.serving.automl_io import check_records
-from components.serving.monitoring import bin_index, categorical_spec
+from kfp_automl.errors import UserError
+from kfp_automl.files import read_json
+from kfp_automl.runtime.drift import bin_index, categorical_spec
+from kfp_automl.runtime.records import check_records
 
 N = 600
 

@@ -1,4 +1,4 @@
-"""components/common/preprocess.py: the in-model preprocessing, fitted on train only."""
+"""kfp_automl/runtime/transformers.py: the in-model preprocessing, fitted on train only."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, TargetEncoder
 
-from components.common.errors import UserError
-from components.common.preprocess import (
+from kfp_automl.errors import UserError
+from kfp_automl.runtime.records import records_to_frame
+from kfp_automl.runtime.transformers import (
     RARE,
     BooleanEncoder,
     CategoryCleaner,
@@ -21,7 +22,6 @@ from components.common.preprocess import (
     build_preprocessor,
     category_strings,
 )
-from components.serving.automl_io import records_to_frame
 
 rng = np.random.default_rng(0)
 
@@ -223,7 +223,7 @@ def test_old_schema_without_roles_still_builds():
 
 
 def test_datetime_values_iso_guessed_layout_and_mixed():
-    from components.common.preprocess import datetime_values
+    from kfp_automl.runtime.transformers import datetime_values
 
     iso = datetime_values(pd.Series(["2024-01-02", "2024-01-02T10:00:00+02:00", None]))
     assert iso.tolist()[:2] == [pd.Timestamp("2024-01-02"), pd.Timestamp("2024-01-02 08:00")]

@@ -7,8 +7,8 @@ import multiprocessing
 
 import pytest
 
-from components.common.errors import UserError
-from components.registry.registry import Registry
+from kfp_automl.errors import UserError
+from kfp_automl.registry.registry import Registry
 
 
 def _registry(tmp_path, versions=("v1", "v2", "v3")) -> Registry:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
-from pipelines.retrain_state import STATE_FILE, RetrainState
+from kfp_automl.retrain.state import STATE_FILE, RetrainState
 
 
 class Clock:

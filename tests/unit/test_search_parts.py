@@ -8,11 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
-from components.common.errors import UserError
-from components.common.metrics import METRICS
-from components.tune import ensemble, validation
-from components.tune.families import (
+from kfp_automl.components.tune import ensemble, validation
+from kfp_automl.components.tune.families import (
     FAMILIES,
     build_model,
     family_params,
@@ -22,8 +19,11 @@ from components.tune.families import (
     initial_configs,
     preprocessor,
 )
-from components.tune.trial import MAX_STEP, budgets, grow, predict_output
-from components.tune.warm_start import read_leaderboard, seeds
+from kfp_automl.components.tune.trial import MAX_STEP, budgets, grow, predict_output
+from kfp_automl.components.tune.warm_start import read_leaderboard, seeds
+
+from kfp_automl.errors import UserError
+from kfp_automl.runtime.metrics import METRICS
 
 from ._data import schema_for, synthetic_frame
 
@@ -321,8 +321,8 @@ def test_target_encoding_gives_one_column_per_categorical():
 
 
 def test_search_report_has_every_section():
-    from components.tune import report
-    from components.tune.search import SearchResult
+    from kfp_automl.components.tune import report
+    from kfp_automl.components.tune.search import SearchResult
 
     board = pd.DataFrame(
         {
@@ -358,6 +358,6 @@ def test_search_report_has_every_section():
     ],
 )
 def test_state_path(explicit, pipeline_root, expected):
-    from components.tune.tune import state_path
+    from kfp_automl.components.tune.tune import state_path
 
     assert state_path(explicit, pipeline_root, "run-1") == expected

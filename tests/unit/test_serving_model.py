@@ -1,4 +1,4 @@
-"""components/serving/automl_io.py: ServingModel answers exactly as the fitted model, faster."""
+"""kfp_automl/runtime/fast_path.py: ServingModel answers exactly as the fitted model, faster."""
 
 from __future__ import annotations
 
@@ -9,22 +9,17 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from kfp_automl.components.prepare.prepare import prepare
+from kfp_automl.components.tune import ensemble
+from kfp_automl.components.tune.families import FAMILIES, build_model, flat_config
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from components.prepare.prepare import prepare
-from components.serving.automl_io import (
-    ServingModel,
-    predict_frame,
-    probe_frame,
-    records_to_frame,
-    serving_model,
-)
-from components.tune import ensemble
-from components.tune.families import FAMILIES, build_model, flat_config
+from kfp_automl.runtime.fast_path import ServingModel, probe_frame, serving_model
+from kfp_automl.runtime.records import predict_frame, records_to_frame
 
 from ._data import schema_for, synthetic_frame
 from .test_preprocess import _mixed
@@ -137,7 +132,7 @@ def test_unseen_missing_and_non_text_values(churn):
 
 def test_memo_beyond_its_bound_still_answers_the_same(churn, monkeypatch):
     schema, X_train, y, X = churn
-    monkeypatch.setattr("components.serving.automl_io.MEMO_MAX_VALUES", 2)
+    monkeypatch.setattr("kfp_automl.runtime.fast_path.MEMO_MAX_VALUES", 2)
     model = _fit("linear", schema, X_train, y)
     fast = ServingModel(model, schema)
     for _ in range(3):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from kfp_automl.components.prepare.prepare import prepare
+from kfp_automl.components.tune.families import FAMILIES, build_model, flat_config
 
-from components.prepare.prepare import prepare
-from components.serving.automl_io import coerce_frame, predict_frame, records_to_frame
-from components.tune.families import FAMILIES, build_model, flat_config
+from kfp_automl.runtime.records import coerce_frame, predict_frame, records_to_frame
 
 
 def test_records_and_tables_score_like_the_training_frame(churn_df):

@@ -17,7 +17,7 @@ import bentoml
 import pandas as pd
 from pydantic import BaseModel
 
-from components.serving.automl_io import load_model
+from kfp_automl.runtime.model_file import load_model
 
 
 class PlainArgs(BaseModel):

@@ -1,1 +1,0 @@
-"""Shared pieces: table I/O, errors, metrics, model files, progress lines."""

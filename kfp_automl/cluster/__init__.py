@@ -1,0 +1,1 @@
+"""The Kubeflow Pipelines API client: runs and recurring runs of the compiled pipeline."""

@@ -1,0 +1,1 @@
+"""Production feedback: logged predictions that got a label, as a training table."""

@@ -1,0 +1,166 @@
+"""Logged predictions plus their labels -> a training table (`kfp-automl export-feedback`).
+
+Reads a prediction log directory written by the service (see
+kfp_automl/serving/prediction_log.py): the model schema files, the JSON Lines
+prediction and label records, and the join store's labels. Labelled
+predictions become rows with the model's feature columns and the target column
+named as in training, so `kfp-automl run --data` takes the table unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kfp_automl.errors import UserError
+from kfp_automl.serving.prediction_store import read_labels
+from kfp_automl.tables.io import read_table
+
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+@dataclass
+class FeedbackTable:
+    table: pd.DataFrame
+    target: str
+    predictions: int = 0  # logged predictions read (after --since / --model)
+    labelled: int = 0
+    skipped_lines: int = 0  # unreadable lines (a line cut short by a crash)
+    excluded: list[str] = field(default_factory=list)
+
+
+def parse_since(text: str, now: float | None = None) -> float | None:
+    """A UNIX time from an ISO date/time (UTC unless it says otherwise) or an age like 7d, 12h."""
+    if not text:
+        return None
+    now = time.time() if now is None else now
+    match = _RELATIVE.fullmatch(text.strip())
+    if match:
+        return now - float(match.group(1)) * _UNITS[match.group(2)]
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UserError(
+            f"--since {text!r} is neither an ISO date/time (2026-11-20, 2026-11-20T08:00) "
+            "nor an age (90m, 12h, 7d)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def _schemas(directory: Path, model: str) -> list[dict[str, Any]]:
+    if not directory.is_dir():
+        raise UserError(f"--log-dir {str(directory)!r} is not a directory")
+    schemas = []
+    for path in sorted(directory.glob("model-*.json")):
+        try:
+            schemas.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {path}: {exc}") from None
+    if not schemas:
+        raise UserError(
+            f"no prediction log in {directory} (no model-*.json): serve with --log-predictions on"
+        )
+    if model:
+        schemas = [s for s in schemas if s["model"] == model]
+        if not schemas:
+            raise UserError(f"--model {model!r}: no predictions of that model in {directory}")
+    targets = sorted({s["target"] for s in schemas})
+    if len(targets) > 1:
+        names = sorted({s["model"] for s in schemas})
+        raise UserError(
+            f"{directory} holds models with different targets ({', '.join(targets)}); "
+            f"choose one with --model ({', '.join(names)})"
+        )
+    return schemas
+
+
+def _read_lines(directory: Path) -> tuple[dict[str, dict], dict[str, Any], int]:
+    predictions: dict[str, dict] = {}
+    labels: dict[str, Any] = {}
+    skipped = 0
+    for path in sorted(directory.glob("predictions-*.jsonl")):
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rec = json.loads(line)
+                    kind, pid = rec["kind"], rec["id"]
+                except (ValueError, KeyError, TypeError):
+                    skipped += 1
+                    continue
+                if kind == "prediction":
+                    predictions.setdefault(pid, rec)
+                elif kind == "label":
+                    labels.setdefault(pid, rec["label"])
+    return predictions, labels, skipped
+
+
+def feedback_table(
+    log_dir: str | Path, since: float | None = None, model: str = ""
+) -> FeedbackTable:
+    """Labelled predictions in `log_dir` as a table: feature columns, then the target."""
+    directory = Path(log_dir)
+    schemas = _schemas(directory, model)
+    target = schemas[0]["target"]
+    features: list[dict[str, Any]] = []
+    for s in schemas:
+        features += [f for f in s["features"] if f["name"] not in {g["name"] for g in features}]
+    excluded = sorted({c for s in schemas for c in s.get("excluded", [])})
+    versions = {(s["model"], s["version"]) for s in schemas}
+    predictions, labels, skipped = _read_lines(directory)
+    for pid, (label, _) in read_labels(directory).items():
+        labels.setdefault(pid, label)
+    rows, n_pred = [], 0
+    for pid, rec in predictions.items():
+        if (rec.get("model"), rec.get("version")) not in versions:
+            continue
+        if since is not None and rec.get("ts", 0) < since:
+            continue
+        n_pred += 1
+        if pid in labels:
+            rows.append({**{f["name"]: rec["features"].get(f["name"]) for f in features},
+                         target: labels[pid]})  # fmt: skip
+    columns = [f["name"] for f in features] + [target]
+    table = pd.DataFrame(rows, columns=columns)
+    for f in features:
+        if f["kind"] == "numeric":
+            table[f["name"]] = pd.to_numeric(table[f["name"]], errors="coerce").astype(float)
+        else:
+            table[f["name"]] = table[f["name"]].astype(object)
+    return FeedbackTable(table, target, n_pred, len(rows), skipped, excluded)
+
+
+def append_to(original_path: str, fresh: FeedbackTable) -> pd.DataFrame:
+    """The original training table with the feedback rows appended in its columns and dtypes."""
+    original = read_table(original_path)
+    if fresh.target not in original.columns:
+        raise UserError(
+            f"--append-to {original_path}: it has no target column {fresh.target!r}; "
+            "append feedback only to the table the model was trained on"
+        )
+    missing = [c for c in fresh.table.columns if c not in original.columns]
+    if missing:
+        raise UserError(
+            f"--append-to {original_path}: it has no column {missing[0]!r} "
+            f"({len(missing)} of the model's columns missing); is it the training table?"
+        )
+    new = fresh.table.reindex(columns=original.columns)
+    for col in original.columns:
+        if pd.api.types.is_numeric_dtype(original[col]) and not pd.api.types.is_bool_dtype(
+            original[col]
+        ):
+            new[col] = pd.to_numeric(new[col], errors="coerce")
+            if pd.api.types.is_integer_dtype(original[col]) and new[col].notna().all():
+                new[col] = new[col].astype(original[col].dtype)  # 0/1 columns stay integers
+    if len(new) == 0:
+        return original
+    return pd.concat([original, new], ignore_index=True)

@@ -1,0 +1,1 @@
+"""Prometheus recording and alerting rules and the Grafana dashboard, generated from the runtime's series names."""

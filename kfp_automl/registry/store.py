@@ -1,0 +1,85 @@
+"""Loading a model this project packaged from the BentoML model store, hash-checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kfp_automl.errors import UserError
+from kfp_automl.runtime.model_file import load_model
+from kfp_automl.tables.io import fsspec_url
+
+
+def load_stored_model(tag: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """(fitted pipeline, schema, metadata) of BentoML model `tag`, after the SHA-256 check."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        stored = bentoml.models.get(tag)
+    except NotFound:
+        raise UserError(f"model {tag} is not in the BentoML store") from None
+    meta = dict(stored.info.metadata)
+    if "sha256" not in meta:
+        raise UserError(
+            f"model {stored.tag} was not written by kfp-automl (no sha256 in its metadata)"
+        )
+    schema = json.loads(Path(stored.path_of("schema.json")).read_text())
+    return load_model(stored.path, meta["sha256"]), schema, meta
+
+
+def load_registered_model(
+    name: str, entry: dict[str, Any]
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The model of registry entry `entry` (a version of `name`), hash-checked.
+
+    From the local BentoML store when it is there; else (a fresh pod on a cluster) from the
+    Bento archive the package step wrote, `entry["bento_uri"]` (a path, or a URL under the
+    pipeline root: s3://, minio://, gs://), imported into the store first.
+    """
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    tag = f"{name}:{entry['version']}"
+    try:
+        bentoml.models.get(tag)
+    except NotFound:
+        uri = entry.get("bento_uri") or ""
+        if not uri:
+            raise UserError(
+                f"model {tag} is not in the BentoML store, and the registry records no Bento "
+                "archive for it (registered before archives were recorded)"
+            ) from None
+        _import_archive(uri, tag)
+    return load_stored_model(tag)
+
+
+def _import_archive(uri: str, tag: str) -> None:
+    """Copy the .bento archive at `uri` to a temporary file and import it (Bento and model)."""
+    import tempfile
+
+    import bentoml
+    import fsspec
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    url = fsspec_url(uri)
+    with tempfile.TemporaryDirectory(prefix="kfp-automl-champion-") as tmp:
+        local = Path(tmp) / "champion.bento"
+        try:
+            fs, path = fsspec.core.url_to_fs(url)
+            fs.get_file(path, str(local))
+        except ImportError as exc:
+            raise UserError(
+                f"cannot fetch model {tag} from {uri}: {exc} (pip install 'kfp-automl[storage]')"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot fetch model {tag} from {uri}: {exc}") from None
+        try:
+            bentoml.import_bento(str(local))
+        except BentoMLException as exc:
+            raise UserError(f"{uri} is not a Bento archive of {tag}: {exc}") from None
+    try:
+        bentoml.models.get(tag)
+    except NotFound:
+        raise UserError(f"the Bento archive at {uri} does not hold model {tag}") from None

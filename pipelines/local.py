@@ -1,0 +1,191 @@
+"""Run the training pipeline on this machine with kfp.local (no cluster, no Docker).
+
+Each step runs as a subprocess of this one. Everything they print goes to
+`DIR/run.log`; the console shows only progress lines and step status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, TextIO
+
+from kfp_automl.errors import PipelineFailed, UserError
+from kfp_automl.files import atomic_path, write_json
+from kfp_automl.progress import PREFIX
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '([^']+)'")
+_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_EXCEPTION = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
+STEP_NAMES = {
+    "prepare-data": "prepare",
+    "tune-models": "tune",
+    "evaluate-model": "evaluate",
+    "package-model": "package",
+    "gate-model": "gate",
+    "promote-model": "promote",
+    "deploy-model": "deploy",
+}
+
+
+class ConsoleFilter(io.TextIOBase):
+    """A stdout stand-in: every line to the log, progress lines also to the console."""
+
+    def __init__(self, log: TextIO, console: TextIO, verbose: bool = False):
+        self.log, self.console, self.verbose = log, console, verbose
+        self._partial = ""
+        self._step_started: dict[str, float] = {}
+        self.failed_step: str | None = None
+        self.last_exception: tuple[str, str] | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        self.log.write(s)
+        self._partial += s
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            self._line(line)
+        return len(s)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.console.flush()
+
+    def _line(self, raw: str) -> None:
+        line = _ANSI.sub("", raw)
+        if self.verbose:
+            self.console.write(raw + "\n")
+        if (m := _EXCEPTION.match(line)) is not None:
+            self.last_exception = (m.group(1), m.group(2).strip())
+        if PREFIX in line:
+            if not self.verbose:
+                self.console.write("  " + line.split(PREFIX, 1)[1] + "\n")
+        elif (m := _STARTED.search(line)) is not None:
+            step = STEP_NAMES.get(m.group(1), m.group(1))
+            self._step_started[step] = time.monotonic()
+            if not self.verbose:
+                self.console.write(f"step {step} ...\n")
+        elif (m := _FINISHED.search(line)) is not None:
+            step = STEP_NAMES.get(m.group(1), m.group(1))
+            took = time.monotonic() - self._step_started.get(step, time.monotonic())
+            status = m.group(2).lower()
+            if status != "success":
+                self.failed_step = step
+            if not self.verbose:
+                self.console.write(
+                    f"step {step} {'done' if status == 'success' else 'failed'} in {took:.1f}s\n"
+                )
+        self.console.flush()
+
+
+def _copy(src: str | Path, dest: Path) -> Path:
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+    return dest
+
+
+def _copy_card(src: str | Path, dest: Path) -> Path:
+    """The model card folder (model_card.json, model_card.md), file by file, atomically."""
+    for name in ("model_card.json", "model_card.md"):
+        _copy(Path(src) / name, dest / name)
+    return dest / "model_card.md"
+
+
+def run_pipeline(params: dict[str, Any], output_dir: Path, verbose: bool = False) -> dict[str, Any]:
+    """Run `training(**params)` locally; copy the main outputs to `output_dir`; return the summary."""
+    from kfp import local
+    from kfp_automl.pipelines.training import training
+
+    started = time.monotonic()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(output_dir / "pipeline_root"),
+        raise_on_error=True,
+    )
+    log_path = output_dir / "run.log"
+    with open(log_path, "w") as log:
+        filt = ConsoleFilter(log, sys.stdout, verbose)
+        try:
+            with contextlib.redirect_stdout(filt), warnings.catch_warnings():
+                # kfp.local's notes that resource requests and the image do not apply locally
+                warnings.filterwarnings("ignore", message=".*no effect in the current local runner")
+                warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
+                task = training(**params)
+        except Exception as exc:
+            filt.flush()
+            kind, message = filt.last_exception or (type(exc).__name__, str(exc))
+            if kind == "UserError":
+                raise UserError(message) from None
+            # with raise_on_error kfp raises "Task '...' finished with status FAILURE" instead of logging it
+            m = _FINISHED.search(_ANSI.sub("", str(exc)))
+            step = filt.failed_step or (STEP_NAMES.get(m.group(1), m.group(1)) if m else "pipeline")
+            raise PipelineFailed(
+                f"step {step} failed: {kind}: {message} (full log: {log_path})"
+            ) from None
+    return _summarise(task.outputs, params, output_dir, time.monotonic() - started)
+
+
+def _summarise(
+    outputs: dict[str, Any], params: dict[str, Any], output_dir: Path, elapsed: float
+) -> dict[str, Any]:
+    model, metrics, bento = outputs["model"], outputs["metrics"], outputs["bento"]
+    schema = json.loads(Path(outputs["schema"].path).read_text())
+    decision = json.loads(Path(outputs["decision"].path).read_text())
+    metric = model.metadata["metric"]
+    numbers = {k: v for k, v in metrics.metadata.items() if isinstance(v, int | float)}
+    test_metrics = {k: v for k, v in numbers.items() if not k.endswith(("_ci_low", "_ci_high"))}
+    intervals = {
+        k: [numbers[f"{k}_ci_low"], numbers[f"{k}_ci_high"]]
+        for k in test_metrics
+        if f"{k}_ci_low" in numbers and f"{k}_ci_high" in numbers
+    }
+    name = bento.metadata["bento_tag"].split(":")[0]
+    summary = {
+        "task": schema["task"],
+        "target": schema["target"],
+        "data": params.get("data", ""),
+        "metric": metric,
+        "best_model": model.metadata["family"],
+        "best_params": json.loads(model.metadata["params"]),
+        "cv_score": model.metadata["valid_score"],
+        "test_score": test_metrics[metric],
+        "test_metrics": test_metrics,
+        "test_intervals": intervals,
+        "n_trials": int(model.metadata["n_trials"]),  # KFP metadata stores numbers as floats
+        "bento_tag": bento.metadata["bento_tag"],
+        "model_tag": bento.metadata["model_tag"],
+        "bento_archive": str(_copy(bento.path, output_dir / f"{name}.bento").resolve()),
+        "report_html": str(_copy(outputs["report"].path, output_dir / "report.html").resolve()),
+        "leaderboard_csv": str(
+            _copy(outputs["leaderboard"].path, output_dir / "leaderboard.csv").resolve()
+        ),
+        "schema_json": str(_copy(outputs["schema"].path, output_dir / "schema.json").resolve()),
+        "data_report_html": str(
+            _copy(outputs["data_report"].path, output_dir / "data_report.html").resolve()
+        ),
+        "search_report_html": str(
+            _copy(outputs["search_report"].path, output_dir / "search.html").resolve()
+        ),
+        "summary_md": str(_copy(outputs["summary"].path, output_dir / "summary.md").resolve()),
+        "model_card": str(
+            _copy_card(outputs["model_card"].path, output_dir / "model_card").resolve()
+        ),
+        "deploy": decision["deploy"],
+        "gate_reason": decision["reason"],
+        "champion_before": decision.get("champion_version"),
+        "pipeline_run_dir": str(Path(model.path).parent.parent.resolve()),
+        "elapsed_s": round(elapsed, 1),
+    }
+    write_json(output_dir / "summary.json", summary)
+    return summary

@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
@@ -50,8 +48,7 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
+    """numpy arrays and scalars (without importing numpy): `tolist()` gives lists or Python scalars."""
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):
         return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

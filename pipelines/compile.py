@@ -16,9 +16,9 @@ from pathlib import Path
 from kfp import compiler
 from kfp.compiler import pipeline_spec_builder
 from kfp.pipeline_spec import pipeline_spec_pb2
-from kfp_automl.pipelines.training import training
 
 from kfp_automl.errors import UserError
+from kfp_automl.pipelines.training import training
 
 COMPILED_DIR = Path(__file__).parent / "compiled"
 PIPELINES = {"training": training}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 import shutil
 import sys
@@ -17,6 +16,9 @@ import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
+from kfp_automl.contracts.decision import GateDecision
+from kfp_automl.contracts.model_info import ModelInfo
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import PipelineFailed, UserError
 from kfp_automl.files import atomic_path, write_json
 from kfp_automl.progress import PREFIX
@@ -104,6 +106,7 @@ def _copy_card(src: str | Path, dest: Path) -> Path:
 def run_pipeline(params: dict[str, Any], output_dir: Path, verbose: bool = False) -> dict[str, Any]:
     """Run `training(**params)` locally; copy the main outputs to `output_dir`; return the summary."""
     from kfp import local
+
     from kfp_automl.pipelines.training import training
 
     started = time.monotonic()
@@ -140,9 +143,10 @@ def _summarise(
     outputs: dict[str, Any], params: dict[str, Any], output_dir: Path, elapsed: float
 ) -> dict[str, Any]:
     model, metrics, bento = outputs["model"], outputs["metrics"], outputs["bento"]
-    schema = json.loads(Path(outputs["schema"].path).read_text())
-    decision = json.loads(Path(outputs["decision"].path).read_text())
-    metric = model.metadata["metric"]
+    schema = Schema.read(outputs["schema"].path)
+    decision = GateDecision.read(outputs["decision"].path)
+    info = ModelInfo.from_metadata(dict(model.metadata))
+    metric = info.metric
     numbers = {k: v for k, v in metrics.metadata.items() if isinstance(v, int | float)}
     test_metrics = {k: v for k, v in numbers.items() if not k.endswith(("_ci_low", "_ci_high"))}
     intervals = {
@@ -152,17 +156,17 @@ def _summarise(
     }
     name = bento.metadata["bento_tag"].split(":")[0]
     summary = {
-        "task": schema["task"],
-        "target": schema["target"],
+        "task": schema.task,
+        "target": schema.target,
         "data": params.get("data", ""),
         "metric": metric,
-        "best_model": model.metadata["family"],
-        "best_params": json.loads(model.metadata["params"]),
-        "cv_score": model.metadata["valid_score"],
+        "best_model": info.family,
+        "best_params": info.params,
+        "cv_score": info.valid_score,
         "test_score": test_metrics[metric],
         "test_metrics": test_metrics,
         "test_intervals": intervals,
-        "n_trials": int(model.metadata["n_trials"]),  # KFP metadata stores numbers as floats
+        "n_trials": info.n_trials,
         "bento_tag": bento.metadata["bento_tag"],
         "model_tag": bento.metadata["model_tag"],
         "bento_archive": str(_copy(bento.path, output_dir / f"{name}.bento").resolve()),
@@ -181,9 +185,9 @@ def _summarise(
         "model_card": str(
             _copy_card(outputs["model_card"].path, output_dir / "model_card").resolve()
         ),
-        "deploy": decision["deploy"],
-        "gate_reason": decision["reason"],
-        "champion_before": decision.get("champion_version"),
+        "deploy": decision.deploy,
+        "gate_reason": decision.reason,
+        "champion_before": decision.champion_version,
         "pipeline_run_dir": str(Path(model.path).parent.parent.resolve()),
         "elapsed_s": round(elapsed, 1),
     }

@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Markdown, Metrics, Model
+
 from kfp_automl.components.deploy.component import deploy_model
 from kfp_automl.components.evaluate.component import evaluate_model
 from kfp_automl.components.gate.component import gate_model
@@ -180,7 +181,7 @@ def training(
         model=tune.outputs["model"],
         schema=prep.outputs["schema"],
         profile=prep.outputs["profile"],
-        test=prep.outputs["test"],
+        prediction_reference=evaluation.outputs["prediction_reference"],
         metrics=evaluation.outputs["metrics"],
         report=evaluation.outputs["report"],
         model_name=model_name,

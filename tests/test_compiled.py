@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import yaml
-from kfp_automl.components._image import COMPONENTS_IMAGE
-from kfp_automl.pipelines.compile import COMPILED_DIR, PIPELINES, compile_pipeline
 
 from kfp_automl import __version__
+from kfp_automl.components._image import COMPONENTS_IMAGE
+from kfp_automl.pipelines.compile import COMPILED_DIR, PIPELINES, compile_pipeline
 
 
 def test_committed_yaml_is_up_to_date(tmp_path):

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import yaml
-from kfp_automl.components._image import COMPONENTS_IMAGE
-from kfp_automl.pipelines.compile import COMPILED_DIR, check_image, compile_pipeline
 
 from kfp_automl import __version__
 from kfp_automl.cli.main import main
+from kfp_automl.components._image import COMPONENTS_IMAGE
 from kfp_automl.errors import UserError
+from kfp_automl.pipelines.compile import COMPILED_DIR, check_image, compile_pipeline
 
 REF = "registry.example.com:5000/ml/kfp-automl-components:2026.11.1"
 

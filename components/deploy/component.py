@@ -2,6 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model, Output
+
 from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
@@ -29,16 +30,17 @@ def deploy_model(
         timeout_s: Seconds to wait for the rollout before rolling back.
     """
     from kfp_automl.components.deploy.deploy import run
+    from kfp_automl.contracts.decision import GateDecision
 
     outcome = run(
-        bento.uri,
-        dict(bento.metadata),
-        dict(decision.metadata),
-        release.path,
-        namespace,
-        manifests,
-        name,
-        timeout_s,
+        bento_uri=bento.uri,
+        bento_metadata=dict(bento.metadata),
+        decision=GateDecision.read(decision.path),
+        release_path=release.path,
+        namespace=namespace,
+        manifests=manifests,
+        name=name,
+        timeout_s=timeout_s,
     )
-    if outcome is not None:
+    if outcome.deployed:
         release.metadata.update({"version": outcome.version, "namespace": namespace, "name": name})

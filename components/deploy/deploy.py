@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from kfp_automl.components.deploy.kube import ApiProblem, Cluster
 from kfp_automl.components.deploy.render import (
     DEFAULT_NAME,
-    RELEASE_ANNOTATION,
-    Release,
-    decode_release,
     parse_manifests,
     render,
     with_record,
 )
-
+from kfp_automl.contracts.decision import GateDecision
+from kfp_automl.contracts.release import RELEASE_ANNOTATION, DeployOutcome, Release
 from kfp_automl.errors import PipelineFailed, UserError
 from kfp_automl.progress import say
 
@@ -35,19 +32,6 @@ STEP = "deploy"
 
 class DeployError(PipelineFailed):
     """The new version did not become ready (or could not be applied); says what was rolled back."""
-
-
-@dataclass
-class Outcome:
-    """What a deploy did: the applied objects (kind/name) and the rollout's last state."""
-
-    version: str
-    namespace: str
-    name: str
-    applied: list[str] = field(default_factory=list)
-    previous_version: str | None = None
-    rollout: str = ""
-    elapsed_s: float = 0.0
 
 
 def read_manifests(source: str) -> str:
@@ -129,7 +113,7 @@ def previous_release(cluster: Cluster, namespace: str, name: str) -> Release | N
     if not value:
         return None
     try:
-        return decode_release(value, namespace)
+        return Release.decode(value, namespace)
     except ValueError:
         return None
 
@@ -166,7 +150,7 @@ def deploy(
     name: str = DEFAULT_NAME,
     timeout_s: float = 300,
     poll_s: float = 2.0,
-) -> Outcome:
+) -> DeployOutcome:
     """Apply `version` and wait for it; on failure re-apply the previous release and raise.
 
     `manifests` is the rendered multi-document YAML. Raises UserError for input that breaks the
@@ -181,9 +165,8 @@ def deploy(
         raise UserError(f"deploy to {target}: {exc}") from None
     was = f"version {before.version}" if before else "no recorded version"
     say(STEP, f"deploying version {version} to {target} ({was} live)")
-    outcome = Outcome(version, namespace, name, previous_version=before and before.version)
     try:
-        outcome.applied = _apply_all(cluster, release)
+        applied = _apply_all(cluster, release)
     except ApiProblem as exc:
         if before is None:
             raise UserError(f"deploy to {target}: {exc}") from None
@@ -196,11 +179,18 @@ def deploy(
         ready, why = wait_rollout(cluster, namespace, name, timeout_s, poll_s)
     except ApiProblem as exc:
         raise UserError(f"deploy to {target}: {exc}") from None
-    outcome.rollout = why
     if ready:
-        outcome.elapsed_s = round(time.monotonic() - started, 1)
         say(STEP, f"version {version} is live in {target} ({why})")
-        return outcome
+        return DeployOutcome(
+            deployed=True,
+            version=version,
+            namespace=namespace,
+            name=name,
+            applied=tuple(applied),
+            previous_version=before.version if before else None,
+            rollout=why,
+            elapsed_s=round(time.monotonic() - started, 1),
+        )
     failed = f"deploy of version {version} to {target} failed: {why}"
     if before is None:
         raise DeployError(
@@ -228,26 +218,23 @@ def _rollback(
 
 
 def run(
+    *,
     bento_uri: str,
     bento_metadata: dict[str, Any],
-    decision_metadata: dict[str, Any],
+    decision: GateDecision,
     release_path: str,
     namespace: str,
     manifests: str = "",
     name: str = DEFAULT_NAME,
     timeout_s: float = 300,
     cluster_factory: Callable[[], Cluster] | None = None,
-) -> Outcome | None:
+) -> DeployOutcome:
     """The deploy step: deploy the Bento at `bento_uri` if the gate passed; write the release JSON."""
-    from dataclasses import asdict
-
-    from kfp_automl.files import write_json
-
-    if not decision_metadata.get("deploy", False):
-        reason = decision_metadata.get("reason", "")
-        say(STEP, f"nothing deployed: the gate did not pass this model ({reason})")
-        write_json(release_path, {"deployed": False, "reason": reason})
-        return None
+    if not decision.deploy:
+        say(STEP, f"nothing deployed: the gate did not pass this model ({decision.reason})")
+        outcome = DeployOutcome(deployed=False, reason=decision.reason)
+        outcome.write(release_path)
+        return outcome
     tag = str(bento_metadata.get("bento_tag", ""))
     if ":" not in tag:
         raise UserError(f"the Bento artifact has no bento_tag name:version (got {tag!r})")
@@ -268,5 +255,5 @@ def run(
         outcome = deploy(cluster, text, bento_uri, version, namespace, name, timeout_s)
     finally:
         cluster.close()
-    write_json(release_path, {"deployed": True, **asdict(outcome)})
+    outcome.write(release_path)
     return outcome

@@ -13,16 +13,13 @@ Deployment, its `spec.replicas` is left out, so a deploy never resets the autosc
 
 from __future__ import annotations
 
-import base64
 import copy
-import gzip
-import json
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from kfp_automl.contracts.release import RELEASE_ANNOTATION, Release
 from kfp_automl.errors import UserError
 
 DEFAULT_NAME = "automl-serving"
@@ -32,9 +29,6 @@ VERSION_LABEL = "app.kubernetes.io/version"
 INIT_CONTAINER = "fetch-bento"
 SERVING_CONTAINER = "serving"
 BENTO_URL_ENV = "BENTO_URL"
-# The Deployment carries what was applied, so a later deploy can re-apply it on rollback.
-RELEASE_ANNOTATION = "kfp-automl.io/release"
-MAX_RELEASE_BYTES = 200 * 1024  # annotations of one object may total 256 KiB
 
 # Applied first to last; anything else (custom resources) comes after these.
 _APPLY_RANK = {
@@ -71,21 +65,6 @@ CLUSTER_SCOPED = frozenset(
 )
 _LABEL_VALUE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
 _DNS_LABEL = re.compile(r"^[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?$")
-
-
-@dataclass(frozen=True)
-class Release:
-    """One version's rendered objects, in apply order."""
-
-    version: str
-    bento_url: str
-    namespace: str
-    name: str
-    objects: list[dict[str, Any]]
-
-    @property
-    def deployment(self) -> dict[str, Any]:
-        return next(o for o in self.objects if _is_deployment(o, self.name))
 
 
 def parse_manifests(text: str, source: str = "manifests") -> list[dict[str, Any]]:
@@ -229,38 +208,9 @@ def _set_version(dep: dict[str, Any], bento_url: str, version: str) -> None:
     env["value"] = bento_url
 
 
-def encode_release(release: Release) -> str:
-    """The release as one annotation value: gzip'd JSON, base64."""
-    record = {
-        "version": release.version,
-        "bento_url": release.bento_url,
-        "name": release.name,
-        "objects": release.objects,
-    }
-    raw = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
-    value = base64.b64encode(gzip.compress(raw, mtime=0)).decode("ascii")
-    if len(value) > MAX_RELEASE_BYTES:
-        raise UserError(
-            f"manifests: the release record is {len(value) // 1024} KiB compressed, over the "
-            f"{MAX_RELEASE_BYTES // 1024} KiB that fit in the {RELEASE_ANNOTATION} annotation"
-        )
-    return value
-
-
-def decode_release(value: str, namespace: str) -> Release:
-    """The release recorded in an annotation (ValueError when it is not one)."""
-    try:
-        record = json.loads(gzip.decompress(base64.b64decode(value, validate=True)))
-        return Release(
-            record["version"], record["bento_url"], namespace, record["name"], record["objects"]
-        )
-    except (ValueError, KeyError, TypeError, OSError) as exc:
-        raise ValueError(f"not a {RELEASE_ANNOTATION} record: {exc}") from None
-
-
 def with_record(release: Release) -> list[dict[str, Any]]:
     """The objects to apply: the Deployment also carries the release record annotation."""
-    value = encode_release(release)
+    value = release.encode()
     objects = copy.deepcopy(release.objects)
     for obj in objects:
         if _is_deployment(obj, release.name):

@@ -12,6 +12,7 @@ from kfp.dsl import (
     Model,
     Output,
 )
+
 from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
@@ -26,6 +27,7 @@ def evaluate_model(
     report: Output[HTML],
     summary: Output[Markdown],
     model_card: Output[Artifact],
+    prediction_reference: Output[Artifact],
     train: Input[Dataset] = None,
     valid: Input[Dataset] = None,
     metric: str = "",
@@ -46,6 +48,8 @@ def evaluate_model(
         report: HTML report (self-contained).
         summary: A few lines of Markdown: model, primary metric with interval, warnings.
         model_card: Directory with model_card.json and model_card.md.
+        prediction_reference: The bins of the model's predictions on the holdout rows (JSON),
+            the service's reference for prediction drift.
         train: Training rows from prepare (learning curve); optional.
         valid: Validation rows from prepare (learning curve); optional.
         metric: Primary metric; empty uses the one tune optimised.
@@ -55,16 +59,17 @@ def evaluate_model(
         seed: Seed for the resamples, permutations and learning-curve folds.
     """
     from kfp_automl.components.evaluate.evaluate import run
+    from kfp_automl.contracts.model_info import ModelInfo
 
     ev = run(
-        model.path,
-        model.metadata.get("sha256", ""),
-        dict(model.metadata),
-        test.path,
-        schema.path,
-        leaderboard.path,
-        report.path,
-        metric,
+        model_dir=model.path,
+        model_info=ModelInfo.from_metadata(dict(model.metadata)),
+        test_path=test.path,
+        schema_path=schema.path,
+        leaderboard_path=leaderboard.path,
+        report_path=report.path,
+        prediction_reference_path=prediction_reference.path,
+        metric=metric,
         train_path=train.path if train is not None else "",
         valid_path=valid.path if valid is not None else "",
         summary_path=summary.path,

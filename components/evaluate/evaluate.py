@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import confusion_matrix, roc_curve
+
 from kfp_automl.components.evaluate.bootstrap import Interval, bootstrap_intervals
 from kfp_automl.components.evaluate.importance import (
     PD_FEATURES,
@@ -25,8 +27,9 @@ from kfp_automl.components.evaluate.importance import (
 )
 from kfp_automl.components.evaluate.learning_curve import LearningCurve, learning_curve
 from kfp_automl.components.evaluate.slices import SliceReport, default_slice_column, slice_metrics
-from sklearn.metrics import confusion_matrix, roc_curve
-
+from kfp_automl.contracts.model_info import ModelInfo
+from kfp_automl.contracts.schema import Schema
+from kfp_automl.runtime.drift import prediction_bins
 from kfp_automl.runtime.metrics import (
     METRICS,
     Metric,
@@ -106,7 +109,7 @@ def _roc_points(y, proba_pos, pos_label) -> dict[str, list[float]]:
 def evaluate(
     model: Any,
     test: pd.DataFrame,
-    schema: dict[str, Any],
+    schema: Schema,
     metric: str = "",
     n_bootstrap: int = N_BOOTSTRAP,
     seed: int = 0,
@@ -116,7 +119,7 @@ def evaluate(
     Each defined metric gets a 95 % bootstrap interval from `n_bootstrap`
     resamples of the rows (seeded), computed from the one set of predictions.
     """
-    target, task = schema["target"], schema["task"]
+    target, task = schema.target, schema.task
     X, y = test.drop(columns=[target]), test[target].to_numpy()
     pred = model.predict(X)
     proba, classes, matrix, roc = None, [], [], None
@@ -163,13 +166,13 @@ def diagnose(
     model: Any,
     ev: Evaluation,
     test: pd.DataFrame,
-    schema: dict[str, Any],
+    schema: Schema,
     train_valid: pd.DataFrame | None = None,
     slice_column: str = "",
     seed: int = 0,
 ) -> Diagnostics:
     """Permutation importance, partial dependence (top features), learning curve and slices."""
-    target = schema["target"]
+    target = schema.target
     X = test.drop(columns=[target])
     metric = diagnostic_metric(ev)
     answering = inspection_model(model, X, schema)
@@ -212,15 +215,15 @@ def use_cpus(model: Any, limit: int = MAX_THREADS) -> Any:
 
 
 def run(
+    *,
     model_dir: str,
-    sha256: str,
-    model_info: dict[str, Any],
+    model_info: ModelInfo,
     test_path: str,
     schema_path: str,
     leaderboard_path: str,
     report_path: str,
+    prediction_reference_path: str = "",
     metric: str = "",
-    *,
     train_path: str = "",
     valid_path: str = "",
     summary_path: str = "",
@@ -231,8 +234,9 @@ def run(
 ) -> Evaluation:
     """Load the model (hash-checked), evaluate it on the test rows, write the report.
 
-    Also writes the Markdown summary (`summary_path`) and the model card
-    (`model_card_dir`/model_card.json and .md) when their paths are given.
+    Also writes, when their paths are given, the Markdown summary (`summary_path`), the
+    model card (`model_card_dir`/model_card.json and .md), and the reference of prediction
+    drift: the bins of the model's predictions on the test rows (`prediction_reference_path`).
     Train and valid rows feed the learning curve; without them it is skipped.
     """
     import time
@@ -244,16 +248,17 @@ def run(
         summary_markdown,
     )
     from kfp_automl.components.evaluate.report import render_report
-
-    from kfp_automl.files import atomic_path, read_json
+    from kfp_automl.files import atomic_path
     from kfp_automl.progress import say
     from kfp_automl.runtime.model_file import load_model
 
     started = time.perf_counter()
-    schema = read_json(schema_path)
-    model = use_cpus(load_model(model_dir, sha256))
+    schema = Schema.read(schema_path)
+    model = use_cpus(load_model(model_dir, model_info.sha256))
     test = pd.read_parquet(test_path)
-    ev = evaluate(model, test, schema, metric or model_info.get("metric", ""), n_bootstrap, seed)
+    ev = evaluate(model, test, schema, metric or model_info.metric, n_bootstrap, seed)
+    if prediction_reference_path:
+        prediction_bins(ev.pred, schema.task, schema.classes).write(prediction_reference_path)
     parts = [p for p in (train_path, valid_path) if p and Path(p).exists()]
     train_valid = (
         pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else None

@@ -15,6 +15,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.utils.metaestimators import available_if
 
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.metrics import Metric, Scorer
 
 N_REPEATS = 3
@@ -47,7 +48,7 @@ class Dependence:
     average: list[list[float]]  # len(outputs) x len(grid)
 
 
-def inspection_model(model: Any, X: pd.DataFrame, schema: dict[str, Any]) -> Any:
+def inspection_model(model: Any, X: pd.DataFrame, schema: Schema) -> Any:
     """`model` for the many calls of permutation importance and partial dependence.
 
     Through sklearn most of a call on a few hundred rows is fixed cost (the
@@ -143,7 +144,7 @@ def partial_dependence(
     model: Any,
     X: pd.DataFrame,
     features: list[str],
-    schema: dict[str, Any],
+    schema: Schema,
     seed: int = 0,
 ) -> list[Dependence]:
     """Average prediction (class probabilities) as each feature in `features` is varied.
@@ -153,13 +154,13 @@ def partial_dependence(
     """
     from sklearn.inspection import partial_dependence as sk_partial_dependence
 
-    kinds = {f["name"]: f["kind"] for f in schema["features"]}
+    kinds = {f.name: f.kind for f in schema.features}
     rows = X.sample(min(PD_ROWS, len(X)), random_state=seed) if len(X) else X
     rows = rows.copy()
     for col in rows.columns:  # sklearn refuses integer columns (implicit rounding)
         if kinds.get(col) == "numeric":
             rows[col] = rows[col].astype(float)
-    outputs = _outputs(model, schema["task"], schema["target"])
+    outputs = _outputs(model, schema.task, schema.target)
     out = []
     for feature in features:
         values = rows[feature].dropna()

@@ -11,6 +11,9 @@ import math
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from kfp_automl.contracts.model_info import ModelInfo
+from kfp_automl.contracts.schema import Schema
+
 if TYPE_CHECKING:
     from kfp_automl.components.evaluate.evaluate import Diagnostics, Evaluation
 
@@ -18,16 +21,6 @@ CARD_VERSION = 1
 MISSING_RATE_WARN = 0.2  # a feature missing in at least this share of rows is a limitation
 WEAK_CLASS_F1 = 0.5  # a class whose holdout F1 or recall is below this is a limitation
 TOP_FEATURES = 3
-
-
-def _params(info: dict[str, Any]) -> dict[str, Any]:
-    params = info.get("params", {})
-    if isinstance(params, str):
-        try:
-            return json.loads(params)
-        except ValueError:
-            return {"raw": params}
-    return dict(params)
 
 
 def _num(value: Any) -> float | None:
@@ -38,9 +31,7 @@ def _num(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def limitations(
-    ev: Evaluation, schema: dict[str, Any], diag: Diagnostics | None = None
-) -> list[str]:
+def limitations(ev: Evaluation, schema: Schema, diag: Diagnostics | None = None) -> list[str]:
     """What a user of the model should know: weak classes and slices, gaps in the data."""
     out = []
     if ev.n_bootstrap > 0 and ev.intervals and not any(iv.defined for iv in ev.intervals.values()):
@@ -69,10 +60,9 @@ def limitations(
                 f"Weak on slice {diag.slices.column}={s.value!r}: {diag.slices.metric} "
                 f"{s.score:.4f} vs {diag.slices.overall:.4f} on all rows ({s.rows} rows)."
             )
-    for f in schema["features"]:
-        rate = f.get("missing_rate") or 0.0
-        if rate >= MISSING_RATE_WARN:
-            out.append(f"Feature {f['name']!r} is missing in {rate:.0%} of rows (imputed).")
+    for f in schema.features:
+        if f.missing_rate >= MISSING_RATE_WARN:
+            out.append(f"Feature {f.name!r} is missing in {f.missing_rate:.0%} of rows (imputed).")
     return out
 
 
@@ -95,8 +85,8 @@ def _metrics(ev: Evaluation) -> dict[str, Any]:
 
 def model_card(
     ev: Evaluation,
-    schema: dict[str, Any],
-    model_info: dict[str, Any],
+    schema: Schema,
+    model_info: ModelInfo,
     diag: Diagnostics | None = None,
 ) -> dict[str, Any]:
     """Everything a reviewer needs about the model, JSON-safe."""
@@ -104,13 +94,13 @@ def model_card(
 
     features = [
         {
-            "name": f["name"],
-            "kind": f["kind"],
-            "dtype": f.get("dtype"),
-            "missing_rate": f.get("missing_rate"),
-            **({"n_categories": f["n_categories"]} if "n_categories" in f else {}),
+            "name": f.name,
+            "kind": f.kind,
+            "dtype": f.dtype,
+            "missing_rate": f.missing_rate,
+            **({"n_categories": f.n_categories} if f.role in ("categorical", "boolean") else {}),
         }
-        for f in schema["features"]
+        for f in schema.features
     ]
     evaluation: dict[str, Any] = {
         "holdout_rows": ev.n_test,
@@ -137,21 +127,21 @@ def model_card(
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "code_version": __version__,
         "task": ev.task,
-        "target": schema["target"],
+        "target": schema.target,
         "classes": [str(c) for c in ev.labels],
         "model": {
-            "family": model_info.get("family", ""),
-            "params": _params(model_info),
-            "tuned_metric": model_info.get("metric", ""),
-            "validation_score": _num(model_info.get("valid_score")),
-            "n_trials": model_info.get("n_trials"),
-            "sha256": model_info.get("sha256", ""),
+            "family": model_info.family,
+            "params": model_info.params,
+            "tuned_metric": model_info.metric,
+            "validation_score": _num(model_info.valid_score),
+            "n_trials": model_info.n_trials,
+            "sha256": model_info.sha256,
         },
         "data": {
-            "fingerprint": schema.get("data_fingerprint", ""),
-            "rows": schema.get("rows", {}),
+            "fingerprint": schema.data_fingerprint,
+            "rows": schema.rows,
             "features": features,
-            "dropped": schema.get("dropped", []),
+            "dropped": [dict(d) for d in schema.dropped],
         },
         "evaluation": evaluation,
         "limitations": limitations(ev, schema, diag),
@@ -227,8 +217,8 @@ def model_card_markdown(card: dict[str, Any]) -> str:
 
 def summary_markdown(
     ev: Evaluation,
-    schema: dict[str, Any],
-    model_info: dict[str, Any],
+    schema: Schema,
+    model_info: ModelInfo,
     diag: Diagnostics | None = None,
 ) -> str:
     """A few lines for the Kubeflow dashboard: what was trained and how good it is."""
@@ -242,9 +232,9 @@ def summary_markdown(
         primary = f"{score:.4f} (no interval: {iv.reason if iv else 'not computed'})"
     top = diag.importance.top(TOP_FEATURES) if diag is not None else []
     lines = [
-        f"## {schema['target']}: {ev.task}",
+        f"## {schema.target}: {ev.task}",
         "",
-        f"- model: **{model_info.get('family', '')}**",
+        f"- model: **{model_info.family}**",
         f"- holdout {ev.metric} on {ev.n_test} rows: **{primary}**",
         f"- top features: {', '.join(top) if top else 'n/a'}",
     ]

@@ -7,14 +7,14 @@ touched and nothing needs a GUI backend.
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Sequence
 
 import numpy as np
 
+from kfp_automl.components._html import DPI
+from kfp_automl.components._html import png as _png
+
 MAX_CURVES = 10  # one-vs-rest curves drawn for at most this many classes
-DPI = 96
 
 
 def _figure(width: float = 5.5, height: float = 4.0, ncols: int = 1):
@@ -23,12 +23,6 @@ def _figure(width: float = 5.5, height: float = 4.0, ncols: int = 1):
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, ncols)
     return fig, axes
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)  # a Figure without pyplot renders with Agg
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _one_vs_rest(y, proba, classes) -> list[tuple[str, np.ndarray, np.ndarray]]:

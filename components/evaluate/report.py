@@ -6,53 +6,28 @@ Every section is a <section> with an id and a heading; every figure is an
 
 from __future__ import annotations
 
-import html
+import json
+import math
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+from kfp_automl.components._html import STYLE, esc
+from kfp_automl.components._html import img as _img
+from kfp_automl.components._html import note as _note
+from kfp_automl.components._html import section as _section
+from kfp_automl.components._html import table as _table
 from kfp_automl.components.evaluate import plots
 from kfp_automl.components.evaluate.slices import ABSOLUTE_GAP, MIN_FLAG_ROWS, RELATIVE_GAP
-
+from kfp_automl.contracts.model_info import ModelInfo
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.metrics import METRICS
 
 if TYPE_CHECKING:
     from kfp_automl.components.evaluate.evaluate import Diagnostics, Evaluation
 
 LEADERBOARD_ROWS = 25
-STYLE = (
-    "body{font-family:sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0}"
-    "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
-    "th{background:#f4f4f4}section{margin-bottom:2em}"
-    "img{max-width:100%;height:auto;margin:.5em 1em .5em 0;vertical-align:top}"
-    "nav a{margin-right:1em}.note{color:#555}.missing{color:#8a5a00}"
-    ".flag{background:#fde2e1}.warnings li{margin:.3em 0}"
-    ".row{display:flex;flex-wrap:wrap;column-gap:2em}.row>section{flex:0 1 34em}"
-)
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _table(df: pd.DataFrame, escape: bool = True) -> str:
-    return df.to_html(
-        index=False, border=0, classes="table", escape=escape, float_format=lambda v: f"{v:.4f}"
-    )
-
-
-def _img(uri: str, alt: str) -> str:
-    return f'<img src="{uri}" alt="{esc(alt)}">'
-
-
-def _section(sid: str, title: str, body: list[str] | str) -> str:
-    body = "\n".join(body) if isinstance(body, list) else body
-    return f'<section id="{sid}">\n<h2>{esc(title)}</h2>\n{body}\n</section>'
-
-
-def _note(text: str, cls: str = "note") -> str:
-    return f'<p class="{cls}">{esc(text)}</p>'
 
 
 def _fmt(value: float | None) -> str:
@@ -88,15 +63,15 @@ TITLES = {
 }
 
 
-def _model(ev: Evaluation, info: dict[str, Any]) -> list[str]:
-    valid = info.get("valid_score")
-    valid = f"{float(valid):.4f}" if valid is not None else "n/a"
+def _model(ev: Evaluation, info: ModelInfo) -> list[str]:
+    valid = f"{info.valid_score:.4f}" if math.isfinite(info.valid_score) else "n/a"
+    params = json.dumps(info.params, sort_keys=True)
     return [
         "<ul>",
-        f"<li>family: <b>{esc(info.get('family', ''))}</b></li>",
-        f"<li>parameters: <code>{esc(info.get('params', {}))}</code></li>",
-        f"<li>validation {esc(info.get('metric') or ev.metric)}: {valid}</li>",
-        f"<li>trials: {esc(info.get('n_trials', 'n/a'))}</li>",
+        f"<li>family: <b>{esc(info.family)}</b></li>",
+        f"<li>parameters: <code>{esc(params)}</code></li>",
+        f"<li>validation {esc(info.metric or ev.metric)}: {valid}</li>",
+        f"<li>trials: {info.n_trials}</li>",
         "</ul>",
     ]
 
@@ -273,8 +248,8 @@ def _slices(diag: Diagnostics | None) -> tuple[str, list[str]]:
     return title, [table, _note(rule)]
 
 
-def _features(schema: dict[str, Any]) -> list[str]:
-    feats = pd.DataFrame(schema["features"])
+def _features(schema: Schema) -> list[str]:
+    feats = pd.DataFrame([f.to_dict() for f in schema.features])
     cols = [
         c
         for c in ["name", "kind", "dtype", "missing_rate", "min", "max", "n_categories"]
@@ -288,9 +263,9 @@ def _features(schema: dict[str, Any]) -> list[str]:
 
 def render_report(
     ev: Evaluation,
-    schema: dict[str, Any],
+    schema: Schema,
     leaderboard: pd.DataFrame | None,
-    model_info: dict[str, Any],
+    model_info: ModelInfo,
     diag: Diagnostics | None = None,
 ) -> str:
     """A self-contained HTML page the Kubeflow dashboard can show."""
@@ -317,18 +292,18 @@ def render_report(
         board, board_title = [_note("No trials recorded.")], "Leaderboard (no trials)"
     sections.append(_section("leaderboard", board_title, board))
     sections.append(_section("features", TITLES["features"], _features(schema)))
-    if schema.get("dropped"):
+    if schema.dropped:
         sections.append(
-            _section("dropped", TITLES["dropped"], _table(pd.DataFrame(schema["dropped"])))
+            _section("dropped", TITLES["dropped"], _table(pd.DataFrame(list(schema.dropped))))
         )
     ids = [i for s in sections for i in re.findall(r'<section id="([^"]+)"', s)]
     nav = "<nav>" + "".join(f'<a href="#{i}">{esc(TITLES[i])}</a>' for i in ids) + "</nav>"
-    title = f"Model report: {esc(schema['target'])} ({esc(ev.task)})"
+    title = f"Model report: {esc(schema.target)} ({esc(ev.task)})"
     return "\n".join(
         [
             "<!doctype html>",
             '<html lang="en"><head><meta charset="utf-8">',
-            f"<title>kfp-automl report: {esc(schema['target'])}</title>",
+            f"<title>kfp-automl report: {esc(schema.target)}</title>",
             f"<style>{STYLE}</style></head><body>",
             f"<h1>{title}</h1>",
             nav,

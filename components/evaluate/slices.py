@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.metrics import Metric, MetricUndefined
 
 RELATIVE_GAP = 0.10
@@ -48,16 +48,12 @@ class SliceReport:
         return [s for s in self.slices if s.flagged]
 
 
-def default_slice_column(schema: dict[str, Any]) -> str:
+def default_slice_column(schema: Schema) -> str:
     """The categorical feature with the fewest (>= 2) categories; empty when there is none."""
-    cats = [
-        f
-        for f in schema["features"]
-        if f["kind"] == "categorical" and f.get("n_categories", 0) >= 2
-    ]
+    cats = [f for f in schema.features if not f.numeric and f.n_categories >= 2]
     if not cats:
         return ""
-    return min(cats, key=lambda f: f["n_categories"])["name"]  # ties: the first in the schema
+    return min(cats, key=lambda f: f.n_categories).name  # ties: the first in the schema
 
 
 def much_worse(metric: Metric, value: float, overall: float) -> bool:

@@ -6,6 +6,7 @@ It returns the decision as its single output: kfp.local 2.17.0 cannot resolve a
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
 from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
@@ -41,16 +42,16 @@ def gate_model(
     from kfp_automl.components.gate.gate import run
 
     d = run(
-        model.path,
-        model.metadata.get("sha256", ""),
-        test.path,
-        schema.path,
-        decision.path,
-        registry_root,
-        model_name,
-        metric,
-        min_improvement,
-        n_bootstrap,
+        model_dir=model.path,
+        sha256=model.metadata.get("sha256", ""),
+        test_path=test.path,
+        schema_path=schema.path,
+        decision_path=decision.path,
+        registry_root=registry_root,
+        model_name=model_name,
+        metric=metric,
+        min_improvement=min_improvement,
+        n_bootstrap=n_bootstrap,
     )
-    decision.metadata.update({"deploy": d.deploy, "reason": d.reason})
+    decision.metadata.update(d.metadata())
     return d.deploy

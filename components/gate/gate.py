@@ -9,53 +9,34 @@ means deploy; a champion whose schema differs from the new data means refuse.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from kfp_automl.contracts.decision import GateDecision
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.metrics import Metric, resolve_metric
 from kfp_automl.runtime.records import coerce_frame
 
 MIN_ROWS = 30
 
 
-@dataclass
-class Decision:
-    deploy: bool
-    reason: str
-    metric: str
-    challenger_score: float
-    champion_version: str | None = None
-    champion_score: float | None = None
-    improvement: float | None = None  # positive: the challenger is better
-    improvement_ci: list[float] | None = None  # 95% paired-bootstrap interval
-    p_value: float | None = (
-        None  # share of resamples where the challenger is not better by the margin
-    )
-    min_improvement: float = 0.0
-    problems: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def schema_differences(champion: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def schema_differences(champion: Schema, new: Schema) -> list[str]:
     """What keeps the champion from scoring the new data: columns gone or changed, another target."""
     problems = []
-    if champion["target"] != new["target"] or champion["task"] != new["task"]:
+    if champion.target != new.target or champion.task != new.task:
         problems.append(
-            f"the champion predicts {champion['target']!r} ({champion['task']}), "
-            f"the new data {new['target']!r} ({new['task']})"
+            f"the champion predicts {champion.target!r} ({champion.task}), "
+            f"the new data {new.target!r} ({new.task})"
         )
-    kinds = {f["name"]: f["kind"] for f in new["features"]}
-    new_columns = set(kinds) | {f["name"] for f in new.get("dropped", [])}
-    for f in champion["features"]:
-        if f["name"] not in new_columns:
-            problems.append(f"column {f['name']!r} is gone")
-        elif f["name"] in kinds and kinds[f["name"]] != f["kind"]:
-            problems.append(f"column {f['name']!r} changed from {f['kind']} to {kinds[f['name']]}")
+    kinds = {f.name: f.kind for f in new.features}
+    new_columns = set(kinds) | {d["name"] for d in new.dropped}
+    for f in champion.features:
+        if f.name not in new_columns:
+            problems.append(f"column {f.name!r} is gone")
+        elif f.name in kinds and kinds[f.name] != f.kind:
+            problems.append(f"column {f.name!r} changed from {f.kind} to {kinds[f.name]}")
     return problems
 
 
@@ -80,32 +61,32 @@ def _metric_on(metric: Metric, y, pred, proba, classes, idx=None) -> float:
 def decide(
     challenger: Any,
     test: pd.DataFrame,
-    schema: dict[str, Any],
+    schema: Schema,
     metric: str = "",
-    champion: tuple[Any, dict[str, Any], str] | None = None,
+    champion: tuple[Any, Schema, str] | None = None,
     min_improvement: float = 0.0,
     n_bootstrap: int = 500,
     alpha: float = 0.05,
     seed: int = 0,
-) -> Decision:
+) -> GateDecision:
     """Compare `challenger` with `champion` (model, schema, version) on the holdout `test`."""
-    m = resolve_metric(metric, schema["task"], len(schema.get("classes", [])))
-    y = test[schema["target"]].to_numpy()
-    chal = _scores(challenger, test.drop(columns=[schema["target"]]))
+    m = resolve_metric(metric, schema.task, schema.n_classes)
+    y = test[schema.target].to_numpy()
+    chal = _scores(challenger, test.drop(columns=[schema.target]))
     chal_score = _metric_on(m, y, *chal)
     base = {"metric": m.name, "challenger_score": chal_score, "min_improvement": min_improvement}
     if champion is None:
-        return Decision(True, "no champion yet: the first model is deployed", **base)
+        return GateDecision(True, "no champion yet: the first model is deployed", **base)
     champ_model, champ_schema, champ_version = champion
     base["champion_version"] = champ_version
     problems = schema_differences(champ_schema, schema)
     if problems:
-        return Decision(
+        return GateDecision(
             False,
             "the champion's schema differs from the new data, so the two cannot be compared; "
             "the gate refuses (promote by hand with `kfp-automl promote` if the change is intended): "
             + "; ".join(problems),
-            problems=problems,
+            problems=tuple(problems),
             **base,
         )
     champ = _scores(champ_model, coerce_frame(test, champ_schema))
@@ -114,7 +95,7 @@ def decide(
     improvement = sign * (chal_score - champ_score)
     base.update(champion_score=champ_score, improvement=improvement)
     if len(test) < MIN_ROWS:
-        return Decision(
+        return GateDecision(
             False,
             f"the holdout has {len(test)} rows, too few (< {MIN_ROWS}) to tell a real gain from noise",
             **base,
@@ -128,26 +109,27 @@ def decide(
     deltas = deltas[~np.isnan(deltas)]
     p_value = float(np.mean(deltas <= min_improvement)) if len(deltas) else 1.0
     ci = (
-        [float(np.quantile(deltas, 0.025)), float(np.quantile(deltas, 0.975))]
+        (float(np.quantile(deltas, 0.025)), float(np.quantile(deltas, 0.975)))
         if len(deltas)
         else None
     )
     base.update(p_value=p_value, improvement_ci=ci)
     gain = f"{m.name} {chal_score:.4f} vs champion {champ_version} {champ_score:.4f}"
     if improvement < min_improvement:
-        return Decision(False, f"not better by the required {min_improvement}: {gain}", **base)
+        return GateDecision(False, f"not better by the required {min_improvement}: {gain}", **base)
     if p_value >= alpha:
-        return Decision(
+        return GateDecision(
             False,
             f"the gain could be noise (paired bootstrap p={p_value:.3f} >= {alpha}): {gain}",
             **base,
         )
-    return Decision(
+    return GateDecision(
         True, f"better than the champion (paired bootstrap p={p_value:.3f}): {gain}", **base
     )
 
 
 def run(
+    *,
     model_dir: str,
     sha256: str,
     test_path: str,
@@ -158,18 +140,15 @@ def run(
     metric: str = "",
     min_improvement: float = 0.0,
     n_bootstrap: int = 500,
-) -> Decision:
+) -> GateDecision:
     """Load the challenger (hash-checked) and the registry's champion, decide, write the decision."""
-    from kfp_automl.components.package.package import model_name_for
-
-    from kfp_automl.files import read_json, write_json
     from kfp_automl.progress import say
-    from kfp_automl.registry.registry import Registry
+    from kfp_automl.registry.registry import Registry, model_name_for
     from kfp_automl.registry.store import load_registered_model
     from kfp_automl.runtime.model_file import load_model
 
-    schema = read_json(schema_path)
-    name = model_name or model_name_for(schema["target"])
+    schema = Schema.read(schema_path)
+    name = model_name or model_name_for(schema.target)
     entry = Registry(registry_root or None).champion(name)
     champion = None
     if entry is not None:
@@ -184,6 +163,6 @@ def run(
         min_improvement,
         n_bootstrap,
     )
-    write_json(decision_path, decision.as_dict())
+    decision.write(decision_path)
     say("gate", f"{'deploy' if decision.deploy else 'keep the champion'}: {decision.reason}")
     return decision

@@ -1,7 +1,8 @@
 """KFP component: package (BentoML model + service -> Bento archive)."""
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Input, Metrics, Model, Output
+
 from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
@@ -10,7 +11,7 @@ def package_model(
     model: Input[Model],
     schema: Input[Artifact],
     profile: Input[Artifact],
-    test: Input[Dataset],
+    prediction_reference: Input[Artifact],
     metrics: Input[Metrics],
     report: Input[HTML],
     bento: Output[Model],
@@ -23,7 +24,8 @@ def package_model(
         model: Model from tune (its sha256 is checked before packaging).
         schema: Column roles; serving validates requests against them.
         profile: Reference profile from prepare; serving counts requests into its bins.
-        test: Holdout rows; the model's predictions on them are the prediction-drift reference.
+        prediction_reference: Bins of the model's holdout predictions from evaluate, the
+            prediction-drift reference.
         metrics: Holdout metrics from evaluate, recorded in the registry.
         report: The evaluation report, recorded in the registry.
         bento: The exported Bento archive; metadata carries bento_tag and model_tag.
@@ -32,18 +34,19 @@ def package_model(
             the default beside the BentoML store.
     """
     from kfp_automl.components.package.package import run
+    from kfp_automl.contracts.model_info import ModelInfo
 
     packaged = run(
-        model.path,
-        dict(model.metadata),
-        schema.path,
-        bento.path,
-        model_name,
-        profile.path,
-        test.path,
-        dict(metrics.metadata),
-        report.path,
-        registry_root,
-        bento.uri,
+        model_dir=model.path,
+        model_info=ModelInfo.from_metadata(dict(model.metadata)),
+        schema_path=schema.path,
+        archive_path=bento.path,
+        name=model_name,
+        profile_path=profile.path,
+        prediction_reference_path=prediction_reference.path,
+        test_metrics=dict(metrics.metadata),
+        report_path=report.path,
+        registry_root=registry_root,
+        bento_uri=bento.uri,
     )
     bento.metadata.update({"bento_tag": packaged.bento_tag, "model_tag": packaged.model_tag})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -12,11 +11,18 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-from kfp_automl.components.prepare.profile import add_prediction_profile
-
+from kfp_automl.contracts.model_info import ModelInfo
+from kfp_automl.contracts.profile import Bins, Profile
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.files import write_json
+from kfp_automl.registry.registry import model_name_for
 from kfp_automl.runtime.model_file import MODEL_FILE, load_model
+from kfp_automl.serving.files import (
+    EVALUATION_FILE,
+    PREDICTION_REFERENCE_FILE,
+    PROFILE_FILE,
+    SCHEMA_FILE,
+)
 
 SERVICE = "kfp_automl.serving.service:AutoMLService"
 # The code a Bento ships: the service and what it imports of this project, so a Bento runs the
@@ -72,62 +78,51 @@ class Packaged:
     archive: Path
 
 
-def model_name_for(target: str) -> str:
-    """A BentoML-safe model name derived from the target column."""
-    slug = re.sub(r"[^a-z0-9]+", "-", target.lower()).strip("-") or "model"
-    return f"automl-{slug}"[:60]
-
-
 def runtime_requirements() -> list[str]:
     return [f"{p}=={importlib_metadata.version(p)}" for p in RUNTIME_PACKAGES]
 
 
 def package(
+    *,
     model_dir: str | Path,
-    sha256: str,
-    schema: dict[str, Any],
-    model_info: dict[str, Any],
+    model_info: ModelInfo,
+    schema: Schema,
     archive_path: str | Path,
     name: str = "",
-    profile: dict[str, Any] | None = None,
-    holdout: pd.DataFrame | None = None,
+    profile: Profile | None = None,
+    prediction_reference: Bins | None = None,
     evaluation: dict[str, Any] | None = None,
 ) -> Packaged:
     """Save the model to the BentoML store, build a Bento around it and export the archive.
 
-    With a reference `profile` and `holdout` rows, the model's predictions on them
-    complete the profile (prediction drift) that the service's metrics use. The
-    holdout `evaluation` metrics (with `<name>_ci_low/_ci_high`) are stored beside the
-    model, so the service exports them next to its live quality.
+    Beside the model go the schema, the drift references the service's metrics use (the
+    training rows' `profile` from prepare, the holdout predictions' `prediction_reference`
+    from evaluate) and the holdout `evaluation` metrics (with `<name>_ci_low/_ci_high`), so
+    the service exports them next to its live quality.
     """
     import bentoml
 
-    model = load_model(model_dir, sha256)  # refuse to package anything but our own, intact output
-    if profile is not None and holdout is not None:
-        preds = model.predict(holdout.drop(columns=[schema["target"]]))
-        profile = add_prediction_profile(profile, preds, schema["task"], schema.get("classes"))
-    name = name or model_name_for(schema["target"])
-    labels = {
-        "task": schema["task"],
-        "family": str(model_info.get("family", "")),
-        "project": "kfp-automl",
-    }
+    # refuse to package anything but our own, intact output
+    load_model(model_dir, model_info.sha256)
+    name = name or model_name_for(schema.target)
+    labels = {"task": schema.task, "family": model_info.family, "project": "kfp-automl"}
     with bentoml.models.create(
         name,
         labels=labels,
         metadata={
-            "sha256": sha256,
-            "target": schema["target"],
-            "data_fingerprint": schema.get("data_fingerprint", ""),
-            **model_info,
+            **model_info.to_metadata(),
+            "target": schema.target,
+            "data_fingerprint": schema.data_fingerprint,
         },
     ) as stored:
         shutil.copyfile(Path(model_dir) / MODEL_FILE, stored.path_of(MODEL_FILE))
-        write_json(stored.path_of("schema.json"), schema)
+        schema.write(stored.path_of(SCHEMA_FILE))
         if profile is not None:
-            write_json(stored.path_of("profile.json"), profile)
+            profile.write(stored.path_of(PROFILE_FILE))
+        if prediction_reference is not None:
+            prediction_reference.write(stored.path_of(PREDICTION_REFERENCE_FILE))
         if evaluation:
-            write_json(stored.path_of("evaluation.json"), evaluation)
+            write_json(stored.path_of(EVALUATION_FILE), evaluation)
     # the service module reads its model tag when imported: import it afresh for this Bento,
     # not as an earlier build in this process left it in sys.modules
     sys.modules.pop(SERVICE.split(":")[0], None)
@@ -136,7 +131,7 @@ def package(
             SERVICE,
             name=name,
             labels=labels,
-            description=f"kfp-automl {schema['task']} model for target {schema['target']!r}",
+            description=f"kfp-automl {schema.task} model for target {schema.target!r}",
             build_ctx=ctx,
             include=_build_context(Path(ctx)),
             python={"packages": runtime_requirements()},
@@ -154,13 +149,14 @@ def package(
 
 
 def run(
+    *,
     model_dir: str,
-    model_info: dict[str, Any],
+    model_info: ModelInfo,
     schema_path: str,
     archive_path: str,
     name: str = "",
     profile_path: str = "",
-    holdout_path: str = "",
+    prediction_reference_path: str = "",
     test_metrics: dict[str, Any] | None = None,
     report_path: str = "",
     registry_root: str = "",
@@ -172,24 +168,21 @@ def run(
     archive lives (`bento_uri`, the artifact's URI under the pipeline root; default the archive
     path), so a gate in another pod can fetch it when it is the champion.
     """
-    from kfp_automl.files import read_json
     from kfp_automl.progress import say
     from kfp_automl.registry.registry import Registry
 
-    info = {k: v for k, v in model_info.items() if k != "sha256"}
-    profile = read_json(profile_path) if profile_path else None
-    holdout = pd.read_parquet(holdout_path) if holdout_path else None
-    schema = read_json(schema_path)
+    schema = Schema.read(schema_path)
     packaged = package(
-        model_dir,
-        model_info.get("sha256", ""),
-        schema,
-        info,
-        archive_path,
-        name,
-        profile,
-        holdout,
-        test_metrics,
+        model_dir=model_dir,
+        model_info=model_info,
+        schema=schema,
+        archive_path=archive_path,
+        name=name,
+        profile=Profile.read(profile_path) if profile_path else None,
+        prediction_reference=Bins.read(prediction_reference_path)
+        if prediction_reference_path
+        else None,
+        evaluation=test_metrics,
     )
     model_name, version = packaged.model_tag.split(":", 1)
     Registry(registry_root or None).register(
@@ -197,9 +190,9 @@ def run(
         version,
         {
             "bento_tag": packaged.bento_tag,
-            "family": info.get("family", ""),
-            "metric": info.get("metric", ""),
-            "valid_score": info.get("valid_score"),
+            "family": model_info.family,
+            "metric": model_info.metric,
+            "valid_score": model_info.valid_score,
             "test_metrics": {
                 k: v
                 for k, v in (test_metrics or {}).items()
@@ -207,7 +200,7 @@ def run(
             },
             "report": report_path,
             "bento_uri": bento_uri or str(archive_path),
-            "data_fingerprint": schema.get("data_fingerprint", ""),
+            "data_fingerprint": schema.data_fingerprint,
         },
     )
     say(

@@ -2,6 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Markdown, Output
+
 from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
@@ -69,28 +70,28 @@ def prepare_data(
         group_column=group_column,
     )
     result = run(
-        data,
-        target,
-        train.path,
-        valid.path,
-        test.path,
-        schema.path,
-        profile.path,
-        task,
-        seed,
-        valid_fraction,
-        test_fraction,
-        options,
-        data_report.path,
-        data_summary.path,
+        data=data,
+        target=target,
+        train_path=train.path,
+        valid_path=valid.path,
+        test_path=test.path,
+        schema_path=schema.path,
+        profile_path=profile.path,
+        task=task,
+        seed=seed,
+        valid_fraction=valid_fraction,
+        test_fraction=test_fraction,
+        options=options,
+        report_path=data_report.path,
+        summary_path=data_summary.path,
     )
     for art, key in ((train, "train"), (valid, "valid"), (test, "test")):
-        art.metadata["rows"] = result["rows"][key]
+        art.metadata["rows"] = result.rows[key]
     schema.metadata.update(
         {
-            "task": result["task"],
-            "target": result["target"],
-            "data_fingerprint": result["data_fingerprint"],
+            "task": result.task,
+            "target": result.target,
+            "data_fingerprint": result.data_fingerprint,
         }
     )
-    data_report.metadata["warnings"] = len(result["warnings"])
+    data_report.metadata["warnings"] = len(result.warnings)

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api import types as ptypes
+
 from kfp_automl.components.prepare.association import LEAK_SCORE, association
 from kfp_automl.components.prepare.roles import (
     Column,
@@ -25,8 +27,7 @@ from kfp_automl.components.prepare.roles import (
     infer_column,
 )
 from kfp_automl.components.prepare.splitting import split
-from pandas.api import types as ptypes
-
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
 
 __all__ = ["Options", "Prepared", "describe_features", "infer_task", "prepare", "split", "validate"]
@@ -73,7 +74,7 @@ class Prepared:
     train: pd.DataFrame
     valid: pd.DataFrame
     test: pd.DataFrame
-    schema: dict[str, Any]
+    schema: Schema
 
 
 def load_schema_file(path: str) -> Overrides:
@@ -304,7 +305,6 @@ def prepare(
 ) -> Prepared:
     """Validate, clean, describe and split `df`; return the splits and their schema."""
     from kfp_automl.components.prepare.profile import fingerprint
-
     from kfp_automl.runtime.transformers import HIGH_CARDINALITY
 
     options = options or Options()
@@ -452,10 +452,11 @@ def prepare(
             warnings.append(
                 f"target class {shares.index[-1]!r} is {shares.iloc[-1]:.1%} of the rows: imbalanced classes"
             )
-    return Prepared(train, valid, test, schema)
+    return Prepared(train, valid, test, Schema.from_dict(schema))
 
 
 def run(
+    *,
     data: str,
     target: str,
     train_path: str,
@@ -470,7 +471,7 @@ def run(
     options: Options | None = None,
     report_path: str = "",
     summary_path: str = "",
-) -> dict[str, Any]:
+) -> Schema:
     """Read `data`, prepare it; write the splits (Parquet), the schema and profile (JSON), the report.
 
     An empty `data` means the built-in demo table (and its target when `target` is empty).
@@ -478,8 +479,7 @@ def run(
     """
     from kfp_automl.components.prepare.profile import build_profile
     from kfp_automl.components.prepare.report import render_html, render_markdown
-
-    from kfp_automl.files import atomic_path, write_json
+    from kfp_automl.files import atomic_path
     from kfp_automl.progress import say
     from kfp_automl.tables.io import DEFAULT_DATASET, DEFAULT_TARGET, read_table, write_parquet
 
@@ -499,19 +499,19 @@ def run(
         (test_path, prepared.test),
     ):
         write_parquet(path, frame)
-    write_json(schema_path, prepared.schema)
-    write_json(profile_path, profile)
+    prepared.schema.write(schema_path)
+    profile.write(profile_path)
     for path, text in ((report_path, html), (summary_path, markdown)):
         if path:
             with atomic_path(path) as tmp:
                 tmp.write_text(text, encoding="utf-8")
     s = prepared.schema
-    rows = s["rows"]
+    rows = s.rows
     say(
         "prepare",
-        f"{s['task']} on {target!r}: {len(s['features'])} features, {len(s['dropped'])} columns dropped; "
+        f"{s.task} on {target!r}: {len(s.features)} features, {len(s.dropped)} columns dropped; "
         f"train/valid/test rows {rows['train']}/{rows['valid']}/{rows['test']}",
     )
-    for warning in s["warnings"]:
+    for warning in s.warnings:
         say("prepare", f"warning: {warning}")
     return prepared.schema

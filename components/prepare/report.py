@@ -3,17 +3,22 @@
 Per column: role, type, missing rate, range or categories, association with
 the target, and a distribution plot (from the training rows); the target's
 balance; every warning and automatic decision. Figures are inline PNGs drawn
-with matplotlib's Agg renderer (the evaluate report's helpers), no scripts.
+with matplotlib's Agg renderer (components/_html.py, shared with the model report), no scripts.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pandas as pd
-from kfp_automl.components.evaluate.plots import _png
-from kfp_automl.components.evaluate.report import STYLE, _img, _note, _section, _table, esc
+
+from kfp_automl.components._html import STYLE, esc
+from kfp_automl.components._html import img as _img
+from kfp_automl.components._html import note as _note
+from kfp_automl.components._html import png as _png
+from kfp_automl.components._html import section as _section
+from kfp_automl.components._html import table as _table
+from kfp_automl.contracts.profile import Profile
+from kfp_automl.contracts.schema import Schema
 
 MAX_PLOTS = 60
 PLOT_ROWS = 100_000
@@ -50,44 +55,44 @@ def _distribution(name: str, values: pd.Series, role: str) -> str:
     return _png(fig)
 
 
-def _target_plot(schema: dict[str, Any], profile: dict[str, Any]) -> str:
-    spec = profile["target"]
+def _target_plot(schema: Schema, profile: Profile) -> str:
+    spec = profile.target
     fig, ax = _figure(4.5, 2.8)
-    if spec["kind"] == "categorical":
-        labels = [*spec["categories"], "other", "missing"]
-        pairs = [(lab, c) for lab, c in zip(labels, spec["counts"], strict=True) if c]
+    if not spec.numeric:
+        labels = [*spec.categories, "other", "missing"]
+        pairs = [(lab, c) for lab, c in zip(labels, spec.counts, strict=True) if c]
         ax.bar([p[0][:16] for p in pairs], [p[1] for p in pairs], color="#dd8452")
         ax.set_ylabel("train rows")
     else:
-        edges = [spec["min"], *spec["edges"], spec["max"]]
-        counts = spec["counts"][: len(edges) - 1]
+        edges = [spec.min, *spec.edges, spec.max]
+        counts = spec.counts[: len(edges) - 1]
         ax.bar(range(len(counts)), counts, color="#dd8452")
         ax.set_xticks(range(len(counts)), [f"{e:.3g}" for e in edges[:-1]], fontsize="x-small")
         ax.set_xlabel("bin (lower edge)")
-    ax.set_title(f"target {schema['target']}"[:40])
+    ax.set_title(f"target {schema.target}"[:40])
     return _png(fig)
 
 
-def _feature_table(schema: dict[str, Any]) -> pd.DataFrame:
+def _feature_table(schema: Schema) -> pd.DataFrame:
     rows = []
-    for f in schema["features"]:
-        if "min" in f:
-            summary = f"{f['min']} .. {f['max']}"
-        elif "categories" in f:
-            shown = ", ".join(map(str, f["categories"][:5]))
-            summary = f"{f['n_categories']} categories: {shown}" + (
-                " ..." if f["n_categories"] > 5 else ""
+    for f in schema.features:
+        if f.min is not None:
+            summary = f"{f.min} .. {f.max}"
+        elif f.role in ("categorical", "boolean"):
+            shown = ", ".join(map(str, f.categories[:5]))
+            summary = f"{f.n_categories} categories: {shown}" + (
+                " ..." if f.n_categories > 5 else ""
             )
         else:
             summary = ""
         rows.append(
             {
-                "column": f["name"],
-                "role": f.get("role", f["kind"]),
-                "dtype": f["dtype"],
-                "missing": f"{f['missing_rate']:.1%}",
+                "column": f.name,
+                "role": f.role,
+                "dtype": f.dtype,
+                "missing": f"{f.missing_rate:.1%}",
                 "range / categories": summary,
-                "association": "" if f.get("association") is None else f"{f['association']:.3f}",
+                "association": "" if f.association is None else f"{f.association:.3f}",
             }
         )
     return pd.DataFrame(rows)
@@ -99,15 +104,15 @@ def _list(items: list[str], cls: str = "warnings") -> str:
     return f'<ul class="{cls}">' + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>"
 
 
-def render_html(schema: dict[str, Any], train: pd.DataFrame, profile: dict[str, Any]) -> str:
+def render_html(schema: Schema, train: pd.DataFrame, profile: Profile) -> str:
     """The data report page."""
-    rows = schema["rows"]
+    rows = schema.rows
     sample = train.sample(PLOT_ROWS, random_state=0) if len(train) > PLOT_ROWS else train
     overview = _table(
         pd.DataFrame(
             [
-                ("task", schema["task"]),
-                ("target", schema["target"]),
+                ("task", schema.task),
+                ("target", schema.target),
                 ("rows read", rows["input"]),
                 ("rows without a target (dropped)", rows["missing_target"]),
                 ("exact duplicate rows (dropped)", rows.get("duplicates", 0)),
@@ -115,29 +120,28 @@ def render_html(schema: dict[str, Any], train: pd.DataFrame, profile: dict[str, 
                     "train / valid / test rows",
                     f"{rows['train']} / {rows['valid']} / {rows['test']}",
                 ),
-                ("split", schema.get("split", {}).get("strategy", "random")),
+                ("split", schema.split.get("strategy", "random")),
                 (
                     "features kept / columns dropped",
-                    f"{len(schema['features'])} / {len(schema['dropped'])}",
+                    f"{len(schema.features)} / {len(schema.dropped)}",
                 ),
             ],
             columns=["", "value"],
         )
     )
     plots = []
-    for f in schema["features"][:MAX_PLOTS]:
-        role = f.get("role", f["kind"])
-        if role == "text":
+    for f in schema.features[:MAX_PLOTS]:
+        if f.role == "text":
             continue
         plots.append(
-            _img(_distribution(f["name"], sample[f["name"]], role), f"distribution of {f['name']}")
+            _img(_distribution(f.name, sample[f.name], f.role), f"distribution of {f.name}")
         )
-    if len(schema["features"]) > MAX_PLOTS:
+    if len(schema.features) > MAX_PLOTS:
         plots.append(_note(f"plots of the first {MAX_PLOTS} features only"))
-    decisions = pd.DataFrame(schema.get("decisions", []), columns=["column", "action", "reason"])
+    decisions = pd.DataFrame(list(schema.decisions), columns=["column", "action", "reason"])
     sections = [
         _section("overview", "Overview", overview),
-        _section("warnings", "Warnings", _list(schema.get("warnings", []))),
+        _section("warnings", "Warnings", _list(schema.warnings)),
         _section(
             "target",
             "Target",
@@ -161,13 +165,13 @@ def render_html(schema: dict[str, Any], train: pd.DataFrame, profile: dict[str, 
         _section(
             "dropped",
             "Columns dropped",
-            _table(pd.DataFrame(schema["dropped"], columns=["name", "reason"]))
-            if schema["dropped"]
+            _table(pd.DataFrame(list(schema.dropped), columns=["name", "reason"]))
+            if schema.dropped
             else _note("none"),
         ),
         _section("decisions", "Automatic decisions", _table(decisions)),
     ]
-    title = f"Data report: {esc(schema['target'])} ({esc(schema['task'])})"
+    title = f"Data report: {esc(schema.target)} ({esc(schema.task)})"
     nav = " ".join(
         f'<a href="#{s}">{s}</a>'
         for s in (
@@ -184,7 +188,7 @@ def render_html(schema: dict[str, Any], train: pd.DataFrame, profile: dict[str, 
         [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',
-            f"<title>kfp-automl data report: {esc(schema['target'])}</title>",
+            f"<title>kfp-automl data report: {esc(schema.target)}</title>",
             f"<style>{STYLE}</style></head><body>",
             f"<h1>{title}</h1>",
             f"<nav>{nav}</nav>",
@@ -194,43 +198,41 @@ def render_html(schema: dict[str, Any], train: pd.DataFrame, profile: dict[str, 
     )
 
 
-def _balance(schema: dict[str, Any], profile: dict[str, Any]) -> str:
-    spec = profile["target"]
-    if spec["kind"] != "categorical":
-        return f"train target range {spec['min']:.4g} .. {spec['max']:.4g}"
-    parts = [
-        f"{c}: {s:.1%}" for c, s in zip(spec["categories"], spec["shares"], strict=False) if s > 0
-    ]
+def _balance(schema: Schema, profile: Profile) -> str:
+    spec = profile.target
+    if spec.numeric:
+        return f"train target range {spec.min:.4g} .. {spec.max:.4g}"
+    parts = [f"{c}: {s:.1%}" for c, s in zip(spec.categories, spec.shares, strict=False) if s > 0]
     return "class shares in train: " + ", ".join(parts)
 
 
-def render_markdown(schema: dict[str, Any]) -> str:
+def render_markdown(schema: Schema) -> str:
     """A short Markdown summary: counts, warnings, dropped columns, feature roles."""
-    rows = schema["rows"]
+    rows = schema.rows
     lines = [
-        f"# Data: {schema['target']} ({schema['task']})",
+        f"# Data: {schema.target} ({schema.task})",
         "",
         f"- rows read: {rows['input']}; without a target: {rows['missing_target']}; "
         f"duplicates: {rows.get('duplicates', 0)}",
         f"- train / valid / test: {rows['train']} / {rows['valid']} / {rows['test']} "
-        f"({schema.get('split', {}).get('strategy', 'random')} split)",
-        f"- features: {len(schema['features'])}; dropped: {len(schema['dropped'])}",
+        f"({schema.split.get('strategy', 'random')} split)",
+        f"- features: {len(schema.features)}; dropped: {len(schema.dropped)}",
         "",
         "## Warnings",
         "",
-        *([f"- {w}" for w in schema.get("warnings", [])] or ["- none"]),
+        *([f"- {w}" for w in schema.warnings] or ["- none"]),
         "",
         "## Columns dropped",
         "",
-        *([f"- `{d['name']}`: {d['reason']}" for d in schema["dropped"]] or ["- none"]),
+        *([f"- `{d['name']}`: {d['reason']}" for d in schema.dropped] or ["- none"]),
         "",
         "## Features",
         "",
         "| column | role | missing | association |",
         "|---|---|---|---|",
     ]
-    for f in schema["features"]:
-        assoc = "" if f.get("association") is None else f"{f['association']:.3f}"
-        name = str(f["name"]).replace("|", "\\|")
-        lines.append(f"| {name} | {f.get('role', f['kind'])} | {f['missing_rate']:.1%} | {assoc} |")
+    for f in schema.features:
+        assoc = "" if f.association is None else f"{f.association:.3f}"
+        name = str(f.name).replace("|", "\\|")
+        lines.append(f"| {name} | {f.role} | {f.missing_rate:.1%} | {assoc} |")
     return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model
+
 from kfp_automl.components._image import COMPONENTS_IMAGE
 
 

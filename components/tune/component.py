@@ -2,6 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Model, Output
+
 from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
@@ -57,18 +58,18 @@ def tune_models(
     from kfp_automl.components.tune.tune import run, state_path
 
     storage = state_path(search_state_root, pipeline_root, run_id)
-    meta = run(
-        train.path,
-        valid.path,
-        schema.path,
-        model.path,
-        leaderboard.path,
-        metric,
-        families,
-        time_budget_s,
-        max_trials,
-        seed,
-        ray_address,
+    info = run(
+        train_path=train.path,
+        valid_path=valid.path,
+        schema_path=schema.path,
+        model_dir=model.path,
+        leaderboard_path=leaderboard.path,
+        metric=metric,
+        families=families,
+        time_budget_s=time_budget_s,
+        max_trials=max_trials,
+        seed=seed,
+        ray_address=ray_address,
         algorithm=search_algorithm,
         validation=validation,
         early_stopping=early_stopping,
@@ -77,5 +78,5 @@ def tune_models(
         storage_path=storage,
         report_path=search_report.path,
     )
-    model.metadata.update(meta)
-    leaderboard.metadata.update({"metric": meta["metric"], "n_trials": meta["n_trials"]})
+    model.metadata.update(info.to_metadata())
+    leaderboard.metadata.update({"metric": info.metric, "n_trials": info.n_trials})

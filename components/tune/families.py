@@ -34,6 +34,7 @@ from sklearn.ensemble import (
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
 
 
@@ -86,10 +87,8 @@ def domains(
     return out
 
 
-def has_categorical(schema: dict[str, Any]) -> bool:
-    from kfp_automl.runtime.transformers import role_of
-
-    return any(role_of(f) == "categorical" for f in schema["features"])
+def has_categorical(schema: Schema) -> bool:
+    return bool(schema.by_role("categorical"))
 
 
 def _linear(task, p, seed):
@@ -369,7 +368,7 @@ def suggest(
 
 
 def preprocessor(
-    schema: dict[str, Any],
+    schema: Schema,
     scaling: str = "none",
     categorical_encoding: str = "auto",
     seed: int = 0,
@@ -387,7 +386,7 @@ def preprocessor(
     )
 
 
-def build_model(schema: dict[str, Any], config: dict[str, Any], seed: int = 0) -> Pipeline:
+def build_model(schema: Schema, config: dict[str, Any], seed: int = 0) -> Pipeline:
     """One sklearn Pipeline: preprocessing + the family's estimator with `config`'s parameters."""
     family = FAMILIES[config["family"]]
     params = {**family.initial, **family_params(config)}
@@ -400,6 +399,6 @@ def build_model(schema: dict[str, Any], config: dict[str, Any], seed: int = 0) -
                     schema, prep.get("scaling", "none"), prep.get("encoding", "auto"), seed
                 ),
             ),
-            ("model", family.make(schema["task"], params, seed)),
+            ("model", family.make(schema.task, params, seed)),
         ]
     )

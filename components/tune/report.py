@@ -8,8 +8,8 @@ import io
 import json
 
 import pandas as pd
-from kfp_automl.components.tune.families import family_params
 
+from kfp_automl.components.tune.families import family_params
 from kfp_automl.runtime.metrics import Metric
 
 STYLE = (

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from kfp_automl.components.tune import ensemble, validation
 from kfp_automl.components.tune.families import (
     Family,
@@ -33,7 +34,7 @@ from kfp_automl.components.tune.families import (
     initial_configs,
 )
 from kfp_automl.components.tune.trial import MAX_STEP, STEPS, train_fn
-
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
 from kfp_automl.progress import say
 from kfp_automl.runtime.metrics import Metric
@@ -227,8 +228,9 @@ def _grid_searcher(points: list[dict[str, Any]], metric: Metric):
 
 
 def _scheduler(metric: Metric, early_stopping: bool):
-    from kfp_automl.components.tune.scheduler import FamilyASHA
     from ray.tune.schedulers import FIFOScheduler
+
+    from kfp_automl.components.tune.scheduler import FamilyASHA
 
     if not early_stopping:
         return FIFOScheduler()
@@ -257,7 +259,7 @@ def _started_at(exp_dir: Path | None, now: float) -> float:
 def run_search(
     train: pd.DataFrame,
     valid: pd.DataFrame,
-    schema: dict[str, Any],
+    schema: Schema,
     metric: Metric,
     families: list[Family],
     time_budget_s: float = 60,
@@ -276,14 +278,15 @@ def run_search(
 ) -> SearchResult:
     """Search families x hyperparameters with Ray Tune; return the leaderboard and the winner."""
     import ray
-    from kfp_automl.components.tune.budget import BudgetStopper, grace_for
     from ray import tune
+
+    from kfp_automl.components.tune.budget import BudgetStopper, grace_for
 
     if algorithm not in ALGORITHMS:
         raise UserError(
             f"unknown search algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}"
         )
-    task = schema["task"]
+    task = schema.task
     started, started_now = time.monotonic(), time.time()  # before Ray starts: its cost counts
     plan = validation.plan(train, valid, schema, validation_kind, cv_folds, seed)
     eval_y = plan.y.to_numpy()[plan.eval_positions]
@@ -501,7 +504,7 @@ def leaderboard(results, metric: Metric, started_wall: float) -> pd.DataFrame:
 def refit_best(
     train: pd.DataFrame,
     valid: pd.DataFrame,
-    schema: dict[str, Any],
+    schema: Schema,
     config: dict[str, Any],
     seed: int,
     members: list[tuple[dict[str, Any], int]] | None = None,
@@ -510,11 +513,9 @@ def refit_best(
     import warnings
 
     data = pd.concat([train, valid], ignore_index=True)
-    X, y = _xy(data, schema["target"])
+    X, y = _xy(data, schema.target)
     if members:
-        model = ensemble.build(
-            schema["task"], [(build_model(schema, c, seed), w) for c, w in members]
-        )
+        model = ensemble.build(schema.task, [(build_model(schema, c, seed), w) for c, w in members])
     else:
         model = build_model(schema, config, seed)
     with warnings.catch_warnings():

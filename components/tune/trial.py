@@ -15,8 +15,9 @@ import warnings
 from typing import Any
 
 import numpy as np
-from kfp_automl.components.tune.families import FAMILIES, Family, build_model, family_params
 
+from kfp_automl.components.tune.families import FAMILIES, Family, build_model, family_params
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.metrics import METRICS
 
 STEPS = (1, 3, 9)  # budget steps: a step s runs s/9 of the family's rounds or trees
@@ -73,7 +74,7 @@ def node_info() -> dict[str, str]:
 def train_fn(
     config: dict[str, Any],
     data,
-    schema: dict[str, Any],
+    schema: Schema,
     metric_name: str,
     seed: int,
     keep: np.ndarray,
@@ -82,7 +83,7 @@ def train_fn(
     from ray import tune
 
     X, y, splits = data
-    task = schema["task"]
+    task = schema.task
     metric = METRICS[metric_name]
     family = FAMILIES[config["family"]]
     classes = np.unique(y.to_numpy()) if task == "classification" else np.array([])

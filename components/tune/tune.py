@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from kfp_automl.components.tune.families import family_params, has_categorical, select_families
 from kfp_automl.components.tune.search import refit_best, run_search
-
-from kfp_automl.files import atomic_path, read_json
+from kfp_automl.contracts.model_info import ModelInfo
+from kfp_automl.contracts.schema import Schema
+from kfp_automl.files import atomic_path
 from kfp_automl.progress import say
 from kfp_automl.runtime.metrics import resolve_metric
 from kfp_automl.runtime.model_file import save_model
@@ -33,6 +34,7 @@ def state_path(search_state_root: str, pipeline_root: str, run_id: str) -> str:
 
 
 def run(
+    *,
     train_path: str,
     valid_path: str,
     schema_path: str,
@@ -44,7 +46,6 @@ def run(
     max_trials: int = 0,
     seed: int = 42,
     ray_address: str = "",
-    *,
     algorithm: str = "tpe",
     validation: str = "auto",
     cv_folds: int = 5,
@@ -53,17 +54,17 @@ def run(
     ensemble: bool = True,
     storage_path: str = "",
     report_path: str = "",
-) -> dict[str, Any]:
+) -> ModelInfo:
     """Search, refit the winner on train+valid, save it, the leaderboard (CSV) and the report.
 
-    Returns the model's metadata: sha256, family, params, metric, valid_score, n_trials, ...
+    Returns what the model's artifact says about it: digest, family, params, scores, trials.
     """
     from kfp_automl.components.tune import report
     from kfp_automl.components.tune import warm_start as ws
 
-    schema = read_json(schema_path)
+    schema = Schema.read(schema_path)
     train, valid = pd.read_parquet(train_path), pd.read_parquet(valid_path)
-    chosen = resolve_metric(metric, schema["task"], len(schema.get("classes", [])))
+    chosen = resolve_metric(metric, schema.task, schema.n_classes)
     selected = select_families(families)
     seeds: list[dict[str, Any]] = []
     if warm_start:
@@ -71,7 +72,7 @@ def run(
             ws.read_leaderboard(warm_start),
             selected,
             len(train),
-            schema["task"],
+            schema.task,
             has_categorical=has_categorical(schema),
         )
         say("tune", f"warm start: {len(seeds)} configurations from {warm_start}")
@@ -120,17 +121,17 @@ def run(
     model = refit_best(train, valid, schema, result.best_config, seed, result.ensemble)
     Path(model_dir).mkdir(parents=True, exist_ok=True)
     sha256 = save_model(model, model_dir)
-    return {
-        "sha256": sha256,
-        "family": family,
-        "params": json.dumps(params, sort_keys=True),
-        "metric": chosen.name,
-        "greater_is_better": chosen.greater_is_better,
-        "valid_score": score,
-        "validation": result.validation,
-        "best_single_score": result.best_score,
-        "n_trials": n_ok,
-        "n_restored": result.n_restored,
-        "n_retried": result.n_retried,
-        "search_s": round(result.elapsed_s, 2),
-    }
+    return ModelInfo(
+        sha256=sha256,
+        family=family,
+        params=params,
+        metric=chosen.name,
+        greater_is_better=chosen.greater_is_better,
+        valid_score=score,
+        validation=result.validation,
+        best_single_score=result.best_score,
+        n_trials=n_ok,
+        n_restored=result.n_restored,
+        n_retried=result.n_retried,
+        search_s=round(result.elapsed_s, 2),
+    )

@@ -14,11 +14,11 @@ valid split for the holdout) are what ensemble selection combines.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
 
 CV_MAX_ROWS = 10_000  # train+valid rows up to which trials cross-validate
@@ -62,7 +62,7 @@ def choose(kind: str, n_rows: int, cv_max_rows: int = CV_MAX_ROWS) -> str:
 def plan(
     train: pd.DataFrame,
     valid: pd.DataFrame,
-    schema: dict[str, Any],
+    schema: Schema,
     kind: str = "auto",
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
@@ -75,7 +75,7 @@ def plan(
     """
     from sklearn.model_selection import KFold, StratifiedKFold
 
-    target = schema["target"]
+    target = schema.target
     data = pd.concat([train, valid], ignore_index=True)
     X, y = data.drop(columns=[target]), data[target]
     chosen = choose(kind, len(data))
@@ -86,7 +86,7 @@ def plan(
         raise UserError(f"cv_folds must be at least 2, got {folds}")
     if repeats is None:
         repeats = REPEATS if len(data) <= CV_REPEAT_MAX_ROWS else 1
-    classification = schema["task"] == "classification"
+    classification = schema.task == "classification"
     k = max(2, min(folds, int(y.value_counts().min()))) if classification else min(folds, len(data))
     splits = []
     for r in range(max(1, repeats)):  # each repeat a different shuffle, stratified alike

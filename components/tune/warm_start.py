@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pandas as pd
+
 from kfp_automl.components.tune.families import (
     FAMILIES,
     PREPROCESSING,
@@ -14,7 +15,6 @@ from kfp_automl.components.tune.families import (
     fits_space,
     flat_config,
 )
-
 from kfp_automl.errors import UserError
 
 MAX_SEEDS = 5

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
 
 
 @dataclass
 class PackagedModel:
     model: Any
-    schema: dict[str, Any]
+    schema: Schema
     model_tag: str
     bento_tag: str
 

@@ -108,13 +108,13 @@ def prediction_log_settings(bento: Any, **log: Any) -> dict[str, str]:
 
 
 def _model_features(bento: Any) -> list[str]:
-    import json
-
     import bentoml
 
+    from kfp_automl.contracts.schema import Schema
+    from kfp_automl.serving.files import SCHEMA_FILE
+
     model = bentoml.models.get((bento.info.args or {})["model_tag"])
-    with open(model.path_of("schema.json")) as fh:
-        return [f["name"] for f in json.load(fh)["features"]]
+    return Schema.read(model.path_of(SCHEMA_FILE)).names
 
 
 @click.command(name="export-feedback")

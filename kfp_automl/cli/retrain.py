@@ -67,7 +67,7 @@ def command(**kw):
     conn = cluster.Connection(
         host=kw.pop("kfp_host"), token_path=kw.pop("kfp_token_file"), ui_url=kw.pop("ui_url")
     )
-    if not conn.host.startswith(("http://", "https://")):
+    if not (conn.host or "").startswith(("http://", "https://")):
         raise UserError(f"--kfp-host {conn.host!r} must start with http:// or https://")
     cluster._token_file(conn)  # a missing token file is a startup error, not a 502 later
     host, port = kw.pop("host"), kw.pop("port")

@@ -16,6 +16,7 @@ name), `archived` (a former champion).
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,12 @@ from kfp_automl.errors import UserError
 from kfp_automl.registry.backends import open_backend
 
 STAGES = ("challenger", "champion", "archived")
+
+
+def model_name_for(target: str) -> str:
+    """A BentoML-safe model name derived from the target column (the default model name)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", target.lower()).strip("-") or "model"
+    return f"automl-{slug}"[:60]
 
 
 def default_root() -> str | Path:

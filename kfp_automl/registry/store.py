@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
 from kfp_automl.runtime.model_file import load_model
+from kfp_automl.serving.files import SCHEMA_FILE
 from kfp_automl.tables.io import fsspec_url
 
 
-def load_stored_model(tag: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def load_stored_model(tag: str) -> tuple[Any, Schema, dict[str, Any]]:
     """(fitted pipeline, schema, metadata) of BentoML model `tag`, after the SHA-256 check."""
     import bentoml
     from bentoml.exceptions import NotFound
@@ -21,17 +22,15 @@ def load_stored_model(tag: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     except NotFound:
         raise UserError(f"model {tag} is not in the BentoML store") from None
     meta = dict(stored.info.metadata)
-    if "sha256" not in meta:
+    if not isinstance(meta.get("sha256"), str):
         raise UserError(
             f"model {stored.tag} was not written by kfp-automl (no sha256 in its metadata)"
         )
-    schema = json.loads(Path(stored.path_of("schema.json")).read_text())
-    return load_model(stored.path, meta["sha256"]), schema, meta
+    schema = Schema.read(stored.path_of(SCHEMA_FILE))
+    return load_model(stored.path, str(meta["sha256"])), schema, meta
 
 
-def load_registered_model(
-    name: str, entry: dict[str, Any]
-) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+def load_registered_model(name: str, entry: dict[str, Any]) -> tuple[Any, Schema, dict[str, Any]]:
     """The model of registry entry `entry` (a version of `name`), hash-checked.
 
     From the local BentoML store when it is there; else (a fresh pod on a cluster) from the

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kfp_automl.runtime.records import _features, records_to_frame
+from kfp_automl.contracts.schema import Schema
+from kfp_automl.runtime.records import records_to_frame
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,23 @@ class _CategoryMemo:
         return table[positions]
 
 
+class _Block:
+    """A fitted transformer of several columns, applied as the ColumnTransformer applies it."""
+
+    def __init__(self, transformer: Any, columns: list[str]):
+        self.transformer, self.columns = transformer, columns
+
+    def __call__(self, X: pd.DataFrame) -> np.ndarray:
+        return self.transformer.transform(X[self.columns])
+
+
 class _Preprocessor:
     """A fitted ColumnTransformer's transform, column block by column block, as it does it."""
 
     def __init__(self, ct: Any, roles: dict[str, str]):
         if getattr(ct, "_sklearn_output_config", {}).get("transform") not in (None, "default"):
             raise _Unsupported("the ColumnTransformer outputs a frame")
-        self.blocks = []
+        self.blocks: list[_CategoryMemo | _Block] = []
         for _, transformer, columns in ct.transformers_:
             if isinstance(transformer, str):
                 if transformer == "drop":
@@ -100,7 +111,7 @@ class _Preprocessor:
             if len(columns) == 1 and roles.get(columns[0]) == "categorical":
                 self.blocks.append(_CategoryMemo(transformer, columns[0]))
             else:
-                self.blocks.append(lambda X, t=transformer, c=columns: t.transform(X[c]))
+                self.blocks.append(_Block(transformer, columns))
         if not self.blocks:
             raise _Unsupported("no columns")
 
@@ -189,10 +200,10 @@ class ServingModel:
     ensemble's weighted average is computed as sklearn computes it.
     """
 
-    def __init__(self, model: Any, schema: dict[str, Any]):
+    def __init__(self, model: Any, schema: Schema):
         from sklearn.ensemble import VotingClassifier, VotingRegressor
 
-        roles = {f["name"]: f.get("role") or f["kind"] for f in _features(schema)}
+        roles = {f.name: f.role for f in schema.features}
         shared: dict[bytes, _Preprocessor] = {}
         self.model = model
         if isinstance(model, VotingClassifier | VotingRegressor):
@@ -240,18 +251,18 @@ class ServingModel:
         return np.average(np.asarray(preds).T, axis=1, weights=self.weights)
 
 
-def probe_frame(schema: dict[str, Any], max_rows: int = 64) -> pd.DataFrame:
+def probe_frame(schema: Schema, max_rows: int = 64) -> pd.DataFrame:
     """Records that reach every part of the model: each known category, an unseen one,
     numbers at and beyond the training range, and missing values in every column."""
     columns: dict[str, list[Any]] = {}
-    for f in _features(schema):
-        if f["kind"] == "numeric":
-            low, high = float(f.get("min") or 0.0), float(f.get("max") or 0.0)
+    for f in schema.features:
+        values: list[Any]
+        if f.numeric:
+            low, high = float(f.min or 0.0), float(f.max or 0.0)
             values = [low, high, (low + high) / 2, None, low - 1.0, high + 1.0, 0.0]
         else:
-            values = [str(c) for c in f.get("categories") or []]
-            values += [None, "(a category never seen in training)"]
-        columns[f["name"]] = values
+            values = [*f.categories, None, "(a category never seen in training)"]
+        columns[f.name] = values
     n = min(max_rows, max(len(v) for v in columns.values()))
     records = [{name: v[i % len(v)] for name, v in columns.items()} for i in range(n)]
     return records_to_frame(records, schema)
@@ -261,7 +272,7 @@ def _answers(model: Any, X: pd.DataFrame) -> np.ndarray:
     return model.predict_proba(X) if hasattr(model, "predict_proba") else model.predict(X)
 
 
-def serving_model(model: Any, schema: dict[str, Any], probe: pd.DataFrame | None = None) -> Any:
+def serving_model(model: Any, schema: Schema, probe: pd.DataFrame | None = None) -> Any:
     """A ServingModel for `model` when it answers exactly as `model` on probe rows, else `model`.
 
     The probe rows (by default from the schema: every category, an unseen one,

@@ -160,9 +160,10 @@ def task_metrics(task: str, n_classes: int = 0) -> list[Metric]:
 
 def score(metric: Metric, model: Any, X, y) -> float:
     """Score a fitted sklearn estimator on (X, y) with `metric` (one model call)."""
-    pred = None if metric.needs_proba else model.predict(X)
     proba = model.predict_proba(X) if metric.needs_proba else None
     classes = list(getattr(model, "classes_", []))
+    # a metric of probabilities does not read the predictions: an empty array stands for them
+    pred = np.empty(0) if metric.needs_proba else np.asarray(model.predict(X))
     return float(metric.fn(np.asarray(y), pred, proba, classes))
 
 

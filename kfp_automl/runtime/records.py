@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from kfp_automl.contracts.schema import Schema
 
 MAX_ID_LENGTH = 128
 
@@ -39,18 +42,39 @@ class RecordError(ValueError):
         }
 
 
-def _features(schema: dict[str, Any]) -> list[dict[str, Any]]:
-    return schema["features"]
-
-
 def _categorical(values) -> np.ndarray:
     """Text values as an object array with NaN for missing (what the fitted imputer expects)."""
     return np.array([np.nan if v is None or v != v else str(v) for v in values], dtype=object)
 
 
-def coerce_frame(df: pd.DataFrame, schema: dict[str, Any]) -> pd.DataFrame:
-    """Select the model's feature columns from `df` and give them the model's input dtypes."""
-    missing = [f["name"] for f in _features(schema) if f["name"] not in df.columns]
+def model_columns(values: Mapping[str, Any], schema: Schema) -> dict[str, np.ndarray]:
+    """The model's input columns: the one place batch and online scoring make them.
+
+    `values` holds each feature's checked values (a list of Python values with None for
+    missing, or an array); numeric features become float64 with NaN for missing, every
+    other feature text (str) with NaN for missing, in schema order.
+    """
+    out: dict[str, np.ndarray] = {}
+    for f in schema.features:
+        column = values[f.name]
+        if f.numeric:
+            if isinstance(column, np.ndarray) and column.dtype == np.float64:
+                out[f.name] = column
+            else:
+                out[f.name] = np.array([np.nan if v is None else v for v in column], dtype=float)
+        else:
+            out[f.name] = _categorical(column)
+    return out
+
+
+def coerce_frame(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """Select the model's feature columns from a table and give them the model's input dtypes.
+
+    A table's columns are typed already (pyarrow reads them); a numeric feature may also
+    be text that parses as numbers (a CSV column with a stray value read as text) or
+    booleans. A value that is not a number names its row.
+    """
+    missing = [name for name in schema.names if name not in df.columns]
     if missing:
         raise RecordError(
             None,
@@ -58,21 +82,21 @@ def coerce_frame(df: pd.DataFrame, schema: dict[str, Any]) -> pd.DataFrame:
             f"required column is missing ({len(missing)} missing in all)",
             "missing_field",
         )
-    out = {}
-    for f in _features(schema):
-        col = df[f["name"]]
-        if f["kind"] == "numeric":
+    checked: dict[str, Any] = {}
+    for f in schema.features:
+        col = df[f.name]
+        if f.numeric:
             if pd.api.types.is_bool_dtype(col):
                 col = col.astype(float)
             converted = pd.to_numeric(col, errors="coerce")
             bad = converted.isna() & col.notna()
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise RecordError(i, f["name"], f"expected a number, got {col.iloc[i]!r}")
-            out[f["name"]] = converted.to_numpy(dtype=float)
+                raise RecordError(i, f.name, f"expected a number, got {col.iloc[i]!r}")
+            checked[f.name] = converted.to_numpy(dtype=float)
         else:
-            out[f["name"]] = _categorical(col.tolist())
-    return pd.DataFrame(out, index=df.index)
+            checked[f.name] = col.tolist()
+    return pd.DataFrame(model_columns(checked, schema), index=df.index)
 
 
 def _check_number(i: int, name: str, value: Any) -> float:
@@ -112,7 +136,7 @@ def parse_request(body: bytes) -> list[Any]:
 
 
 def _columns(
-    records: list[Any], schema: dict[str, Any], unknown_fields: str, id_field: str | None = None
+    records: list[Any], schema: Schema, unknown_fields: str, id_field: str | None = None
 ) -> dict[str, list]:
     """Check every record against the schema and gather its values column by column.
 
@@ -121,12 +145,12 @@ def _columns(
     """
     if not records:
         raise RecordError(None, None, "'records' is empty: send at least one record", "empty")
-    features = _features(schema)
-    known = {f["name"] for f in features}
+    features = schema.features
+    known = set(schema.names)
     if id_field:
         _check_ids(records, id_field)
         known.add(id_field)
-    columns: dict[str, list] = {f["name"]: [None] * len(records) for f in features}
+    columns: dict[str, list] = {f.name: [None] * len(records) for f in features}
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise RecordError(
@@ -138,7 +162,7 @@ def _columns(
                 i, extra, "unknown field (this service rejects them)", "unknown_field"
             )
         for f in features:
-            name = f["name"]
+            name = f.name
             try:
                 value = rec[name]
             except KeyError:
@@ -147,7 +171,7 @@ def _columns(
                 ) from None
             if value is None:
                 continue
-            if f["kind"] == "numeric":
+            if f.numeric:
                 columns[name][i] = _check_number(i, name, value)
             elif isinstance(value, str | int | float | bool):
                 columns[name][i] = value
@@ -171,7 +195,7 @@ def _check_ids(records: list[Any], id_field: str) -> None:
 
 def check_records(
     records: list[Any],
-    schema: dict[str, Any],
+    schema: Schema,
     unknown_fields: str = "ignore",
     id_field: str | None = None,
 ) -> None:
@@ -180,27 +204,18 @@ def check_records(
 
 
 def records_to_columns(
-    records: list[Any], schema: dict[str, Any], unknown_fields: str = "ignore"
+    records: list[Any], schema: Schema, unknown_fields: str = "ignore"
 ) -> dict[str, np.ndarray]:
     """Validate JSON records (one dict per row) and gather the model's input columns.
 
-    Numbers as floats (NaN for missing), everything else as text (NaN for
-    missing), in schema order. One pass over the values checks and gathers
-    them; `unknown_fields` is "ignore" (extra fields are dropped) or "reject".
+    One pass over the values checks and gathers them (see model_columns for the dtypes);
+    `unknown_fields` is "ignore" (extra fields are dropped) or "reject".
     """
-    columns = _columns(records, schema, unknown_fields)
-    out = {}
-    for f in _features(schema):
-        values = columns[f["name"]]
-        if f["kind"] == "numeric":
-            out[f["name"]] = np.array([np.nan if v is None else v for v in values], dtype=float)
-        else:
-            out[f["name"]] = _categorical(values)
-    return out
+    return model_columns(_columns(records, schema, unknown_fields), schema)
 
 
 def records_to_frame(
-    records: list[Any], schema: dict[str, Any], unknown_fields: str = "ignore"
+    records: list[Any], schema: Schema, unknown_fields: str = "ignore"
 ) -> pd.DataFrame:
     """The model's input frame of JSON records (see records_to_columns)."""
     return pd.DataFrame(records_to_columns(records, schema, unknown_fields))

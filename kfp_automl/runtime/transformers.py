@@ -39,6 +39,7 @@ from sklearn.preprocessing import (
     TargetEncoder,
 )
 
+from kfp_automl.contracts.schema import Feature, Schema
 from kfp_automl.errors import UserError
 
 ENCODINGS = ("auto", "onehot", "target", "ordinal")
@@ -54,11 +55,6 @@ FALSE_WORDS = frozenset({"false", "f", "no", "n", "0", "0.0", "off"})
 DATETIME_PARTS = ("year", "month", "day", "weekday", "hour", "dayofyear", "days")
 TEXT_COMPONENTS = 16
 TEXT_MAX_FEATURES = 2000
-
-
-def role_of(feature: dict[str, Any]) -> str:
-    """A feature's role; schemas written before roles existed only have `kind`."""
-    return feature.get("role") or feature["kind"]
 
 
 # ---- value normalisation (shared with prepare) ----------------------------------------------
@@ -227,7 +223,7 @@ class DatetimeFeatures(_Named):
 
     def transform(self, X):
         X = _frame(X)
-        out = []
+        out: list[np.ndarray] = []
         for j in range(X.shape[1]):
             parts = _datetime_parts(datetime_values(X.iloc[:, j]))
             out.extend(parts[p].to_numpy(dtype=float) for p in self.parts_[j])
@@ -323,7 +319,7 @@ def _encoder(encoding: str, n_categories: int, task: str, seed: int):
 
 
 def build_preprocessor(
-    schema: dict[str, Any],
+    schema: Schema,
     *,
     scale_numeric: bool = False,
     categorical_encoding: str = "auto",
@@ -347,15 +343,15 @@ def build_preprocessor(
     if scaling not in SCALINGS:
         raise UserError(f"unknown scaling {scaling!r}; choose one of {', '.join(SCALINGS)}")
     scale_numeric = scaling != "none"
-    by_role: dict[str, list[dict[str, Any]]] = {}
-    for f in schema["features"]:
-        by_role.setdefault(role_of(f), []).append(f)
+    by_role: dict[str, list[Feature]] = {}
+    for f in schema.features:
+        by_role.setdefault(f.role, []).append(f)
 
     def scaled(*steps):
         return make_pipeline(*steps, *([StandardScaler()] if scale_numeric else []))
 
     transformers: list[tuple[str, Any, list[str]]] = []
-    if numeric := [f["name"] for f in by_role.get("numeric", [])]:
+    if numeric := [f.name for f in by_role.get("numeric", [])]:
         impute = SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)
         if scaling == "quantile":
             # before the imputer: the quantiles ignore missing values, the indicators stay 0/1
@@ -365,21 +361,21 @@ def build_preprocessor(
             transformers.append(("numeric", make_pipeline(Clipper(), quantile, impute), numeric))
         else:
             transformers.append(("numeric", scaled(Clipper(), impute), numeric))
-    if boolean := [f["name"] for f in by_role.get("boolean", [])]:
+    if boolean := [f.name for f in by_role.get("boolean", [])]:
         impute = SimpleImputer(
             strategy="most_frequent", add_indicator=True, keep_empty_features=True
         )
         transformers.append(("boolean", scaled(BooleanEncoder(), impute), boolean))
     for f in by_role.get("categorical", []):
-        enc = _encoder(categorical_encoding, int(f.get("n_categories", 0)), schema["task"], seed)
+        enc = _encoder(categorical_encoding, f.n_categories, schema.task, seed)
         steps = [CategoryCleaner(), enc]
         if scale_numeric and not isinstance(enc, OneHotEncoder):
             steps.append(StandardScaler())
-        transformers.append((f"categorical_{f['name']}", make_pipeline(*steps), [f["name"]]))
-    if dates := [f["name"] for f in by_role.get("datetime", [])]:
+        transformers.append((f"categorical_{f.name}", make_pipeline(*steps), [f.name]))
+    if dates := [f.name for f in by_role.get("datetime", [])]:
         impute = SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)
         transformers.append(("datetime", scaled(DatetimeFeatures(), impute), dates))
-    if text := [f["name"] for f in by_role.get("text", [])]:
+    if text := [f.name for f in by_role.get("text", [])]:
         transformers.append(("text", scaled(TextFeatures()), text))
     return ColumnTransformer(
         transformers, remainder="drop", verbose_feature_names_out=False, sparse_threshold=0

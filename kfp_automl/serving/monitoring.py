@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from kfp_automl.runtime.drift import _lookup, bin_index
+from kfp_automl.contracts.profile import Bins, Profile
+from kfp_automl.runtime.drift import bin_index
 from kfp_automl.runtime.names import PREDICTION
 
 SMALL_BATCH = 16  # up to this many records, Monitor.observe counts without numpy's per-call cost
@@ -45,17 +46,25 @@ class Monitor:
 
     def __init__(
         self,
-        profile: dict[str, Any] | None,
+        profile: Profile | None,
         model: str,
         version: str,
         info: dict[str, str] | None = None,
         registry=None,
+        *,
+        prediction: Bins | None = None,
     ):
+        """`profile`: the training rows' bins (None: no drift metrics); `prediction`: the
+        holdout predictions' bins (prediction drift), which profiles of version 1 carried."""
         import prometheus_client as pc
 
         kw = {"registry": registry} if registry is not None else {}
         base = ["model", "version"]
-        self.profile = profile or {"features": {}}
+        references: dict[str, Bins] = dict(profile.features) if profile is not None else {}
+        prediction = prediction or (profile.legacy_prediction if profile is not None else None)
+        if prediction is not None:
+            references[PREDICTION] = prediction
+        self.references = references
         self.ids = (model, version)
         self.records = pc.Counter("automl_records", "Records scored", base, **kw)
         self.rejected_total = pc.Counter(
@@ -119,21 +128,23 @@ class Monitor:
         self._batch = self.batch.labels(*self.ids)
         for reason in REJECT_REASONS:
             self.rejected_total.labels(*self.ids, reason)
-        self._children: dict[str, tuple[dict, list, Any, np.ndarray | None]] = {}
-        for feature, spec in self.profile["features"].items():
-            children = [self.bins.labels(*self.ids, feature, b) for b in spec["bins"]]
+        self._children: dict[str, tuple[Bins, list, Any, np.ndarray | None]] = {}
+        for feature, spec in references.items():
+            children = [self.bins.labels(*self.ids, feature, b) for b in spec.bins]
             # what a small batch looks its values up in: the edges as a list, or the categories
-            if spec["kind"] == "numeric":
-                lookup, edges = list(map(float, spec["edges"])), np.asarray(spec["edges"], float)
+            lookup: list[float] | dict[str, int]
+            edges: np.ndarray | None
+            if spec.numeric:
+                lookup, edges = list(spec.edges), np.asarray(spec.edges, float)
             else:
-                lookup, edges = _lookup(spec), None
+                lookup, edges = spec.index, None
             self._children[feature] = (spec, children, lookup, edges)
-            for b, s in zip(spec["bins"], spec["shares"], strict=True):
+            for b, s in zip(spec.bins, spec.shares, strict=True):
                 share.labels(*self.ids, feature, b).set(s)
-            for stat, value in spec.get("thresholds", {}).items():
+            for stat, value in spec.thresholds.items():
                 threshold.labels(*self.ids, feature, stat).set(value)
             if feature != PREDICTION:
-                kind_metric = self.out_of_range if spec["kind"] == "numeric" else self.unseen
+                kind_metric = self.out_of_range if spec.numeric else self.unseen
                 for metric in (self.missing, kind_metric):
                     metric.labels(*self.ids, feature)
 
@@ -162,22 +173,23 @@ class Monitor:
         small = len(predictions) <= SMALL_BATCH
         for feature, (spec, children, lookup, edges) in self._children.items():
             values = predictions if feature == PREDICTION else np.asarray(X[feature])
-            numeric = spec["kind"] == "numeric"
+            numeric = spec.numeric
+            counts: list[int]
             if small and (not numeric or values.dtype.kind == "f"):
                 counts = self._count_small(values.tolist(), numeric, children, lookup)
             else:
-                counts = np.bincount(bin_index(values, spec, edges), minlength=len(children))
-                seen = counts.nonzero()[0]  # only the bins this batch reached
-                for j, c in zip(seen.tolist(), counts[seen].tolist(), strict=True):
+                binned = np.bincount(bin_index(values, spec, edges), minlength=len(children))
+                seen = binned.nonzero()[0]  # only the bins this batch reached
+                for j, c in zip(seen.tolist(), binned[seen].tolist(), strict=True):
                     children[j].inc(c)
-                counts = counts.tolist()
+                counts = binned.tolist()
             if feature == PREDICTION:
                 continue
             if counts[-1]:
                 self.missing.labels(*self.ids, feature).inc(counts[-1])
-            if numeric and spec.get("min") is not None:
+            if numeric and spec.min is not None:
                 v = values if values.dtype.kind == "f" else np.asarray(values, dtype=float)
-                low, high = spec["min"], spec["max"]
+                low, high = spec.min, spec.max
                 if small:
                     outside = sum(1 for x in v.tolist() if x < low or x > high)
                 else:
@@ -186,7 +198,7 @@ class Monitor:
                     self.out_of_range.labels(*self.ids, feature).inc(outside)
             elif not numeric and counts[-2]:
                 # `other` holds unseen categories, and rare training ones when there were many
-                known = spec.get("known")
+                known = spec.known
                 if known is None:
                     unseen = counts[-2]
                 else:

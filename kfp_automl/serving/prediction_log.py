@@ -31,8 +31,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.records import check_id
 from kfp_automl.serving.prediction_store import PredictionStore
 from kfp_automl.serving.quality import QualityMetrics, check_label, live_metrics
@@ -80,16 +81,14 @@ class PredictionLog:
         settings: LogSettings,
         model: str,
         version: str,
-        schema: dict[str, Any],
+        schema: Schema,
         metrics: QualityMetrics,
     ):
         settings.check()
         self.settings, self.model, self.version = settings, model, version
-        self.task = schema["task"]
-        self.classes = schema.get("classes")
-        self.features = [
-            f["name"] for f in schema["features"] if f["name"] not in set(settings.exclude)
-        ]
+        self.task = schema.task
+        self.classes = None if schema.classes is None else list(schema.classes)
+        self.features = [n for n in schema.names if n not in set(settings.exclude)]
         self.metrics = metrics
         self.directory = Path(settings.directory)
         self._keep = frozenset(self.features)
@@ -105,7 +104,7 @@ class PredictionLog:
         self._pending = 0
         self._lock = threading.RLock()  # file writes and store inserts
         self._wake, self._stop = threading.Event(), threading.Event()
-        self._file = None
+        self._file: BinaryIO | None = None
         self._file_path: Path | None = None
         self._file_bytes = 0
         self._store: PredictionStore | None = None
@@ -245,14 +244,14 @@ class PredictionLog:
     def feedback(self, items: list[Any]) -> tuple[int, dict[str, Any]]:
         """Join labels to logged predictions: (HTTP status, per-item report)."""
         if self.settings.mode == "off":
-            problem = "prediction logging is off, so there is nothing to join labels to"
-            return 409, {"error": {"field": None, "problem": problem, "reason": "logging_off"}}
+            off = "prediction logging is off, so there is nothing to join labels to"
+            return 409, {"error": {"field": None, "problem": off, "reason": "logging_off"}}
         self.flush()  # this worker's queued predictions become joinable first
         if self._store is None:
             self._open_store()
             if self._store is None:
-                problem = f"the prediction store in {self.directory} cannot be opened"
-                return 503, {"error": {"field": None, "problem": problem, "reason": "store"}}
+                unopened = f"the prediction store in {self.directory} cannot be opened"
+                return 503, {"error": {"field": None, "problem": unopened, "reason": "store"}}
         results: list[dict[str, Any]] = []
         to_join: list[tuple[str, Any]] = []
         where: list[int] = []
@@ -261,7 +260,7 @@ class PredictionLog:
                 results.append(_result(i, None, "bad_id", 'expected {"id": ..., "label": ...}'))
                 continue
             pid = item.get("id")
-            problem = check_id(pid) if "id" in item else "the item has no 'id'"
+            problem: str | None = check_id(pid) if "id" in item else "the item has no 'id'"
             if problem:
                 results.append(_result(i, pid, "bad_id", problem))
                 continue
@@ -282,8 +281,8 @@ class PredictionLog:
                     outcomes = self._store.label(to_join, now)
             except (sqlite3.Error, OSError) as exc:
                 self._failed("store", exc)
-                problem = f"the prediction store cannot be written: {exc}"
-                return 503, {"error": {"field": None, "problem": problem, "reason": "store"}}
+                unwritten = f"the prediction store cannot be written: {exc}"
+                return 503, {"error": {"field": None, "problem": unwritten, "reason": "store"}}
             label_lines = []
             for i, (pid, label), outcome in zip(where, to_join, outcomes, strict=True):
                 results[i]["status"] = outcome.status
@@ -292,7 +291,7 @@ class PredictionLog:
                 elif outcome.status == "duplicate":
                     results[i]["problem"] = "already labelled; the first label is kept"
                 else:
-                    self.metrics.delay.observe(outcome.delay_s)
+                    self.metrics.delay.observe(outcome.delay_s or 0.0)
                     label_lines.append(
                         {
                             "kind": "label",
@@ -356,10 +355,10 @@ class PredictionLog:
         info = {
             "model": self.model,
             "version": self.version,
-            "target": self._schema["target"],
+            "target": self._schema.target,
             "task": self.task,
             "classes": self.classes,
-            "features": self._schema["features"],
+            "features": [f.to_dict() for f in self._schema.features],
             "excluded": list(self.settings.exclude),
         }
         path = self.directory / f"model-{self.model}-{self.version}.json"
@@ -374,10 +373,9 @@ class PredictionLog:
     def _write_text(self, text: str) -> bool:
         data = text.encode()
         try:
-            if self._file is None:
-                self._open_file()
-            self._file.write(data)
-            self._file.flush()
+            file = self._file if self._file is not None else self._open_file()
+            file.write(data)
+            file.flush()
             self._file_bytes += len(data)
             if self._file_bytes >= self.settings.max_file_bytes:
                 self._close_file()
@@ -389,20 +387,21 @@ class PredictionLog:
         self._recovered("log_file")
         return True
 
-    def _open_file(self) -> None:
+    def _open_file(self) -> BinaryIO:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"predictions-{time.time_ns()}-{os.getpid()}{ACTIVE_SUFFIX}"
         self._file_path = self.directory / name
         self._file = open(self._file_path, "ab")  # noqa: SIM115 (kept open between flushes)
         self._file_bytes = 0
+        return self._file
 
     def _close_file(self, quiet: bool = False) -> None:
-        if self._file is None:
+        if self._file is None or self._file_path is None:
             return
         try:
             self._file.close()
-            done = self._file_path.with_name(self._file_path.name.replace(ACTIVE_SUFFIX, ".jsonl"))
-            os.replace(self._file_path, done)
+            active = self._file_path
+            os.replace(active, active.with_name(active.name.replace(ACTIVE_SUFFIX, ".jsonl")))
         except OSError as exc:
             if not quiet:
                 self._failed("log_file", exc)

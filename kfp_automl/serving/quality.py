@@ -26,8 +26,10 @@ GOALS = {
     "r2": "max",
     "mape": "min",
 }
-CLASSIFICATION = ("accuracy", "balanced_accuracy", "f1", "f1_macro", "roc_auc", "pr_auc")
-CLASSIFICATION += ("log_loss", "brier")
+CLASSIFICATION = (
+    *("accuracy", "balanced_accuracy", "f1", "f1_macro", "roc_auc", "pr_auc"),
+    *("log_loss", "brier"),
+)
 REGRESSION = ("mae", "rmse", "r2", "mape")
 __all__ = ["check_label", "live_metrics", "parse_feedback", "QualityMetrics"]
 OUTCOMES = ("matched", "duplicate", "unknown_id", "wrong_type", "bad_id")

@@ -23,12 +23,14 @@ import itertools
 import json
 import os
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import bentoml
 import pandas as pd
 from pydantic import BaseModel
 
+from kfp_automl.contracts.profile import Bins, Profile
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.fast_path import serving_model
 from kfp_automl.runtime.model_file import load_model
 from kfp_automl.runtime.records import (
@@ -38,6 +40,12 @@ from kfp_automl.runtime.records import (
     predict_frame,
     prediction_records,
     records_to_columns,
+)
+from kfp_automl.serving.files import (
+    EVALUATION_FILE,
+    PREDICTION_REFERENCE_FILE,
+    PROFILE_FILE,
+    SCHEMA_FILE,
 )
 from kfp_automl.serving.monitoring import Monitor
 from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
@@ -191,25 +199,25 @@ class AutoMLService:
 
     def __init__(self) -> None:
         stored = self.bento_model
-        with open(stored.path_of("schema.json")) as fh:
-            self.schema = json.load(fh)
+        self.schema = Schema.read(stored.path_of(SCHEMA_FILE))
         meta = stored.info.metadata
         # the fitted model behind a faster path that answers the same (checked on probe rows)
         self.model = serving_model(load_model(stored.path, meta["sha256"]), self.schema)
-        profile = None
-        if args.monitoring:
-            try:
-                with open(stored.path_of("profile.json")) as fh:
-                    profile = json.load(fh)
-            except FileNotFoundError:
-                profile = None  # a model packaged without a reference profile: no drift metrics
+        profile = prediction = None
+        if args.monitoring:  # a model packaged without a reference: no drift metrics for it
+            if os.path.exists(stored.path_of(PROFILE_FILE)):
+                profile = Profile.read(stored.path_of(PROFILE_FILE))
+            if os.path.exists(stored.path_of(PREDICTION_REFERENCE_FILE)):
+                prediction = Bins.read(stored.path_of(PREDICTION_REFERENCE_FILE))
         info = {
             "data_fingerprint": str(meta.get("data_fingerprint", ""))[:16],
-            "task": self.schema["task"],
+            "task": self.schema.task,
             "family": str(meta.get("family", "")),
         }
-        self.monitor = Monitor(profile, stored.tag.name, stored.tag.version, info)
-        names = {f["name"] for f in self.schema["features"]}
+        self.monitor = Monitor(
+            profile, stored.tag.name, stored.tag.version, info, prediction=prediction
+        )
+        names = set(self.schema.names)
         self.id_field = args.id_field if args.id_field and args.id_field not in names else None
         self.log = _prediction_log(stored, self.schema, meta)
         self._id_prefix, self._id_counter = uuid.uuid4().hex[:16], itertools.count()
@@ -259,18 +267,18 @@ def _problem(problem: str, reason: str) -> dict[str, Any]:
     return {"record": None, "field": None, "problem": problem, "reason": reason}
 
 
-def _prediction_log(stored, schema: dict[str, Any], meta: dict[str, Any]) -> PredictionLog | None:
+def _prediction_log(stored, schema: Schema, meta: dict[str, Any]) -> PredictionLog | None:
     """The worker's prediction log, or None when logging is off."""
     if args.log_predictions == "off":
         return None
     evaluation = None
     try:
-        with open(stored.path_of("evaluation.json")) as fh:
+        with open(stored.path_of(EVALUATION_FILE)) as fh:
             evaluation = json.load(fh)
     except FileNotFoundError:
-        evaluation = None  # packaged before evaluation metrics were stored: no reference gauges
+        evaluation = None  # packaged without evaluation metrics: no reference gauges
     exclude = tuple(c.strip() for c in args.log_exclude.split(",") if c.strip())
-    unknown = sorted(set(exclude) - {f["name"] for f in schema["features"]})
+    unknown = sorted(set(exclude) - set(schema.names))
     if unknown:
         raise ValueError(f"log_exclude names columns the model does not use: {unknown}")
     directory = args.log_dir or os.path.expanduser(f"~/kfp-automl-predictions/{stored.tag.name}")
@@ -286,11 +294,12 @@ def _prediction_log(stored, schema: dict[str, Any], meta: dict[str, Any]) -> Pre
         expire_interval_s=min(60.0, max(0.5, args.label_ttl_s / 4)),
     )
     metrics = QualityMetrics(
-        stored.tag.name, stored.tag.version, schema["task"], str(meta.get("metric", "")), evaluation
+        stored.tag.name, stored.tag.version, schema.task, str(meta.get("metric", "")), evaluation
     )
     return PredictionLog(settings, stored.tag.name, stored.tag.version, schema, metrics)
 
 
-AutoMLService.add_asgi_middleware(
+# bentoml.service(...) turns the class into a bentoml Service; its stubs do not say so
+cast(Any, AutoMLService).add_asgi_middleware(
     RequestGuard, max_body_bytes=args.max_body_bytes, unknown_fields=args.unknown_fields
 )

@@ -166,7 +166,7 @@ def _sniff_delimiter(header: str, expected: str) -> str:
     if expected in header:
         return expected
     counts = {d: header.count(d) for d in _DELIMITERS if d != expected}
-    best = max(counts, key=counts.get)
+    best = max(counts, key=lambda d: counts[d])
     return best if counts[best] > 0 else expected
 
 

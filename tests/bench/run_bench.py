@@ -100,8 +100,8 @@ def run_default(budget: int) -> dict:
 def baseline_score(summary: dict) -> float:
     """Default HistGradientBoosting on the same train+valid/test split, same preprocessing."""
     import pandas as pd
-    from kfp_automl.components.tune.families import build_model, initial_configs, select_families
 
+    from kfp_automl.components.tune.families import build_model, initial_configs, select_families
     from kfp_automl.files import read_json
     from kfp_automl.runtime.metrics import METRICS, score
 

@@ -147,6 +147,7 @@ def run_flaml(prepared, metric, budget: int) -> dict:
 
 def run_default(prepared, metric) -> dict:
     import pandas as pd
+
     from kfp_automl.components.tune.families import build_model
 
     target = prepared.schema["target"]
@@ -172,7 +173,6 @@ def _normalized(scores: dict[str, float], greater_is_better: bool) -> dict[str, 
 
 def main(out: Path) -> str:
     from kfp_automl.components.prepare.prepare import prepare
-
     from kfp_automl.runtime.metrics import resolve_metric
 
     budgets = [int(b) for b in os.environ.get("BENCH_SEARCH_BUDGETS", "60,300").split(",")]

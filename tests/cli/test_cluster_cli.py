@@ -10,9 +10,9 @@ import time
 
 import pytest
 import yaml
-from kfp_automl.pipelines.compile import COMPILED_DIR
 
 from kfp_automl.cli.main import main
+from kfp_automl.pipelines.compile import COMPILED_DIR
 from tests.kfp_standin import KfpStandIn
 
 API = "/apis/v2beta1/"

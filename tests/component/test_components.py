@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Markdown, Metrics, Model
+
 from kfp_automl.components.evaluate.component import evaluate_model
 from kfp_automl.components.package.component import package_model
 from kfp_automl.components.prepare.component import prepare_data
@@ -58,12 +59,13 @@ def _run_chain(tmp: Path, data: str, target: str, task: str = "auto", metric: st
 
 
 def _evaluate(tmp: Path, arts: dict):
-    metrics, cls_metrics, report, summary, card = (
+    metrics, cls_metrics, report, summary, card, reference = (
         _art(Metrics, tmp, "metrics"),
         _art(ClassificationMetrics, tmp, "cls"),
         _art(HTML, tmp, "report"),
         _art(Markdown, tmp, "summary"),
         _art(Artifact, tmp, "model_card"),
+        _art(Artifact, tmp, "prediction_reference"),
     )
     evaluate_model.python_func(
         model=arts["model"],
@@ -77,8 +79,10 @@ def _evaluate(tmp: Path, arts: dict):
         report=report,
         summary=summary,
         model_card=card,
+        prediction_reference=reference,
         n_bootstrap=100,
     )
+    arts["prediction_reference"] = reference
     # every metric with its interval (the holdouts here have 60+ rows)
     for name in set(metrics.metadata) - {"primary_metric"}:
         if not name.endswith(("_ci_low", "_ci_high")):
@@ -142,7 +146,7 @@ def test_classification_chain(tmp_path, small_churn_csv):
         model=arts["model"],
         schema=arts["schema"],
         profile=arts["profile"],
-        test=arts["test"],
+        prediction_reference=arts["prediction_reference"],
         metrics=metrics,
         report=report,
         bento=bento,
@@ -160,13 +164,17 @@ def test_classification_chain(tmp_path, small_churn_csv):
     assert not any(k.endswith("_ci_low") for k in entry["test_metrics"])
 
     packaged = load_packaged_model(bento.path)
-    assert packaged.schema == schema
+    assert packaged.schema.to_dict() == schema
     import bentoml
 
     stored = bentoml.models.get(bento.metadata["model_tag"])
+    # the drift references, each as the step that made it wrote it
     profile = json.loads(Path(stored.path_of("profile.json")).read_text())
-    assert set(profile["features"]) == {f["name"] for f in schema["features"]} | {"__prediction__"}
-    assert profile["features"]["__prediction__"]["categories"] == ["No", "Yes"]
+    assert profile == json.loads(Path(arts["profile"].path).read_text())
+    assert set(profile["features"]) == {f["name"] for f in schema["features"]}
+    reference = json.loads(Path(stored.path_of("prediction_reference.json")).read_text())
+    assert reference == json.loads(Path(arts["prediction_reference"].path).read_text())
+    assert reference["categories"] == ["No", "Yes"] and sum(reference["shares"]) > 0.999
     assert bento.metadata["bento_tag"].split(":")[1] == bento.metadata["model_tag"].split(":")[1]
 
 
@@ -192,27 +200,36 @@ def test_regression_chain(tmp_path):
 
 
 def test_package_refuses_a_tampered_model(tmp_path):
-    from kfp_automl.components.package.package import package
     from sklearn.dummy import DummyClassifier
 
+    from kfp_automl.components.package.package import package
+    from kfp_automl.contracts.model_info import ModelInfo
+    from kfp_automl.contracts.schema import Schema
     from kfp_automl.runtime.model_file import ModelIntegrityError, save_model
 
     sha = save_model(DummyClassifier().fit([[0], [1]], [0, 1]), tmp_path)
     model_file = tmp_path / "model.joblib"
     model_file.write_bytes(model_file.read_bytes() + b"\0")
-    schema = {"target": "y", "task": "classification", "features": []}
+    schema = Schema.from_dict(
+        {"target": "y", "task": "classification", "features": [{"name": "x", "kind": "numeric"}]}
+    )
+    info = ModelInfo(
+        sha256=sha, family="x", params={}, metric="roc_auc", greater_is_better=True, valid_score=0.5
+    )
     with pytest.raises(ModelIntegrityError):
-        package(tmp_path, sha, schema, {}, tmp_path / "out.bento")
+        package(
+            model_dir=tmp_path, model_info=info, schema=schema, archive_path=tmp_path / "out.bento"
+        )
     assert not (tmp_path / "out.bento").exists()
 
 
 def test_search_puts_the_data_in_ray_once(monkeypatch, small_churn_csv):
     """The training frame reaches Ray's object store once, however many trials run."""
     import ray
+
     from kfp_automl.components.prepare.prepare import prepare
     from kfp_automl.components.tune.families import select_families
     from kfp_automl.components.tune.search import run_search
-
     from kfp_automl.runtime.metrics import resolve_metric
     from kfp_automl.tables.io import read_table
 
@@ -242,4 +259,4 @@ def test_search_puts_the_data_in_ray_once(monkeypatch, small_churn_csv):
     assert len(frames) == 1
     # train+valid: the validation plan (CV folds or the holdout) indexes into one frame
     n_rows = len(prepared.train) + len(prepared.valid)
-    assert frames[0][0].shape == (n_rows, len(prepared.schema["features"]))
+    assert frames[0][0].shape == (n_rows, len(prepared.schema.features))

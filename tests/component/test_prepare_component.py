@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from kfp.dsl import HTML, Artifact, Dataset, Markdown
-from kfp_automl.components.prepare.component import prepare_data
 
+from kfp_automl.components.prepare.component import prepare_data
 from kfp_automl.errors import UserError
 from tests.bad_tables import good_frame
 

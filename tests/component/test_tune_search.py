@@ -17,11 +17,10 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+
 from kfp_automl.components.prepare.prepare import prepare
 from kfp_automl.components.tune.families import select_families
 from kfp_automl.components.tune.search import run_search
-
-from kfp_automl.files import write_json
 from kfp_automl.runtime.metrics import resolve_metric
 from kfp_automl.tables.io import read_table, write_parquet
 
@@ -195,7 +194,7 @@ def ray_cluster(request):
 def _write_inputs(prepared, tmp: Path) -> list[str]:
     write_parquet(tmp / "train.parquet", prepared.train)
     write_parquet(tmp / "valid.parquet", prepared.valid)
-    write_json(tmp / "schema.json", prepared.schema)
+    prepared.schema.write(tmp / "schema.json")
     return [str(tmp / n) for n in ("train.parquet", "valid.parquet", "schema.json")]
 
 
@@ -203,7 +202,9 @@ DRIVER = """
 import json, sys
 from kfp_automl.components.tune.tune import run
 args = json.loads(sys.argv[1])
-print("META " + json.dumps(run(*args.pop("files"), **args)), flush=True)
+names = ("train_path", "valid_path", "schema_path", "model_dir", "leaderboard_path")
+paths = dict(zip(names, args.pop("files")))
+print("META " + json.dumps(run(**paths, **args).to_metadata()), flush=True)
 """
 
 

@@ -26,8 +26,9 @@ def api():
 @pytest.fixture
 def cluster(api):
     """The deploy step's Cluster on the real kubernetes client, pointed at the stand-in."""
-    from kfp_automl.components.deploy.kube import Cluster
     from kubernetes import client
+
+    from kfp_automl.components.deploy.kube import Cluster
 
     c = Cluster(client.ApiClient(client.Configuration(host=api.host)))
     yield c

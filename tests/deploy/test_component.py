@@ -6,8 +6,9 @@ import json
 
 import pytest
 from kfp.dsl import Artifact, Model
-from kfp_automl.components.deploy.component import deploy_model
 
+from kfp_automl.components.deploy.component import deploy_model
+from kfp_automl.contracts.decision import GateDecision
 from tests.deploy.apiserver import write_kubeconfig
 from tests.deploy.conftest import FIXTURE
 
@@ -20,7 +21,9 @@ def _artifacts(tmp_path, deploy: bool):
     bento = Model(name="bento", uri="gs://bucket/run-1/package-model/bento", metadata={})
     bento.metadata.update({"bento_tag": "automl-churn:abc123", "model_tag": "automl-churn:abc123"})
     decision = Artifact(name="decision", uri=str(tmp_path / "decision"), metadata={})
-    decision.metadata.update({"deploy": deploy, "reason": "better than the champion"})
+    gate = GateDecision(deploy, "better than the champion", "roc_auc", 0.9)
+    gate.write(decision.path)  # as the gate step writes it
+    decision.metadata.update(gate.metadata())
     release = Artifact(name="release", uri=str(tmp_path / "release"), metadata={})
     return bento, decision, release
 

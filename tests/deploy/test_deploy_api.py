@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from kfp_automl.components.deploy.deploy import DeployError, deploy, run
-from kfp_automl.components.deploy.render import RELEASE_ANNOTATION, decode_release
 
+from kfp_automl.components.deploy.deploy import DeployError, deploy, run
+from kfp_automl.contracts.decision import GateDecision
+from kfp_automl.contracts.release import RELEASE_ANNOTATION, Release
 from kfp_automl.errors import UserError
 
 pytestmark = pytest.mark.slow  # each test starts a (small, threaded) HTTP server
@@ -29,6 +30,10 @@ APPLY_ORDER = [
     f"/apis/monitoring.coreos.com/v1/namespaces/{NS}/prometheusrules/automl-serving",
     f"/apis/monitoring.coreos.com/v1/namespaces/{NS}/servicemonitors/automl-serving",
 ]
+
+
+def _decision(deploy: bool, reason: str) -> GateDecision:
+    return GateDecision(deploy=deploy, reason=reason, metric="roc_auc", challenger_score=0.8)
 
 
 def url(v: str) -> str:
@@ -69,7 +74,7 @@ def test_first_deploy_applies_everything_in_order_then_waits(api, cluster, manif
     dep = next(r.body for r in _patches(api) if r.path == DEP)
     assert _template_version(dep) == "v1" and _bento_url(dep) == url("v1")
     assert dep["metadata"]["labels"]["app.kubernetes.io/version"] == "v1"
-    record = decode_release(dep["metadata"]["annotations"][RELEASE_ANNOTATION], NS)
+    record = Release.decode(dep["metadata"]["annotations"][RELEASE_ANNOTATION], NS)
     assert record.version == "v1" and record.bento_url == url("v1")
     assert outcome.previous_version is None
     assert outcome.applied[3] == "Deployment/automl-serving" and len(outcome.applied) == 9
@@ -232,8 +237,9 @@ def test_a_forbidden_read_of_the_live_deployment_stops_before_any_apply(
 def test_connection_refused_is_one_clear_line(tmp_path, manifests_text):
     import socket
 
-    from kfp_automl.components.deploy.kube import Cluster
     from kubernetes import client
+
+    from kfp_automl.components.deploy.kube import Cluster
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -242,17 +248,16 @@ def test_connection_refused_is_one_clear_line(tmp_path, manifests_text):
     def factory():
         return Cluster(client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{port}")))
 
-    decision = {"deploy": True, "reason": "better"}
     manifests = tmp_path / "serving.yaml"
     manifests.write_text(manifests_text)
     with pytest.raises(UserError) as err:
         run(
-            url("v1"),
-            {"bento_tag": "automl-churn:v1"},
-            decision,
-            str(tmp_path / "r.json"),
-            NS,
-            str(manifests),
+            bento_uri=url("v1"),
+            bento_metadata={"bento_tag": "automl-churn:v1"},
+            decision=_decision(True, "better"),
+            release_path=str(tmp_path / "r.json"),
+            namespace=NS,
+            manifests=str(manifests),
             cluster_factory=factory,
         )
     message = str(err.value)
@@ -262,19 +267,23 @@ def test_connection_refused_is_one_clear_line(tmp_path, manifests_text):
 
 
 def test_run_deploys_and_records_the_release(api, tmp_path, manifests_text):
-    from kfp_automl.components.deploy.kube import Cluster
     from kubernetes import client
+
+    from kfp_automl.components.deploy.kube import Cluster
 
     manifests = tmp_path / "serving.yaml"
     manifests.write_text(manifests_text)
     out = tmp_path / "release.json"
     outcome = run(
-        url("x"),
-        {"bento_tag": "automl-churn:uwpvhlhgfsxomax4", "model_tag": "automl-churn:uwpv"},
-        {"deploy": True, "reason": "no champion yet"},
-        str(out),
-        NS,
-        str(manifests),
+        bento_uri=url("x"),
+        bento_metadata={
+            "bento_tag": "automl-churn:uwpvhlhgfsxomax4",
+            "model_tag": "automl-churn:uwpv",
+        },
+        decision=_decision(True, "no champion yet"),
+        release_path=str(out),
+        namespace=NS,
+        manifests=str(manifests),
         timeout_s=2,
         cluster_factory=lambda: Cluster(client.ApiClient(client.Configuration(host=api.host))),
     )
@@ -291,16 +300,17 @@ def test_run_deploys_nothing_when_the_gate_said_no(tmp_path):
 
     out = tmp_path / "release.json"
     outcome = run(
-        url("x"),
-        {"bento_tag": "automl-churn:v2"},
-        {"deploy": False, "reason": "not better than the champion"},
-        str(out),
-        NS,
-        "/nonexistent.yaml",
+        bento_uri=url("x"),
+        bento_metadata={"bento_tag": "automl-churn:v2"},
+        decision=_decision(False, "not better than the champion"),
+        release_path=str(out),
+        namespace=NS,
+        manifests="/nonexistent.yaml",
         cluster_factory=factory,
     )
-    assert outcome is None
+    assert not outcome.deployed
     assert json.loads(out.read_text()) == {
+        "format": 1,
         "deployed": False,
         "reason": "not better than the champion",
     }

@@ -10,9 +10,9 @@ import tarfile
 
 import pytest
 import yaml
-from kfp_automl.components.deploy.render import RELEASE_ANNOTATION
 
 from kfp_automl.cli.main import main
+from kfp_automl.contracts.release import RELEASE_ANNOTATION
 from tests.deploy.apiserver import write_kubeconfig
 
 URL = "s3://models/automl-churn/v9.bento"

@@ -6,17 +6,15 @@ import copy
 
 import pytest
 import yaml
+
 from kfp_automl.components.deploy.deploy import rollout_status
 from kfp_automl.components.deploy.render import (
-    RELEASE_ANNOTATION,
-    decode_release,
-    encode_release,
     parse_manifests,
     render,
     to_yaml,
     with_record,
 )
-
+from kfp_automl.contracts.release import RELEASE_ANNOTATION, Release
 from kfp_automl.errors import UserError
 
 URL = "s3://models/automl-churn/v7.bento"
@@ -99,7 +97,7 @@ def test_release_record_round_trips_and_rides_on_the_deployment(manifests_text):
     release = render(parse_manifests(manifests_text), URL, "v7", "prod")
     applied = with_record(release)
     value = _deployment(applied)["metadata"]["annotations"][RELEASE_ANNOTATION]
-    back = decode_release(value, "prod")
+    back = Release.decode(value, "prod")
     assert (back.version, back.bento_url, back.name) == ("v7", URL, "automl-serving")
     assert back.objects == release.objects  # the record holds the objects without itself
     assert RELEASE_ANNOTATION not in (release.deployment["metadata"].get("annotations") or {})
@@ -107,7 +105,7 @@ def test_release_record_round_trips_and_rides_on_the_deployment(manifests_text):
         o for o in release.objects if o["kind"] != "Deployment"
     ]
     with pytest.raises(ValueError, match="not a kfp-automl.io/release record"):
-        decode_release("bm90IGd6aXA=", "prod")
+        Release.decode("bm90IGd6aXA=", "prod")
 
 
 def test_a_record_too_large_for_an_annotation_is_refused(manifests_text):
@@ -118,7 +116,7 @@ def test_a_record_too_large_for_an_annotation_is_refused(manifests_text):
     cm["data"]["dashboard.json"] = os.urandom(200 * 1024).hex()  # incompressible
     release = render(objects, URL, "v1", "prod")
     with pytest.raises(UserError, match="over the 200 KiB"):
-        encode_release(release)
+        release.encode()
 
 
 def test_dry_run_yaml_parses_back_to_the_same_objects(manifests_text):

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from kfp_automl.components._image import COMPONENTS_IMAGE
 
 from kfp_automl import __version__
+from kfp_automl.components._image import COMPONENTS_IMAGE
 from tests.manifests.render import kubectl, pod_specs, render
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -331,7 +331,7 @@ _LOAD = """
 import sys
 from kfp_automl.registry.store import load_registered_model
 model, schema, meta = load_registered_model(sys.argv[1], {"version": sys.argv[2], "bento_uri": sys.argv[3]})
-print(meta["sha256"], schema["target"])
+print(meta["sha256"], schema.target)
 """
 
 

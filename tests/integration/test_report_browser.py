@@ -47,8 +47,7 @@ def _evaluate(tmp: Path, df: pd.DataFrame, target: str) -> tuple[Path, str]:
     from kfp_automl.components.evaluate.evaluate import run
     from kfp_automl.components.prepare.prepare import prepare
     from kfp_automl.components.tune.families import build_model
-
-    from kfp_automl.files import write_json
+    from kfp_automl.contracts.model_info import ModelInfo
     from kfp_automl.runtime.model_file import save_model
     from kfp_automl.tables.io import write_parquet
 
@@ -57,7 +56,7 @@ def _evaluate(tmp: Path, df: pd.DataFrame, target: str) -> tuple[Path, str]:
     for name in ("train", "valid", "test"):
         paths[name] = tmp / f"{name}.parquet"
         write_parquet(paths[name], getattr(prepared, name))
-    write_json(tmp / "schema.json", prepared.schema)
+    prepared.schema.write(tmp / "schema.json")
     data = pd.concat([prepared.train, prepared.valid], ignore_index=True)
     model = build_model(prepared.schema, {"family": "random_forest"}, seed=0)
     model.fit(data.drop(columns=[target]), data[target])
@@ -66,22 +65,29 @@ def _evaluate(tmp: Path, df: pd.DataFrame, target: str) -> tuple[Path, str]:
     pd.DataFrame(
         {"family": ["random_forest"], "params": ["{}"], "score": [0.5], "status": ["ok"]}
     ).to_csv(board, index=False)
-    info = {"sha256": sha, "family": "random_forest", "params": "{}", "valid_score": 0.5}
+    metric = "roc_auc" if prepared.schema.classification else "rmse"
+    info = ModelInfo(
+        sha256=sha,
+        family="random_forest",
+        params={},
+        metric=metric,
+        greater_is_better=metric == "roc_auc",
+        valid_score=0.5,
+    )
     run(
-        str(tmp / "model"),
-        sha,
-        info,
-        str(paths["test"]),
-        str(tmp / "schema.json"),
-        str(board),
-        str(tmp / "report.html"),
+        model_dir=str(tmp / "model"),
+        model_info=info,
+        test_path=str(paths["test"]),
+        schema_path=str(tmp / "schema.json"),
+        leaderboard_path=str(board),
+        report_path=str(tmp / "report.html"),
         train_path=str(paths["train"]),
         valid_path=str(paths["valid"]),
         summary_path=str(tmp / "summary.md"),
         model_card_dir=str(tmp / "card"),
         n_bootstrap=100,
     )
-    return tmp / "report.html", prepared.schema["task"]
+    return tmp / "report.html", prepared.schema.task
 
 
 def _diabetes() -> pd.DataFrame:
@@ -126,8 +132,9 @@ def test_report_renders_in_chromium(tmp_path, table, small_churn_csv):
 
 
 def _check_report(browser, report: Path, task: str, tmp_path: Path) -> None:
-    from kfp_automl.components.evaluate.report import section_ids
     from selenium.webdriver.support.ui import WebDriverWait
+
+    from kfp_automl.components.evaluate.report import section_ids
 
     browser.get(report.as_uri())
     WebDriverWait(browser, 30).until(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kfp_automl.pipelines.compile import COMPILED_DIR
 
+from kfp_automl.pipelines.compile import COMPILED_DIR
 from tests.integration.servers import CLI, free_port, stop, wait_ready
 from tests.kfp_standin import KfpStandIn
 

@@ -18,10 +18,10 @@ import click
 import kubernetes_validate
 import pytest
 import yaml
-from kfp_automl.components._image import COMPONENTS_IMAGE
 
 from kfp_automl.cli.main import cli
 from kfp_automl.cluster.client import check_cron
+from kfp_automl.components._image import COMPONENTS_IMAGE
 from kfp_automl.retrain.trigger import TOKEN_ENV
 
 ROOT = Path(__file__).resolve().parents[2] / "manifests" / "retraining"

@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kfp_automl.contracts.schema import Schema
+
 COLOURS = ["red", "green", "blue", "amber"]
 
 
@@ -35,8 +37,13 @@ def synthetic_frame(n: int = 240, task: str = "classification", seed: int = 0) -
     return df
 
 
-def schema_for(task: str) -> dict[str, Any]:
-    """A hand-written schema for `synthetic_frame` (what prepare would write)."""
+def schema_for(task: str) -> Schema:
+    """A hand-written schema (version 1, as releases before roles wrote it) for `synthetic_frame`."""
+    return Schema.from_dict(schema_dict(task))
+
+
+def schema_dict(task: str) -> dict[str, Any]:
+    """The JSON of `schema_for(task)`."""
     return {
         "version": 1,
         "target": "target",

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from kfp_automl.components.tune.families import build_model
 
+from kfp_automl.components.tune.families import build_model
 from kfp_automl.runtime.model_file import (
     MODEL_FILE,
     ModelIntegrityError,

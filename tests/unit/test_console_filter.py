@@ -6,8 +6,8 @@ import io
 import re
 
 import pytest
-from kfp_automl.pipelines.local import ConsoleFilter
 
+from kfp_automl.pipelines.local import ConsoleFilter
 from kfp_automl.progress import PREFIX
 
 CYAN, GREEN, RED, RESET = "\x1b[96m", "\x1b[92m", "\x1b[91m", "\x1b[0m"

@@ -9,6 +9,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_curve
+
+import kfp_automl
 from kfp_automl.components.evaluate.bootstrap import MIN_ROWS, bootstrap_intervals
 from kfp_automl.components.evaluate.evaluate import MAX_ROC_POINTS, diagnose, evaluate, run
 from kfp_automl.components.evaluate.learning_curve import FRACTIONS, learning_curve
@@ -22,12 +25,12 @@ from kfp_automl.components.evaluate.model_card import (
 from kfp_automl.components.evaluate.report import render_report, section_ids
 from kfp_automl.components.evaluate.slices import MISSING, default_slice_column, slice_metrics
 from kfp_automl.components.tune.families import build_model
-from sklearn.metrics import roc_curve
-
-import kfp_automl
+from kfp_automl.contracts.model_info import ModelInfo
+from kfp_automl.contracts.profile import Bins
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.metrics import METRICS, task_metrics
 
-from ._data import schema_for, synthetic_frame
+from ._data import schema_dict, schema_for, synthetic_frame
 
 
 def _fit(task: str, n_train: int = 240, family: str = "linear"):
@@ -36,9 +39,13 @@ def _fit(task: str, n_train: int = 240, family: str = "linear"):
     return model.fit(df.drop(columns=["target"]), df["target"])
 
 
-def _schema(task: str) -> dict:
+def _schema(task: str) -> Schema:
     """The hand-written schema with what prepare also records (categories, missing rates)."""
-    schema = schema_for(task)
+    return Schema.from_dict(_schema_json(task))
+
+
+def _schema_json(task: str) -> dict:
+    schema = schema_dict(task)
     schema["features"][0]["missing_rate"] = 0.1
     schema["features"][2] |= {"n_categories": 4, "missing_rate": 0.1}
     schema["data_fingerprint"] = "f" * 64
@@ -169,7 +176,7 @@ def test_regression_with_a_zero_target_reports_mape_as_undefined():
     ev = evaluate(model, test, schema_for("regression"))
     assert "mape" not in ev.metrics and "mape" not in ev.intervals
     assert ev.undefined == {"mape": "a true value is 0"}
-    page = render_report(ev, _schema("regression"), None, {})
+    page = render_report(ev, _schema("regression"), None, _info())
     assert "not defined" in page and "a true value is 0" in page
     assert "inf" not in page.replace("info", "")
     assert any("mape is not defined" in w for w in limitations(ev, _schema("regression")))
@@ -248,12 +255,12 @@ def test_tiny_holdout_is_reported(binary_model):
     test = synthetic_frame(20, "classification", seed=18)
     ev = evaluate(binary_model, test, schema_for("classification"))
     assert not any(iv.defined for iv in ev.intervals.values())
-    page = render_report(ev, _schema("classification"), None, {})
+    page = render_report(ev, _schema("classification"), None, _info())
     assert "missing: the holdout has 20 rows; an interval needs at least 30" in page
     assert "Some intervals are missing" in page
     warnings = limitations(ev, _schema("classification"))
     assert warnings[0].startswith("Tiny holdout (20 rows): no confidence intervals")
-    assert "Tiny holdout" in summary_markdown(ev, _schema("classification"), {})
+    assert "Tiny holdout" in summary_markdown(ev, _schema("classification"), _info())
 
 
 # --- diagnostics ---------------------------------------------------------------
@@ -331,17 +338,18 @@ def test_slices_use_the_default_column(binary_diag):
 
 
 def test_default_slice_column_is_the_categorical_with_fewest_categories():
-    schema = {
-        "features": [
-            {"name": "n", "kind": "numeric"},
-            {"name": "many", "kind": "categorical", "n_categories": 9},
-            {"name": "one", "kind": "categorical", "n_categories": 1},
-            {"name": "few", "kind": "categorical", "n_categories": 3},
-            {"name": "few2", "kind": "categorical", "n_categories": 3},
-        ]
-    }
-    assert default_slice_column(schema) == "few"
-    assert default_slice_column({"features": [{"name": "n", "kind": "numeric"}]}) == ""
+    def schema(*features):
+        return Schema.from_dict({"target": "t", "task": "regression", "features": list(features)})
+
+    many = schema(
+        {"name": "n", "kind": "numeric"},
+        {"name": "many", "kind": "categorical", "n_categories": 9},
+        {"name": "one", "kind": "categorical", "n_categories": 1},
+        {"name": "few", "kind": "categorical", "n_categories": 3},
+        {"name": "few2", "kind": "categorical", "n_categories": 3},
+    )
+    assert default_slice_column(many) == "few"
+    assert default_slice_column(schema({"name": "n", "kind": "numeric"})) == ""
 
 
 def test_slice_much_worse_than_overall_is_flagged():
@@ -466,12 +474,17 @@ INFO = {
 }
 
 
+def _info(**changes) -> ModelInfo:
+    """INFO (the tune step's artifact metadata, params as KFP carries them) with `changes`."""
+    return ModelInfo.from_metadata({**INFO, **changes})
+
+
 def test_report_binary_has_every_section(binary_diag):
     ev, diag, _ = binary_diag
     board = pd.DataFrame(
         {"family": ["linear", "hist_gb"], "score": [0.91, 0.88], "status": ["ok", "ok"]}
     )
-    page = render_report(ev, _schema("classification"), board, INFO, diag)
+    page = render_report(ev, _schema("classification"), board, _info(), diag)
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
     parsed = _check_page(page, "classification")
     assert "residuals" not in parsed.sections
@@ -498,7 +511,7 @@ def test_report_multiclass_has_every_section():
     test = synthetic_frame(150, "multiclass", seed=28)
     ev = evaluate(model, test, schema)
     diag = diagnose(model, ev, test, schema, synthetic_frame(300, "multiclass", seed=29))
-    page = render_report(ev, schema, None, {"family": "random_forest"}, diag)
+    page = render_report(ev, schema, None, _info(family="random_forest"), diag)
     parsed = _check_page(page, "classification")
     assert "(one vs rest)" in page
     assert {d.outputs[0] for d in diag.dependence} == {"P(a)"}
@@ -512,7 +525,7 @@ def test_report_regression_has_every_section():
     test = synthetic_frame(120, "regression", seed=30)
     ev = evaluate(model, test, schema)
     diag = diagnose(model, ev, test, schema, synthetic_frame(300, "regression", seed=31))
-    page = render_report(ev, schema, pd.DataFrame(), {}, diag)
+    page = render_report(ev, schema, pd.DataFrame(), _info(), diag)
     parsed = _check_page(page, "regression")
     assert not {"roc", "pr", "calibration", "confusion"} & set(parsed.sections)
     assert "Confusion matrix" not in page
@@ -525,14 +538,14 @@ def test_report_regression_has_every_section():
 
 def test_report_without_diagnostics_says_why(binary_eval):
     ev, _ = binary_eval
-    page = render_report(ev, _schema("classification"), None, {})
+    page = render_report(ev, _schema("classification"), None, _info())
     parsed = _parse(page)
     assert list(parsed.sections)[:7] == section_ids("classification")[:7]
     assert page.count("Skipped: not computed.") == 4
 
 
 def _report_schema():
-    schema = schema_for("classification")
+    schema = schema_dict("classification")
     schema["features"] = [
         {**schema["features"][0], "min": -1.0, "max": 2.0, "missing_rate": 0.1},
         {"name": "<b>x</b>", "kind": "categorical", "dtype": "str", "n_categories": 3},
@@ -545,7 +558,7 @@ def _report_schema():
 
 def test_render_report_features_and_dropped(binary_eval):
     ev, _ = binary_eval
-    page = render_report(ev, _report_schema(), None, INFO)
+    page = render_report(ev, Schema.from_dict(_report_schema()), None, _info())
     assert '<section id="dropped">' in page and "cust_id" in page
     assert "<td>3</td>" in page  # n_categories as a count, not 3.0000
     assert "NaN" not in page
@@ -555,8 +568,8 @@ def test_render_report_escapes_html(binary_eval):
     ev, _ = binary_eval
     schema = _report_schema()
     schema["target"] = "<script>alert(1)</script>"
-    info = {"family": "<i>fam</i>", "params": {"C": "<img>"}, "valid_score": 0.5, "n_trials": 1}
-    page = render_report(ev, schema, None, info)
+    info = _info(family="<i>fam</i>", params={"C": "<img>"}, valid_score=0.5, n_trials=1)
+    page = render_report(ev, Schema.from_dict(schema), None, info)
     assert "<b>x</b>" not in page
     assert "&lt;b&gt;x&lt;/b&gt;" in page
     assert "<script>" not in page and "&lt;script&gt;" in page
@@ -568,15 +581,16 @@ def test_render_report_escapes_html(binary_eval):
 
 def test_model_card_fields(binary_diag):
     ev, diag, _ = binary_diag
-    schema = _schema("classification")
-    schema["features"][1]["missing_rate"] = 0.35
-    card = model_card(ev, schema, INFO, diag)
+    raw = _schema_json("classification")
+    raw["features"][1]["missing_rate"] = 0.35
+    schema = Schema.from_dict(raw)
+    card = model_card(ev, schema, _info(), diag)
     json.dumps(card, allow_nan=False)  # strict JSON
     assert card["code_version"] == kfp_automl.__version__
     assert card["task"] == "classification" and card["target"] == "target"
     assert card["classes"] == ["no", "yes"]
     assert card["data"]["fingerprint"] == "f" * 64
-    assert card["data"]["rows"] == schema["rows"]
+    assert card["data"]["rows"] == schema.rows
     assert [(f["name"], f["kind"]) for f in card["data"]["features"]] == [
         ("x1", "numeric"),
         ("x2", "numeric"),
@@ -627,7 +641,7 @@ def test_limitations_name_weak_classes_and_slices():
 
 def test_summary_markdown(binary_diag):
     ev, diag, _ = binary_diag
-    md = summary_markdown(ev, _schema("classification"), INFO, diag)
+    md = summary_markdown(ev, _schema("classification"), _info(), diag)
     iv = ev.intervals["roc_auc"]
     assert md.startswith("## target: classification")
     assert "**linear**" in md
@@ -637,22 +651,21 @@ def test_summary_markdown(binary_diag):
 
 
 def test_run_writes_report_summary_and_card(tmp_path, binary_model):
-    from kfp_automl.files import write_json
     from kfp_automl.runtime.model_file import save_model
 
     schema = _schema("classification")
     sha = save_model(binary_model, tmp_path / "model")
     for name, n, seed in (("train", 300, 40), ("valid", 100, 41), ("test", 120, 42)):
         synthetic_frame(n, "classification", seed=seed).to_parquet(tmp_path / f"{name}.parquet")
-    write_json(tmp_path / "schema.json", schema)
+    schema.write(tmp_path / "schema.json")
     ev = run(
-        str(tmp_path / "model"),
-        sha,
-        {**INFO, "sha256": sha},
-        str(tmp_path / "test.parquet"),
-        str(tmp_path / "schema.json"),
-        str(tmp_path / "missing-leaderboard.csv"),
-        str(tmp_path / "report.html"),
+        model_dir=str(tmp_path / "model"),
+        model_info=_info(sha256=sha),
+        test_path=str(tmp_path / "test.parquet"),
+        schema_path=str(tmp_path / "schema.json"),
+        leaderboard_path=str(tmp_path / "missing-leaderboard.csv"),
+        report_path=str(tmp_path / "report.html"),
+        prediction_reference_path=str(tmp_path / "prediction.json"),
         train_path=str(tmp_path / "train.parquet"),
         valid_path=str(tmp_path / "valid.parquet"),
         summary_path=str(tmp_path / "summary.md"),
@@ -661,6 +674,11 @@ def test_run_writes_report_summary_and_card(tmp_path, binary_model):
         seed=3,
     )
     assert ev.n_bootstrap == 50 and ev.seed == 3
+    # the reference of prediction drift: the model's test-row predictions, one bin per class
+    reference = Bins.read(tmp_path / "prediction.json")
+    assert reference.categories == ("no", "yes") and sum(reference.shares) == pytest.approx(1)
+    assert reference.shares[1] == pytest.approx(np.mean(ev.pred == "yes"))
+    assert reference.thresholds["psi"] > 0
     page = (tmp_path / "report.html").read_text()
     _check_page(page, "classification")
     assert "train+valid (400 rows)" in page

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 
@@ -9,6 +10,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+
 from kfp_automl.components.tune.families import (
     FAMILIES,
     Choice,
@@ -23,7 +25,6 @@ from kfp_automl.components.tune.families import (
     initial_configs,
     select_families,
 )
-
 from kfp_automl.errors import UserError
 
 from ._data import schema_for, synthetic_frame
@@ -214,8 +215,10 @@ def test_preprocessing_choices_per_family():
     assert "encoding" not in domains(forest, 1000, "classification", has_categorical=False)
     assert "encoding" not in domains(linear, 1000, "regression", has_categorical=False)
     assert has_categorical(schema_for("classification"))
-    numeric_only = {**schema_for("regression")}
-    numeric_only["features"] = [f for f in numeric_only["features"] if f["kind"] == "numeric"]
+    regression = schema_for("regression")
+    numeric_only = dataclasses.replace(
+        regression, features=tuple(f for f in regression.features if f.numeric)
+    )
     assert not has_categorical(numeric_only)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
 from kfp_automl.components.tune.scheduler import FamilyASHA
 from kfp_automl.components.tune.trial import MAX_STEP, STEPS
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 ARGS = dict(time_attr="step", metric="score", mode="min", max_t=MAX_STEP,
             grace_period=STEPS[0], reduction_factor=3)  # fmt: skip

@@ -9,18 +9,19 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from kfp_automl.cli.main import main
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
 from kfp_automl.feedback.export import append_to, feedback_table, parse_since
 from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
 from kfp_automl.serving.quality import QualityMetrics
 
-from ._data import schema_for, synthetic_frame
+from ._data import schema_dict, synthetic_frame
 
 
 @pytest.fixture
 def log_dir(tmp_path):
     """A log of 30 predictions, 20 of them labelled (5 of those sent twice)."""
-    schema = {**schema_for("classification"), "classes": ["no", "yes"]}
+    schema = Schema.from_dict({**schema_dict("classification"), "classes": ["no", "yes"]})
     metrics = QualityMetrics("m", "v1", "classification", "roc_auc", None, CollectorRegistry())
     settings = LogSettings(mode="on", directory=str(tmp_path / "logs"), exclude=("x2",))
     plog = PredictionLog(settings, "m", "v1", schema, metrics)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
+from sklearn.dummy import DummyClassifier
+
 from kfp_automl.components.gate.gate import decide, schema_differences
 from kfp_automl.components.prepare.prepare import prepare
 from kfp_automl.components.tune.families import FAMILIES, build_model, flat_config
-from sklearn.dummy import DummyClassifier
+from kfp_automl.contracts.schema import Schema
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +49,15 @@ def test_min_improvement_is_required(churn):
 
 def test_a_champion_with_another_schema_is_refused_not_crashed(churn):
     p, good, weak = churn
-    old = copy.deepcopy(p.schema)
-    old["features"].append({"name": "gone_column", "kind": "numeric"})
-    old["features"][0]["kind"] = "categorical"
+    raw = p.schema.to_dict()
+    raw["features"].append({"name": "gone_column", "kind": "numeric"})
+    raw["features"][0] |= {"kind": "categorical", "role": "categorical"}
+    old = Schema.from_dict(raw)
     problems = schema_differences(old, p.schema)
     assert any("'gone_column' is gone" in x for x in problems)
     assert any("changed from categorical to numeric" in x for x in problems)
     d = decide(good, p.test, p.schema, champion=(weak, old, "old"))
-    assert not d.deploy and "gone_column" in d.reason and d.problems == problems
+    assert not d.deploy and "gone_column" in d.reason and list(d.problems) == problems
 
 
 def test_a_tiny_holdout_cannot_justify_a_replacement(churn):

@@ -3,8 +3,14 @@ partial dependence through the serving path give exactly what they give through 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
 from kfp_automl.components.evaluate.importance import (
     inspection_model,
     partial_dependence,
@@ -12,10 +18,6 @@ from kfp_automl.components.evaluate.importance import (
 )
 from kfp_automl.components.tune import ensemble
 from kfp_automl.components.tune.families import FAMILIES, build_model, flat_config
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-
 from kfp_automl.runtime.metrics import resolve_metric
 
 from ._data import schema_for, synthetic_frame
@@ -80,6 +82,8 @@ def test_a_model_the_serving_path_cannot_reproduce_is_used_as_it_is():
     df = synthetic_frame(200, "classification")
     X = df[["x1", "x2"]].fillna(0.0)
     model = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, df["target"])
-    schema = {**schema_for("classification")}
-    schema["features"] = [f for f in schema["features"] if f["name"] != "colour"]
+    full = schema_for("classification")
+    schema = dataclasses.replace(
+        full, features=tuple(f for f in full.features if f.name != "colour")
+    )
     assert inspection_model(model, X, schema) is model

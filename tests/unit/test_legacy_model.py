@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.fast_path import ServingModel, serving_model
 from kfp_automl.runtime.model_file import MODEL_FILE, ModelIntegrityError, load_model
 from kfp_automl.runtime.records import coerce_frame, predict_frame
@@ -17,10 +18,8 @@ LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "model-0.1.0"
 
 @pytest.fixture(scope="module")
 def legacy():
-    import json
-
     sha = (LEGACY / "sha256").read_text().strip()
-    schema = json.loads((LEGACY / "schema.json").read_text())
+    schema = Schema.read(LEGACY / "schema.json")  # written by 0.1.0's prepare
     rows = pd.read_parquet(LEGACY / "rows.parquet")
     expected = pd.read_parquet(LEGACY / "expected.parquet")
     return load_model(LEGACY, sha), schema, rows, expected

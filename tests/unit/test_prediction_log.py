@@ -14,19 +14,20 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.metrics import METRICS
 from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
 from kfp_automl.serving.prediction_store import PredictionStore, read_labels
 from kfp_automl.serving.quality import QualityMetrics, check_label, live_metrics
 
-from ._data import schema_for
+from ._data import schema_dict
 
 CLASSES = ["no", "yes"]
 EVALUATION = {"roc_auc": 0.85, "roc_auc_ci_low": 0.8, "roc_auc_ci_high": 0.9, "accuracy": 0.8}
 
 
-def _schema() -> dict:
-    return {**schema_for("classification"), "classes": CLASSES}
+def _schema() -> Schema:
+    return Schema.from_dict({**schema_dict("classification"), "classes": CLASSES})
 
 
 def _log(tmp_path: Path, registry=None, **settings) -> tuple[PredictionLog, CollectorRegistry]:
@@ -219,7 +220,8 @@ import json, resource, signal, sys
 from prometheus_client import CollectorRegistry
 from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
 from kfp_automl.serving.quality import QualityMetrics
-schema = json.loads(sys.argv[2])
+from kfp_automl.contracts.schema import Schema
+schema = Schema.from_dict(json.loads(sys.argv[2]))
 reg = CollectorRegistry()
 metrics = QualityMetrics("m", "v1", "classification", "roc_auc", None, reg)
 plog = PredictionLog(LogSettings(mode="on", directory=sys.argv[1], flush_interval_s=60), "m", "v1",
@@ -243,7 +245,7 @@ print(json.dumps({
 def test_a_full_disk_is_reported_while_logging_goes_on(tmp_path):
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
-        [sys.executable, "-c", FULL_DISK, str(tmp_path / "logs"), json.dumps(_schema())],
+        [sys.executable, "-c", FULL_DISK, str(tmp_path / "logs"), json.dumps(_schema().to_dict())],
         capture_output=True,
         text=True,
         cwd=root,

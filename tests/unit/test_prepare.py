@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+
 from kfp_automl.components.prepare.prepare import (
     MAX_CLASSES,
     MIN_ROWS,
@@ -17,7 +18,6 @@ from kfp_automl.components.prepare.prepare import (
     split,
     validate,
 )
-
 from kfp_automl.errors import UserError
 
 rng = np.random.default_rng(123)
@@ -319,7 +319,7 @@ def _churn_like(n: int = 400) -> pd.DataFrame:
 def test_prepare_schema_and_splits():
     df = _churn_like()
     prepared = prepare(df, "churn", seed=3)
-    s = prepared.schema
+    s = prepared.schema.to_dict()  # what the schema file holds
     assert s["task"] == "classification"
     assert s["target"] == "churn"
     assert s["classes"] == ["No", "Yes"]
@@ -346,7 +346,7 @@ def test_prepare_schema_and_splits():
 def test_prepare_integer_classes_are_plain_json_ints():
     df = _churn_like()
     df["churn"] = df["churn"].map({"No": 0, "Yes": 1})  # floats (NaN present)
-    s = prepare(df, "churn").schema
+    s = prepare(df, "churn").schema.to_dict()
     assert s["task"] == "classification"
     assert s["classes"] == [0, 1]
     assert json.loads(json.dumps(s))["classes"] == [0, 1]
@@ -355,7 +355,7 @@ def test_prepare_integer_classes_are_plain_json_ints():
 def test_prepare_regression_has_no_classes():
     df = _churn_like().drop(columns=["churn"])
     df["spend"] = df["charges"].fillna(50) * df["tenure"] + rng.normal(size=len(df))
-    s = prepare(df, "spend", task="auto").schema
+    s = prepare(df, "spend", task="auto").schema.to_dict()
     assert s["task"] == "regression"
     assert "classes" not in s
     assert s["rows"]["missing_target"] == 0

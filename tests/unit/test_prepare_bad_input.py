@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import pandas as hpd
+
 from kfp_automl.components.prepare.prepare import Options, prepare
 from kfp_automl.components.prepare.profile import build_profile
-
 from kfp_automl.errors import UserError
 from kfp_automl.runtime.records import check_records, records_to_frame
 from kfp_automl.runtime.transformers import build_preprocessor
@@ -54,14 +54,14 @@ def test_wrong_delimiter_is_detected_and_noted(tmp_path):
     df = read_table(path)
     assert list(df.columns) == list(frame.columns)
     s = prepare(df, "Zielgröße").schema
-    assert any("';'-separated" in w for w in s["warnings"])
+    assert any("';'-separated" in w for w in s.warnings)
 
 
 def test_all_nan_column_is_dropped_with_a_warning_not_an_error():
     df = unicode_frame().assign(blank=np.nan)
     s = prepare(df, "Zielgröße").schema
-    assert {"name": "blank", "reason": "every value is missing"} in s["dropped"]
-    assert "column 'blank' is empty: dropped" in s["warnings"]
+    assert {"name": "blank", "reason": "every value is missing"} in s.dropped
+    assert "column 'blank' is empty: dropped" in s.warnings
 
 
 def test_unicode_column_names_work_from_file_to_serving(tmp_path):
@@ -71,10 +71,10 @@ def test_unicode_column_names_work_from_file_to_serving(tmp_path):
     path = tmp_path / "unicode.parquet"
     unicode_frame().to_parquet(path, index=False)
     p = prepare(read_table(path), "Zielgröße")
-    names = [f["name"] for f in p.schema["features"]]
+    names = p.schema.names
     assert names == ["größe", "価格 (円)", "😀 mood"]
-    json.loads(json.dumps(p.schema, ensure_ascii=False))
-    assert set(build_profile(p.train, p.schema)["features"]) == set(names)
+    json.loads(json.dumps(p.schema.to_dict(), ensure_ascii=False))
+    assert set(build_profile(p.train, p.schema).features) == set(names)
     model = Pipeline(
         [("preprocess", build_preprocessor(p.schema)), ("model", LogisticRegression())]
     )
@@ -138,15 +138,15 @@ def test_random_frames_give_valid_outputs_or_a_user_error(df):
         assert str(exc) and len(str(exc).splitlines()) == 1
         return
     s = p.schema
-    names = [f["name"] for f in s["features"]]
-    assert names and s["task"] in ("classification", "regression")
+    names = s.names
+    assert names and s.task in ("classification", "regression")
     for part in (p.train, p.valid, p.test):
         assert len(part) > 0 and list(part.columns) == [*names, "y"]
         assert part["y"].notna().all()
-    assert s["rows"]["train"] + s["rows"]["valid"] + s["rows"]["test"] <= len(df)
-    json.dumps(s)
+    assert s.rows["train"] + s.rows["valid"] + s.rows["test"] <= len(df)
+    json.dumps(s.to_dict(), allow_nan=False)
     profile = build_profile(p.train, s)
-    json.dumps(profile)
+    json.dumps(profile.to_dict(), allow_nan=False)
     pre = build_preprocessor(s)
     out = pre.fit_transform(p.train[names], p.train["y"])
     assert np.isfinite(out).all()
@@ -192,4 +192,4 @@ def test_random_frames_through_a_file_give_outputs_or_a_user_error(tmp_path_fact
         assert len(str(exc).splitlines()) == 1
         return
     assert len(p.train) and len(p.valid) and len(p.test)
-    json.dumps(p.schema)
+    json.dumps(p.schema.to_dict())

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from kfp_automl.components.prepare.prepare import Options, prepare, run
-from kfp_automl.components.prepare.profile import build_profile, fast_bin_index
 
+from kfp_automl.components.prepare.prepare import Options, prepare, run
+from kfp_automl.components.prepare.profile import build_profile
 from kfp_automl.errors import UserError
 from kfp_automl.files import read_json
-from kfp_automl.runtime.drift import bin_index, categorical_spec
+from kfp_automl.runtime.drift import bin_index, categorical_bins, column_bin_index
 from kfp_automl.runtime.records import check_records
 
 N = 600
@@ -55,12 +55,14 @@ def messy(n: int = N, seed: int = 0) -> pd.DataFrame:
 
 
 def _by_name(schema):
-    return {f["name"]: f for f in schema["features"]}
+    """Each feature as the schema file writes it (JSON), by name."""
+    features = schema.to_dict()["features"] if hasattr(schema, "to_dict") else schema["features"]
+    return {f["name"]: f for f in features}
 
 
 def test_roles_are_inferred_and_every_decision_recorded():
     p = prepare(messy(), "churn")
-    s = p.schema
+    s = p.schema.to_dict()
     feats = _by_name(s)
     assert {n: f["role"] for n, f in feats.items()} == {
         "tenure": "numeric",
@@ -97,7 +99,7 @@ def test_overrides_from_flags_and_schema_file(tmp_path):
     spec = tmp_path / "roles.yaml"
     spec.write_text("columns:\n  tenure: categorical\n  paperless: drop\ndrop: [comment]\n")
     opts = Options(numeric=["tenure"], datetime=[], text=[], schema_file=str(spec), drop=["city"])
-    s = prepare(df, "churn", options=opts).schema
+    s = prepare(df, "churn", options=opts).schema.to_dict()
     feats = _by_name(s)
     assert feats["tenure"]["role"] == "numeric"  # the flag wins over the file
     assert "paperless" not in feats and "comment" not in feats and "city" not in feats
@@ -154,7 +156,7 @@ def test_duplicates_and_missing_targets_are_dropped_and_counted():
     df = messy()
     df = pd.concat([df, df.iloc[:25]], ignore_index=True)
     df.loc[[100, 101, 102], "churn"] = None
-    s = prepare(df, "churn").schema
+    s = prepare(df, "churn").schema.to_dict()
     assert s["rows"]["duplicates"] == 25 and s["rows"]["missing_target"] == 3
     assert s["rows"]["train"] + s["rows"]["valid"] + s["rows"]["test"] == len(df) - 28
 
@@ -164,7 +166,7 @@ def test_regression_leak_and_monotone_copy_are_dropped():
     df = pd.DataFrame({"x": r.normal(size=800), "z": r.normal(size=800)})
     df["price"] = 3 * df["x"] + r.normal(size=800)
     df["price_eur"] = df["price"] * 0.9 + 1  # the target in another unit
-    s = prepare(df, "price").schema
+    s = prepare(df, "price").schema.to_dict()
     assert [f["name"] for f in s["features"]] == ["x", "z"]
     assert s["dropped"][0]["name"] == "price_eur" and "leakage" in s["dropped"][0]["reason"]
 
@@ -174,7 +176,7 @@ def test_time_split_puts_the_latest_rows_in_test():
     p = prepare(df, "churn", options=Options(time_column="signed_up"))
     t = {k: pd.to_datetime(getattr(p, k)["signed_up"]) for k in ("train", "valid", "test")}
     assert t["train"].max() <= t["valid"].min() and t["valid"].max() <= t["test"].min()
-    assert p.schema["split"]["strategy"] == "time"
+    assert p.schema.split["strategy"] == "time"
 
 
 def test_group_split_never_shares_a_group():
@@ -198,15 +200,15 @@ def test_group_split_never_shares_a_group():
 def test_profile_has_counts_edges_and_target_and_matches_serving_bins():
     p = prepare(messy(), "churn")
     profile = build_profile(p.train, p.schema)
-    tenure = profile["features"]["tenure"]
-    assert sum(tenure["counts"]) == len(p.train) and len(tenure["edges"]) == len(tenure["bins"]) - 2
-    assert tenure["counts"][-1] == int(p.train["tenure"].isna().sum())
-    assert set(profile["unmonitored"]) == {"signed_up", "comment"}
-    assert "paperless" in profile["features"]  # booleans are binned like categories
-    assert sum(profile["target"]["counts"]) == len(p.train)
+    tenure = profile.features["tenure"]
+    assert sum(tenure.counts) == len(p.train) and len(tenure.edges) == len(tenure.bins) - 2
+    assert tenure.counts[-1] == int(p.train["tenure"].isna().sum())
+    assert set(profile.unmonitored) == {"signed_up", "comment"}
+    assert "paperless" in profile.features  # booleans are binned like categories
+    assert sum(profile.target.counts) == len(p.train)
     city = p.train["city"]
-    spec = categorical_spec(city)
-    np.testing.assert_array_equal(fast_bin_index(city, spec), bin_index(city, spec))
+    spec = categorical_bins(city)
+    np.testing.assert_array_equal(column_bin_index(city, spec), bin_index(city, spec))
 
 
 def test_serving_accepts_records_shaped_like_the_schema():
@@ -222,6 +224,10 @@ def test_serving_accepts_records_shaped_like_the_schema():
     check_records([record, {**record, "tenure": None}], s)
 
 
+def _paths(out):
+    return {f"{k}_path": str(out[k]) for k in ("train", "valid", "test", "schema", "profile")}
+
+
 def test_run_writes_every_output_and_nothing_on_error(tmp_path):
     data = tmp_path / "t.csv"
     messy().to_csv(data, index=False)
@@ -230,14 +236,14 @@ def test_run_writes_every_output_and_nothing_on_error(tmp_path):
         for k in ("train", "valid", "test", "schema", "profile", "report.html", "summary.md")
     }
     schema = run(
-        str(data),
-        "churn",
-        *(str(out[k]) for k in ("train", "valid", "test", "schema", "profile")),
+        data=str(data),
+        target="churn",
+        **_paths(out),
         report_path=str(out["report.html"]),
         summary_path=str(out["summary.md"]),
     )
     assert all(p.exists() for p in out.values())
-    assert read_json(out["schema"]) == json.loads(json.dumps(schema))
+    assert read_json(out["schema"]) == json.loads(json.dumps(schema.to_dict()))
     html = out["report.html"].read_text()
     for section in (
         "overview",
@@ -255,9 +261,9 @@ def test_run_writes_every_output_and_nothing_on_error(tmp_path):
     bad = tmp_path / "bad"
     with pytest.raises(UserError):
         run(
-            str(data),
-            "nope",
-            *(str(bad / k) for k in ("train", "valid", "test", "schema", "profile")),
+            data=str(data),
+            target="nope",
+            **_paths({k: bad / k for k in ("train", "valid", "test", "schema", "profile")}),
             report_path=str(bad / "r.html"),
             summary_path=str(bad / "s.md"),
         )
@@ -271,10 +277,10 @@ def test_infinite_numbers_become_missing_with_a_warning():
     s = prepare(df, "churn").schema
     ratio = _by_name(s)["ratio"]
     assert np.isfinite([ratio["min"], ratio["max"]]).all()
-    assert any("'ratio': 2 infinite values (row 11: inf)" in w for w in s["warnings"])
-    json.loads(json.dumps(s, allow_nan=False))
+    assert any("'ratio': 2 infinite values (row 11: inf)" in w for w in s.warnings)
+    json.loads(json.dumps(s.to_dict(), allow_nan=False))
     profile = build_profile(prepare(df, "churn").train, s)
-    json.dumps(profile, allow_nan=False)
+    json.dumps(profile.to_dict(), allow_nan=False)
 
 
 def test_clipping_and_rare_grouping_are_reported_from_the_train_rows():
@@ -282,7 +288,7 @@ def test_clipping_and_rare_grouping_are_reported_from_the_train_rows():
     df.loc[5, "tenure"] = 10_000.0  # an outlier
     df.loc[[7, 8], "plan"] = "legacy"  # a rare category
     p = prepare(df, "churn")
-    decided = {(d["column"], d["action"]): d["reason"] for d in p.schema["decisions"]}
+    decided = {(d["column"], d["action"]): d["reason"] for d in p.schema.decisions}
     assert decided[("tenure", "clipping")].startswith("clipped to [")
     if 10_000.0 in set(p.train["tenure"]):
         assert "train values beyond" in decided[("tenure", "clipping")]
@@ -298,4 +304,4 @@ def test_placeholders_in_a_number_column_are_missing_values():
     s = prepare(df, "churn").schema
     assert _by_name(s)["income"]["role"] == "numeric"
     assert _by_name(s)["income"]["missing_rate"] > 0
-    assert any("'income': 3 placeholder values ('?', ' - ')" in w for w in s["warnings"])
+    assert any("'income': 3 placeholder values ('?', ' - ')" in w for w in s.warnings)

@@ -9,6 +9,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, TargetEncoder
 
+from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
 from kfp_automl.runtime.records import records_to_frame
 from kfp_automl.runtime.transformers import (
@@ -57,18 +58,20 @@ def _mixed(n: int = 400) -> tuple[pd.DataFrame, pd.Series, dict]:
         }
     )
     y = pd.Series(np.where(np.nan_to_num(x) + (df["flag"] == "Yes") > 0.5, "a", "b"))
-    schema = {
-        "task": "classification",
-        "target": "y",
-        "features": [
-            _feature("x", "numeric"),
-            _feature("flag", "boolean"),
-            _feature("city", "categorical", n_categories=40),
-            _feature("colour", "categorical", n_categories=3),
-            _feature("when", "datetime"),
-            _feature("note", "text"),
-        ],
-    }
+    schema = Schema.from_dict(
+        {
+            "task": "classification",
+            "target": "y",
+            "features": [
+                _feature("x", "numeric"),
+                _feature("flag", "boolean"),
+                _feature("city", "categorical", n_categories=40),
+                _feature("colour", "categorical", n_categories=3),
+                _feature("when", "datetime"),
+                _feature("note", "text"),
+            ],
+        }
+    )
     return df, y, schema
 
 
@@ -154,10 +157,13 @@ def test_target_encoding_is_cross_fitted_inside_the_pipeline():
     n = 600
     df = pd.DataFrame({"shop": [f"s{i % 30}" for i in range(n)]})
     y = pd.Series(rng.choice(["a", "b"], size=n))
-    schema = {
-        "task": "classification",
-        "features": [_feature("shop", "categorical", n_categories=30)],
-    }
+    schema = Schema.from_dict(
+        {
+            "task": "classification",
+            "target": "y",
+            "features": [_feature("shop", "categorical", n_categories=30)],
+        }
+    )
     pre = build_preprocessor(schema, categorical_encoding="target")
     crossed = pre.fit_transform(df, y)
     plain = pre.transform(df)  # the encoding learned on all rows
@@ -210,13 +216,16 @@ def test_unseen_and_missing_values_at_predict_time_do_not_fail():
 
 
 def test_old_schema_without_roles_still_builds():
-    schema = {
-        "task": "regression",
-        "features": [
-            {"name": "a", "kind": "numeric"},
-            {"name": "b", "kind": "categorical", "n_categories": 2},
-        ],
-    }
+    schema = Schema.from_dict(  # version 1: no roles
+        {
+            "target": "y",
+            "task": "regression",
+            "features": [
+                {"name": "a", "kind": "numeric"},
+                {"name": "b", "kind": "categorical", "n_categories": 2},
+            ],
+        }
+    )
     X = pd.DataFrame({"a": [1.0, 2.0, np.nan, 4.0] * 10, "b": ["u", "v"] * 20})
     out = build_preprocessor(schema).fit_transform(X, np.arange(40.0))
     assert out.shape[0] == 40 and np.isfinite(out).all()

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+
 from kfp_automl.components.tune import ensemble, validation
 from kfp_automl.components.tune.families import (
     FAMILIES,
@@ -21,7 +22,6 @@ from kfp_automl.components.tune.families import (
 )
 from kfp_automl.components.tune.trial import MAX_STEP, budgets, grow, predict_output
 from kfp_automl.components.tune.warm_start import read_leaderboard, seeds
-
 from kfp_automl.errors import UserError
 from kfp_automl.runtime.metrics import METRICS
 
@@ -193,7 +193,7 @@ def test_ensemble_estimator_is_plain_sklearn(task):
         (build_model(schema, {"family": "linear"}), 2),
         (build_model(schema, {"family": "hist_gb"}), 1),
     ]
-    model = ensemble.build(schema["task"], members).fit(X, y)
+    model = ensemble.build(schema.task, members).fit(X, y)
     back = pickle.loads(pickle.dumps(model))
     assert type(back).__module__.startswith("sklearn.")
     if task == "classification":

@@ -9,15 +9,15 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from kfp_automl.components.prepare.prepare import prepare
-from kfp_automl.components.tune import ensemble
-from kfp_automl.components.tune.families import FAMILIES, build_model, flat_config
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
+from kfp_automl.components.prepare.prepare import prepare
+from kfp_automl.components.tune import ensemble
+from kfp_automl.components.tune.families import FAMILIES, build_model, flat_config
 from kfp_automl.runtime.fast_path import ServingModel, probe_frame, serving_model
 from kfp_automl.runtime.records import predict_frame, records_to_frame
 
@@ -205,8 +205,8 @@ def test_other_layouts_are_served_as_they_are(model):
 def test_probe_rows_reach_every_category_and_missing_values(churn):
     schema = churn[0]
     probe = probe_frame(schema)
-    contract = next(f for f in schema["features"] if f["name"] == "contract")
-    assert set(contract["categories"]) < set(probe["contract"].dropna())
+    contract = schema.feature("contract")
+    assert set(contract.categories) < set(probe["contract"].dropna())
     assert probe.isna().any().all()
 
 

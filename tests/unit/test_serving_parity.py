@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from kfp_automl.components.prepare.prepare import prepare
 from kfp_automl.components.tune.families import FAMILIES, build_model, flat_config
-
 from kfp_automl.runtime.records import coerce_frame, predict_frame, records_to_frame
 
 

@@ -1,0 +1,119 @@
+"""A release: the objects one model version was rolled out with, and what a deploy did.
+
+- `Release` is recorded on the live Deployment (the annotation `kfp-automl.io/release`:
+  gzip'd JSON, base64), so a later deploy can re-apply it on rollback. Written and read by
+  components/deploy; `kfp-automl deploy` and the pipeline's deploy step both go through it.
+- `DeployOutcome` is the deploy step's `release` artifact (JSON): deployed or not, why, the
+  objects applied, the version it replaced and the rollout's last state.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kfp_automl.contracts.errors import ContractError, expect
+from kfp_automl.errors import UserError
+from kfp_automl.files import write_json
+
+RELEASE_ANNOTATION = "kfp-automl.io/release"
+MAX_RELEASE_BYTES = 200 * 1024  # annotations of one object may total 256 KiB
+RELEASE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Release:
+    """One version's rendered objects, in apply order."""
+
+    version: str
+    bento_url: str
+    namespace: str
+    name: str
+    objects: list[dict[str, Any]]
+
+    @property
+    def deployment(self) -> dict[str, Any]:
+        return next(
+            o
+            for o in self.objects
+            if o.get("kind") == "Deployment" and o["metadata"].get("name") == self.name
+        )
+
+    def encode(self) -> str:
+        """The release as one annotation value: gzip'd JSON, base64 (no namespace: the
+        object it is recorded on has one)."""
+        record = {
+            "format": RELEASE_VERSION,
+            "version": self.version,
+            "bento_url": self.bento_url,
+            "name": self.name,
+            "objects": self.objects,
+        }
+        raw = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+        value = base64.b64encode(gzip.compress(raw, mtime=0)).decode("ascii")
+        if len(value) > MAX_RELEASE_BYTES:
+            raise UserError(
+                f"manifests: the release record is {len(value) // 1024} KiB compressed, over the "
+                f"{MAX_RELEASE_BYTES // 1024} KiB that fit in the {RELEASE_ANNOTATION} annotation"
+            )
+        return value
+
+    @classmethod
+    def decode(cls, value: str, namespace: str) -> Release:
+        """The release recorded in an annotation (ContractError when it is not one)."""
+        try:
+            record = json.loads(gzip.decompress(base64.b64decode(value, validate=True)))
+            expect(record.get("format", 1) == RELEASE_VERSION, "a newer release format")
+            objects = record["objects"]
+            expect(isinstance(objects, list), "'objects' is not a list")
+            return cls(record["version"], record["bento_url"], namespace, record["name"], objects)
+        except (ValueError, KeyError, TypeError, OSError, AttributeError) as exc:
+            raise ContractError(f"not a {RELEASE_ANNOTATION} record: {exc}") from None
+
+
+@dataclass(frozen=True)
+class DeployOutcome:
+    """What the deploy step did (its `release` artifact)."""
+
+    deployed: bool
+    reason: str = ""  # why nothing was deployed
+    version: str = ""
+    namespace: str = ""
+    name: str = ""
+    applied: tuple[str, ...] = ()  # kind/name, in apply order
+    previous_version: str | None = None
+    rollout: str = ""
+    elapsed_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        if not self.deployed:
+            return {"format": RELEASE_VERSION, "deployed": False, "reason": self.reason}
+        out = asdict(self)
+        del out["reason"]
+        out["applied"] = list(self.applied)
+        return {"format": RELEASE_VERSION, **out}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> DeployOutcome:
+        expect(
+            isinstance(d, dict) and isinstance(d.get("deployed"), bool),
+            "release: not a deploy outcome",
+        )
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        fields["applied"] = tuple(fields.get("applied") or ())
+        return cls(**fields)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> DeployOutcome:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as exc:
+            raise ContractError(f"cannot read the release {path}: {exc}") from None
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        write_json(path, self.to_dict())

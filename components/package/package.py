@@ -1,4 +1,4 @@
-"""Packaging: the fitted pipeline into the BentoML model store, a Bento, and its archive."""
+"""Packaging: the fitted model into the BentoML model store, a Bento around it, and its archive."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from kfp_automl.components.package.bento import SERVICE, build_context, runtime_requirements
 from kfp_automl.contracts.model_info import ModelInfo
 from kfp_automl.contracts.profile import Bins, Profile
 from kfp_automl.contracts.schema import Schema
@@ -24,62 +24,12 @@ from kfp_automl.serving.files import (
     SCHEMA_FILE,
 )
 
-SERVICE = "kfp_automl.serving.service:AutoMLService"
-# The code a Bento ships: the service and what it imports of this project, so a Bento runs the
-# code it was built with (and its pickled model finds its classes) wherever its Python packages
-# are installed. tests/unit/test_bento_code.py holds this list to what the service imports.
-BENTO_PACKAGES = ("kfp_automl.contracts", "kfp_automl.runtime", "kfp_automl.serving")
-BENTO_MODULES = ("kfp_automl", "kfp_automl.errors", "kfp_automl.files")
-
-
-def bento_sources() -> dict[str, Path]:
-    """The files a Bento ships: path inside the Bento -> file in this installation."""
-    import importlib
-
-    files: dict[str, Path] = {}
-    for name in BENTO_MODULES:
-        module = importlib.import_module(name)
-        source = Path(module.__file__)
-        rel = name.replace(".", "/") + ("/__init__.py" if source.name == "__init__.py" else ".py")
-        files[rel] = source
-    for name in BENTO_PACKAGES:
-        package_dir = Path(importlib.import_module(name).__file__).parent
-        for source in sorted(package_dir.glob("*.py")):
-            files[f"{name.replace('.', '/')}/{source.name}"] = source
-    return files
-
-
-def _build_context(directory: Path) -> list[str]:
-    """Copy the Bento's code into `directory`; return the files (BentoML's `include`)."""
-    sources = bento_sources()
-    for rel, source in sources.items():
-        target = directory / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
-    return sorted(sources)
-
-
-# What the service imports; pinned to the versions that trained the model so it unpickles the same.
-RUNTIME_PACKAGES = [
-    "scikit-learn",
-    "pandas",
-    "numpy",
-    "joblib",
-    "pyarrow",
-    "prometheus-client",
-    "lightgbm",  # a model of the lightgbm family unpickles only with it
-]
-
 
 @dataclass
 class Packaged:
     model_tag: str
     bento_tag: str
     archive: Path
-
-
-def runtime_requirements() -> list[str]:
-    return [f"{p}=={importlib_metadata.version(p)}" for p in RUNTIME_PACKAGES]
 
 
 def package(
@@ -133,7 +83,7 @@ def package(
             labels=labels,
             description=f"kfp-automl {schema.task} model for target {schema.target!r}",
             build_ctx=ctx,
-            include=_build_context(Path(ctx)),
+            include=build_context(Path(ctx)),
             python={"packages": runtime_requirements()},
             args={"model_tag": str(stored.tag)},
             # the Bento takes the model's version, so BentoML's request metrics (labelled with

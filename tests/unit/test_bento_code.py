@@ -1,4 +1,4 @@
-"""The code a Bento ships (components/package/package.py: bento_sources) is all the service needs.
+"""The code a Bento ships (components/package/bento.py: bento_sources) is all the service needs.
 
 A Bento carries kfp_automl.serving, kfp_automl.runtime and kfp_automl.contracts, so it serves
 with the code it was built with and its pickled model finds its classes wherever the Bento's
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kfp_automl.components.package.package import bento_sources
+from kfp_automl.components.package.bento import bento_sources
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "model-0.1.0"
 

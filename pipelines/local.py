@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -21,12 +23,11 @@ from kfp_automl.contracts.model_info import ModelInfo
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import PipelineFailed, UserError
 from kfp_automl.files import atomic_path, write_json
-from kfp_automl.progress import PREFIX
+from kfp_automl.progress import PREFIX, STEP_ERRORS_ENV, read_reports
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
-_EXCEPTION = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.+)$")
 STEP_NAMES = {
     "prepare-data": "prepare",
     "tune-models": "tune",
@@ -46,7 +47,6 @@ class ConsoleFilter(io.TextIOBase):
         self._partial = ""
         self._step_started: dict[str, float] = {}
         self.failed_step: str | None = None
-        self.last_exception: tuple[str, str] | None = None
 
     def writable(self) -> bool:
         return True
@@ -67,8 +67,6 @@ class ConsoleFilter(io.TextIOBase):
         line = _ANSI.sub("", raw)
         if self.verbose:
             self.console.write(raw + "\n")
-        if (m := _EXCEPTION.match(line)) is not None:
-            self.last_exception = (m.group(1), m.group(2).strip())
         if PREFIX in line:
             if not self.verbose:
                 self.console.write("  " + line.split(PREFIX, 1)[1] + "\n")
@@ -104,7 +102,12 @@ def _copy_card(src: str | Path, dest: Path) -> Path:
 
 
 def run_pipeline(params: dict[str, Any], output_dir: Path, verbose: bool = False) -> dict[str, Any]:
-    """Run `training(**params)` locally; copy the main outputs to `output_dir`; return the summary."""
+    """Run `training(**params)` locally; copy the main outputs to `output_dir`; return the summary.
+
+    A step that fails reports why (kfp_automl.progress.reported) into a folder this run
+    names in $KFP_AUTOML_STEP_ERRORS: a user mistake only a step could find becomes a
+    UserError with the step's message, anything else PipelineFailed naming the step.
+    """
     from kfp import local
 
     from kfp_automl.pipelines.training import training
@@ -117,7 +120,11 @@ def run_pipeline(params: dict[str, Any], output_dir: Path, verbose: bool = False
         raise_on_error=True,
     )
     log_path = output_dir / "run.log"
-    with open(log_path, "w") as log:
+    with (
+        open(log_path, "w") as log,
+        tempfile.TemporaryDirectory(prefix="kfp-automl-errors-") as reports,
+        _environ(STEP_ERRORS_ENV, reports),
+    ):
         filt = ConsoleFilter(log, sys.stdout, verbose)
         try:
             with contextlib.redirect_stdout(filt), warnings.catch_warnings():
@@ -127,16 +134,36 @@ def run_pipeline(params: dict[str, Any], output_dir: Path, verbose: bool = False
                 task = training(**params)
         except Exception as exc:
             filt.flush()
-            kind, message = filt.last_exception or (type(exc).__name__, str(exc))
-            if kind == "UserError":
-                raise UserError(message) from None
-            # with raise_on_error kfp raises "Task '...' finished with status FAILURE" instead of logging it
-            m = _FINISHED.search(_ANSI.sub("", str(exc)))
-            step = filt.failed_step or (STEP_NAMES.get(m.group(1), m.group(1)) if m else "pipeline")
-            raise PipelineFailed(
-                f"step {step} failed: {kind}: {message} (full log: {log_path})"
-            ) from None
+            failures = read_reports(reports)
+            if failures and failures[0]["user_error"]:
+                raise UserError(failures[0]["message"]) from None
+            if failures:
+                first = failures[0]
+                step = STEP_NAMES.get(first["step"], first["step"])
+                what = f"{first['type']}: {first['message']}"
+            else:  # it failed before or outside a step's own code (kfp.local itself)
+                # with raise_on_error kfp raises "Task '...' finished with status FAILURE"
+                m = _FINISHED.search(_ANSI.sub("", str(exc)))
+                step = filt.failed_step or (
+                    STEP_NAMES.get(m.group(1), m.group(1)) if m else "pipeline"
+                )
+                what = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            raise PipelineFailed(f"step {step} failed: {what} (full log: {log_path})") from None
     return _summarise(task.outputs, params, output_dir, time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str):
+    """os.environ[name] = value while the block runs (the step subprocesses inherit it)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _summarise(

@@ -83,6 +83,8 @@ def training(
     boolean_columns: str = "",
     time_column: str = "",
     group_column: str = "",
+    valid_fraction: float = 0.15,
+    test_fraction: float = 0.15,
     search_algorithm: str = "tpe",
     validation: str = "auto",
     early_stopping: bool = True,
@@ -97,8 +99,9 @@ def training(
         target: Target column (empty with empty data: the demo table's target).
         task: auto, classification or regression.
         metric: Metric to optimise; empty picks the task's default.
-        families: Comma-separated model families to search; empty searches all.
-        time_budget_s: Wall-clock budget of the search.
+        families: Comma-separated model families to search (linear, random_forest, extra_trees,
+            hist_gb, lightgbm); empty searches all.
+        time_budget_s: Wall-clock seconds of the search (Ray's start included).
         max_trials: Trial cap (0: only the time budget stops the search).
         seed: Seed for the split, the search and the models.
         ray_address: Ray cluster to join; empty starts Ray inside the tune step.
@@ -113,15 +116,17 @@ def training(
             when not ready); empty deploys nothing.
         deploy_manifests: Rendered serving manifests (path or URL) for the deploy step; empty
             uses the copy baked into the components image.
-        drop_columns: Columns to drop before training: comma-separated or a JSON array (as are the
-            five role lists below).
-        categorical_columns: Comma-separated columns to treat as categorical.
-        numeric_columns: Comma-separated columns to treat as numbers.
-        datetime_columns: Comma-separated columns to parse as dates/times.
-        text_columns: Comma-separated columns to treat as free text.
-        boolean_columns: Comma-separated columns to treat as true/false.
+        drop_columns: Columns to drop before training (comma-separated, or a JSON array).
+        categorical_columns: Columns to treat as categorical (comma-separated, or a JSON array).
+        numeric_columns: Columns to treat as numbers (comma-separated, or a JSON array).
+        datetime_columns: Columns to parse as dates/times (comma-separated, or a JSON array).
+        text_columns: Columns to treat as free text (comma-separated, or a JSON array).
+        boolean_columns: Columns to treat as true/false (comma-separated, or a JSON array).
         time_column: Time-ordered split on this column (empty: random, stratified for classification).
         group_column: Split so one value of this column never spans train and test.
+        valid_fraction: Share of the rows held out to compare trials (the holdout of large
+            tables; folded into cross-validation on small ones).
+        test_fraction: Share of the rows held out for the final evaluation and the gate.
         search_algorithm: tpe (Optuna, default), random or grid.
         validation: Per-trial validation: auto (CV up to 10,000 rows, else the holdout), cv, holdout.
         early_stopping: ASHA early stopping for iterative families (rounds, trees).
@@ -143,6 +148,8 @@ def training(
         boolean_columns=boolean_columns,
         time_column=time_column,
         group_column=group_column,
+        valid_fraction=valid_fraction,
+        test_fraction=test_fraction,
     ).set_display_name("prepare")
     tune = tune_models(
         train=prep.outputs["train"],

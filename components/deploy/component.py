@@ -29,18 +29,23 @@ def deploy_model(
         name: Name of the serving Deployment in the manifests.
         timeout_s: Seconds to wait for the rollout before rolling back.
     """
-    from kfp_automl.components.deploy.deploy import run
-    from kfp_automl.contracts.decision import GateDecision
+    from kfp_automl.progress import reported
 
-    outcome = run(
-        bento_uri=bento.uri,
-        bento_metadata=dict(bento.metadata),
-        decision=GateDecision.read(decision.path),
-        release_path=release.path,
-        namespace=namespace,
-        manifests=manifests,
-        name=name,
-        timeout_s=timeout_s,
-    )
-    if outcome.deployed:
-        release.metadata.update({"version": outcome.version, "namespace": namespace, "name": name})
+    with reported("deploy"):
+        from kfp_automl.components.deploy.deploy import run
+        from kfp_automl.contracts.decision import GateDecision
+
+        outcome = run(
+            bento_uri=bento.uri,
+            bento_metadata=dict(bento.metadata),
+            decision=GateDecision.read(decision.path),
+            release_path=release.path,
+            namespace=namespace,
+            manifests=manifests,
+            name=name,
+            timeout_s=timeout_s,
+        )
+        if outcome.deployed:
+            release.metadata.update(
+                {"version": outcome.version, "namespace": namespace, "name": name}
+            )

@@ -58,34 +58,37 @@ def evaluate_model(
         n_bootstrap: Bootstrap resamples per interval (0 turns intervals off).
         seed: Seed for the resamples, permutations and learning-curve folds.
     """
-    from kfp_automl.components.evaluate.evaluate import run
-    from kfp_automl.contracts.model_info import ModelInfo
+    from kfp_automl.progress import reported
 
-    ev = run(
-        model_dir=model.path,
-        model_info=ModelInfo.from_metadata(dict(model.metadata)),
-        test_path=test.path,
-        schema_path=schema.path,
-        leaderboard_path=leaderboard.path,
-        report_path=report.path,
-        prediction_reference_path=prediction_reference.path,
-        metric=metric,
-        train_path=train.path if train is not None else "",
-        valid_path=valid.path if valid is not None else "",
-        summary_path=summary.path,
-        model_card_dir=model_card.path,
-        slice_column=slice_column,
-        n_bootstrap=n_bootstrap,
-        seed=seed,
-    )
-    for name, value in ev.metrics.items():
-        metrics.log_metric(name, value)
-        interval = ev.intervals.get(name)
-        if interval is not None and interval.defined:
-            metrics.log_metric(f"{name}_ci_low", interval.low)
-            metrics.log_metric(f"{name}_ci_high", interval.high)
-    metrics.metadata["primary_metric"] = ev.metric
-    if ev.confusion:
-        classification_metrics.log_confusion_matrix([str(c) for c in ev.labels], ev.confusion)
-    if ev.roc:
-        classification_metrics.log_roc_curve(ev.roc["fpr"], ev.roc["tpr"], ev.roc["threshold"])
+    with reported("evaluate"):
+        from kfp_automl.components.evaluate.evaluate import run
+        from kfp_automl.contracts.model_info import ModelInfo
+
+        ev = run(
+            model_dir=model.path,
+            model_info=ModelInfo.from_metadata(dict(model.metadata)),
+            test_path=test.path,
+            schema_path=schema.path,
+            leaderboard_path=leaderboard.path,
+            report_path=report.path,
+            prediction_reference_path=prediction_reference.path,
+            metric=metric,
+            train_path=train.path if train is not None else "",
+            valid_path=valid.path if valid is not None else "",
+            summary_path=summary.path,
+            model_card_dir=model_card.path,
+            slice_column=slice_column,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+        )
+        for name, value in ev.metrics.items():
+            metrics.log_metric(name, value)
+            interval = ev.intervals.get(name)
+            if interval is not None and interval.defined:
+                metrics.log_metric(f"{name}_ci_low", interval.low)
+                metrics.log_metric(f"{name}_ci_high", interval.high)
+        metrics.metadata["primary_metric"] = ev.metric
+        if ev.confusion:
+            classification_metrics.log_confusion_matrix([str(c) for c in ev.labels], ev.confusion)
+        if ev.roc:
+            classification_metrics.log_roc_curve(ev.roc["fpr"], ev.roc["tpr"], ev.roc["threshold"])

@@ -39,19 +39,22 @@ def gate_model(
     Returns:
         True when the challenger should become champion (the reason is in `decision`).
     """
-    from kfp_automl.components.gate.gate import run
+    from kfp_automl.progress import reported
 
-    d = run(
-        model_dir=model.path,
-        sha256=model.metadata.get("sha256", ""),
-        test_path=test.path,
-        schema_path=schema.path,
-        decision_path=decision.path,
-        registry_root=registry_root,
-        model_name=model_name,
-        metric=metric,
-        min_improvement=min_improvement,
-        n_bootstrap=n_bootstrap,
-    )
-    decision.metadata.update(d.metadata())
-    return d.deploy
+    with reported("gate"):
+        from kfp_automl.components.gate.gate import run
+
+        d = run(
+            model_dir=model.path,
+            sha256=model.metadata.get("sha256", ""),
+            test_path=test.path,
+            schema_path=schema.path,
+            decision_path=decision.path,
+            registry_root=registry_root,
+            model_name=model_name,
+            metric=metric,
+            min_improvement=min_improvement,
+            n_bootstrap=n_bootstrap,
+        )
+        decision.metadata.update(d.metadata())
+        return d.deploy

@@ -14,7 +14,10 @@ import shutil
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-SERVICE = "kfp_automl.serving.service:AutoMLService"
+from kfp_automl.serving.files import SERVICE
+
+__all__ = ["SERVICE", "bento_sources", "build_context", "runtime_requirements"]
+
 BENTO_PACKAGES = ("kfp_automl.contracts", "kfp_automl.runtime", "kfp_automl.serving")
 BENTO_MODULES = ("kfp_automl", "kfp_automl.errors", "kfp_automl.files")
 

@@ -33,20 +33,23 @@ def package_model(
         registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty uses
             the default beside the BentoML store.
     """
-    from kfp_automl.components.package.package import run
-    from kfp_automl.contracts.model_info import ModelInfo
+    from kfp_automl.progress import reported
 
-    packaged = run(
-        model_dir=model.path,
-        model_info=ModelInfo.from_metadata(dict(model.metadata)),
-        schema_path=schema.path,
-        archive_path=bento.path,
-        name=model_name,
-        profile_path=profile.path,
-        prediction_reference_path=prediction_reference.path,
-        test_metrics=dict(metrics.metadata),
-        report_path=report.path,
-        registry_root=registry_root,
-        bento_uri=bento.uri,
-    )
-    bento.metadata.update({"bento_tag": packaged.bento_tag, "model_tag": packaged.model_tag})
+    with reported("package"):
+        from kfp_automl.components.package.package import run
+        from kfp_automl.contracts.model_info import ModelInfo
+
+        packaged = run(
+            model_dir=model.path,
+            model_info=ModelInfo.from_metadata(dict(model.metadata)),
+            schema_path=schema.path,
+            archive_path=bento.path,
+            name=model_name,
+            profile_path=profile.path,
+            prediction_reference_path=prediction_reference.path,
+            test_metrics=dict(metrics.metadata),
+            report_path=report.path,
+            registry_root=registry_root,
+            bento_uri=bento.uri,
+        )
+        bento.metadata.update({"bento_tag": packaged.bento_tag, "model_tag": packaged.model_tag})

@@ -98,6 +98,51 @@ def package(
     return Packaged(str(stored.tag), str(bento.tag), archive_path)
 
 
+def repackage(ref: str, archive_path: str | Path, name: str = "") -> Packaged:
+    """The model of the Bento `ref` (a tag or a .bento archive, of this or an earlier release)
+    packaged again with this release's service, as a new version; its archive at `archive_path`.
+
+    The model file is the same bytes (its digest, recorded in the model's metadata, is checked
+    before it is loaded), with the schema and the drift references it was packaged with; the
+    registry is not changed.
+    """
+    import json
+
+    import bentoml
+
+    from kfp_automl.bentos.lookup import resolve_bento
+    from kfp_automl.errors import UserError
+    from kfp_automl.serving.files import EVALUATION_FILE, PREDICTION_REFERENCE_FILE, PROFILE_FILE
+
+    bento = resolve_bento(ref)
+    model_tag = (bento.info.args or {}).get("model_tag")
+    if not model_tag:
+        raise UserError(
+            f"Bento {bento.tag} names no model_tag argument; it was not built by kfp-automl"
+        )
+    stored = bentoml.models.get(model_tag)
+
+    def present(name: str) -> Path | None:
+        path = Path(stored.path_of(name))
+        return path if path.exists() else None
+
+    profile = Profile.read(path) if (path := present(PROFILE_FILE)) else None
+    prediction = Bins.read(path) if (path := present(PREDICTION_REFERENCE_FILE)) else None
+    if prediction is None and profile is not None:
+        prediction = profile.legacy_prediction  # 0.1.0 kept it inside the profile
+    evaluation = json.loads(path.read_text()) if (path := present(EVALUATION_FILE)) else None
+    return package(
+        model_dir=stored.path,
+        model_info=ModelInfo.from_metadata(dict(stored.info.metadata)),
+        schema=Schema.read(stored.path_of(SCHEMA_FILE)),
+        archive_path=archive_path,
+        name=name or stored.tag.name,
+        profile=profile,
+        prediction_reference=prediction,
+        evaluation=evaluation,
+    )
+
+
 def run(
     *,
     model_dir: str,

@@ -56,42 +56,45 @@ def prepare_data(
         time_column: Split by time on this column (the latest rows are the test rows).
         group_column: Split so that one value of this column never spans two splits.
     """
-    from kfp_automl.components.prepare.prepare import Options, run
-    from kfp_automl.components.prepare.roles import parse_list
+    from kfp_automl.progress import reported
 
-    options = Options(
-        drop=parse_list(drop_columns),
-        categorical=parse_list(categorical_columns),
-        numeric=parse_list(numeric_columns),
-        datetime=parse_list(datetime_columns),
-        text=parse_list(text_columns),
-        boolean=parse_list(boolean_columns),
-        time_column=time_column,
-        group_column=group_column,
-    )
-    result = run(
-        data=data,
-        target=target,
-        train_path=train.path,
-        valid_path=valid.path,
-        test_path=test.path,
-        schema_path=schema.path,
-        profile_path=profile.path,
-        task=task,
-        seed=seed,
-        valid_fraction=valid_fraction,
-        test_fraction=test_fraction,
-        options=options,
-        report_path=data_report.path,
-        summary_path=data_summary.path,
-    )
-    for art, key in ((train, "train"), (valid, "valid"), (test, "test")):
-        art.metadata["rows"] = result.rows[key]
-    schema.metadata.update(
-        {
-            "task": result.task,
-            "target": result.target,
-            "data_fingerprint": result.data_fingerprint,
-        }
-    )
-    data_report.metadata["warnings"] = len(result.warnings)
+    with reported("prepare"):
+        from kfp_automl.components.prepare.prepare import Options, run
+        from kfp_automl.components.prepare.roles import parse_list
+
+        options = Options(
+            drop=parse_list(drop_columns),
+            categorical=parse_list(categorical_columns),
+            numeric=parse_list(numeric_columns),
+            datetime=parse_list(datetime_columns),
+            text=parse_list(text_columns),
+            boolean=parse_list(boolean_columns),
+            time_column=time_column,
+            group_column=group_column,
+        )
+        result = run(
+            data=data,
+            target=target,
+            train_path=train.path,
+            valid_path=valid.path,
+            test_path=test.path,
+            schema_path=schema.path,
+            profile_path=profile.path,
+            task=task,
+            seed=seed,
+            valid_fraction=valid_fraction,
+            test_fraction=test_fraction,
+            options=options,
+            report_path=data_report.path,
+            summary_path=data_summary.path,
+        )
+        for art, key in ((train, "train"), (valid, "valid"), (test, "test")):
+            art.metadata["rows"] = result.rows[key]
+        schema.metadata.update(
+            {
+                "task": result.task,
+                "target": result.target,
+                "data_fingerprint": result.data_fingerprint,
+            }
+        )
+        data_report.metadata["warnings"] = len(result.warnings)

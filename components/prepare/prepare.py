@@ -30,7 +30,17 @@ from kfp_automl.components.prepare.splitting import split
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
 
-__all__ = ["Options", "Prepared", "describe_features", "infer_task", "prepare", "split", "validate"]
+__all__ = [
+    "Checked",
+    "Options",
+    "Prepared",
+    "check",
+    "describe_features",
+    "infer_task",
+    "prepare",
+    "split",
+    "validate",
+]
 
 TASKS = ("auto", "classification", "regression")
 MIN_ROWS = 50
@@ -294,25 +304,25 @@ def _split_name(options: Options) -> str:
     return "random"
 
 
-def prepare(
-    df: pd.DataFrame,
-    target: str,
-    task: str = "auto",
-    seed: int = 42,
-    valid_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    options: Options | None = None,
-) -> Prepared:
-    """Validate, clean, describe and split `df`; return the splits and their schema."""
-    from kfp_automl.components.prepare.profile import fingerprint
-    from kfp_automl.runtime.transformers import HIGH_CARDINALITY
+@dataclass
+class _Cleaned:
+    """The table after the checks every caller needs: rows with a target, no duplicates."""
 
-    options = options or Options()
+    data: pd.DataFrame
+    task: str  # resolved
+    columns: list[Column]
+    decisions: list[dict[str, str]]
+    warnings: list[str]
+    n_missing_target: int
+    n_duplicates: int
+
+
+def _clean(df: pd.DataFrame, target: str, task: str, options: Options) -> _Cleaned:
+    """The table's and the flags' checks, the rows without a target or repeated dropped, and
+    each column's role: everything but the leakage guard, the split and the descriptions."""
     _check_table(df, target, task)
     overrides = options.overrides()
     overrides.check([str(c) for c in df.columns], target)
-    n_input = len(df)
-    data_fingerprint = fingerprint(df)
     decisions: list[dict[str, str]] = []
     warnings: list[str] = [f"read: {note}" for note in df.attrs.get("read_notes", [])]
 
@@ -339,8 +349,93 @@ def prepare(
         )
     elif task == "auto":
         decisions.append(_decision(target, "task", "regression: numbers with many distinct values"))
-
     columns = _roles(data, target, overrides, options.group_column)
+    if not any(c.role is not None for c in columns):
+        dropped = [f"{c.name}: {c.reason}" for c in columns]
+        raise UserError(
+            f"no usable feature columns besides target {target!r} ({'; '.join(dropped[:5])})"
+        )
+    return _Cleaned(data, resolved, columns, decisions, warnings, int(missing.sum()), n_duplicates)
+
+
+def _split_columns(data: pd.DataFrame, options: Options) -> pd.DataFrame:
+    """The time column parsed as times when nearly every value is one (else left to split()
+    to name the column and a value)."""
+    column = options.time_column
+    if (
+        column
+        and column in data
+        and not (
+            ptypes.is_datetime64_any_dtype(data[column]) or ptypes.is_numeric_dtype(data[column])
+        )
+    ):
+        parsed = pd.to_datetime(data[column], errors="coerce", format="mixed")
+        if parsed.notna().mean() >= 0.95:
+            data = data.assign(**{column: parsed})
+    return data
+
+
+@dataclass
+class Checked:
+    """What `check` learned: the resolved task and the target's values on the kept rows."""
+
+    task: str
+    y: pd.Series
+
+
+def check(
+    df: pd.DataFrame,
+    target: str,
+    task: str = "auto",
+    seed: int = 42,
+    valid_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    options: Options | None = None,
+) -> Checked:
+    """Every mistake `prepare` would report about this table and these flags, found cheaply.
+
+    The command line runs this before it starts a pipeline: the roles are inferred (a
+    sample of each column) and the split is tried on the target and split columns alone;
+    the leakage guard, which fits a model per column, is the prepare step's. A table whose
+    every feature leaks the target is the one mistake only the step finds.
+    """
+    options = options or Options()
+    cleaned = _clean(df, target, task, options)
+    keep = [target, *(c for c in (options.time_column, options.group_column) if c in df)]
+    frame = _split_columns(cleaned.data[list(dict.fromkeys(keep))], options)
+    split(
+        frame,
+        target,
+        cleaned.task,
+        seed,
+        valid_fraction,
+        test_fraction,
+        options.time_column,
+        options.group_column,
+    )
+    return Checked(cleaned.task, cleaned.data[target])
+
+
+def prepare(
+    df: pd.DataFrame,
+    target: str,
+    task: str = "auto",
+    seed: int = 42,
+    valid_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    options: Options | None = None,
+) -> Prepared:
+    """Validate, clean, describe and split `df`; return the splits and their schema."""
+    from kfp_automl.components.prepare.profile import fingerprint
+    from kfp_automl.runtime.transformers import HIGH_CARDINALITY
+
+    options = options or Options()
+    n_input = len(df)
+    data_fingerprint = fingerprint(df)
+    cleaned = _clean(df, target, task, options)
+    data, resolved, columns = cleaned.data, cleaned.task, cleaned.columns
+    decisions, warnings = cleaned.decisions, cleaned.warnings
+    n_duplicates = cleaned.n_duplicates
     for col in columns:
         warnings.extend(col.warnings)
         action = f"role {col.role}" if col.role else "dropped"
@@ -368,17 +463,7 @@ def prepare(
     for extra in (options.time_column, options.group_column):
         if extra and extra not in work.columns and extra in data.columns:
             work[extra] = data[extra]
-    if (
-        options.time_column
-        and options.time_column in work
-        and not (
-            ptypes.is_datetime64_any_dtype(work[options.time_column])
-            or ptypes.is_numeric_dtype(work[options.time_column])
-        )
-    ):
-        parsed = pd.to_datetime(work[options.time_column], errors="coerce", format="mixed")
-        if parsed.notna().mean() >= 0.95:  # otherwise the split names the column and a value
-            work[options.time_column] = parsed
+    work = _split_columns(work, options)
     train, valid, test = split(
         work,
         target,
@@ -437,7 +522,7 @@ def prepare(
         },
         "rows": {
             "input": n_input,
-            "missing_target": int(missing.sum()),
+            "missing_target": cleaned.n_missing_target,
             "duplicates": n_duplicates,
             "train": len(train),
             "valid": len(valid),

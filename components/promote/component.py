@@ -16,6 +16,11 @@ def promote_model(bento: Input[Model], decision: Input[Artifact], registry_root:
         registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty uses
             the default beside the BentoML store.
     """
-    from kfp_automl.registry.registry import promote_tag
+    from kfp_automl.progress import reported
 
-    promote_tag(bento.metadata["model_tag"], decision.metadata.get("reason", ""), registry_root)
+    with reported("promote"):
+        from kfp_automl.contracts.decision import GateDecision
+        from kfp_automl.registry.registry import promote_tag
+
+        reason = GateDecision.read(decision.path).reason
+        promote_tag(bento.metadata["model_tag"], reason, registry_root)

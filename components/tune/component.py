@@ -55,28 +55,31 @@ def tune_models(
         run_id: Names the state folder under the root (the pipeline run's id).
         pipeline_root: The pipeline root (dsl.PIPELINE_ROOT_PLACEHOLDER in the pipeline).
     """
-    from kfp_automl.components.tune.tune import run, state_path
+    from kfp_automl.progress import reported
 
-    storage = state_path(search_state_root, pipeline_root, run_id)
-    info = run(
-        train_path=train.path,
-        valid_path=valid.path,
-        schema_path=schema.path,
-        model_dir=model.path,
-        leaderboard_path=leaderboard.path,
-        metric=metric,
-        families=families,
-        time_budget_s=time_budget_s,
-        max_trials=max_trials,
-        seed=seed,
-        ray_address=ray_address,
-        algorithm=search_algorithm,
-        validation=validation,
-        early_stopping=early_stopping,
-        warm_start=warm_start,
-        ensemble=ensemble,
-        storage_path=storage,
-        report_path=search_report.path,
-    )
-    model.metadata.update(info.to_metadata())
-    leaderboard.metadata.update({"metric": info.metric, "n_trials": info.n_trials})
+    with reported("tune"):
+        from kfp_automl.components.tune.tune import run, state_path
+
+        storage = state_path(search_state_root, pipeline_root, run_id)
+        info = run(
+            train_path=train.path,
+            valid_path=valid.path,
+            schema_path=schema.path,
+            model_dir=model.path,
+            leaderboard_path=leaderboard.path,
+            metric=metric,
+            families=families,
+            time_budget_s=time_budget_s,
+            max_trials=max_trials,
+            seed=seed,
+            ray_address=ray_address,
+            algorithm=search_algorithm,
+            validation=validation,
+            early_stopping=early_stopping,
+            warm_start=warm_start,
+            ensemble=ensemble,
+            storage_path=storage,
+            report_path=search_report.path,
+        )
+        model.metadata.update(info.to_metadata())
+        leaderboard.metadata.update({"metric": info.metric, "n_trials": info.n_trials})

@@ -33,6 +33,7 @@ from kfp_automl.components.tune.families import (
     has_categorical,
     initial_configs,
 )
+from kfp_automl.components.tune.ray_private import replace_run_settings
 from kfp_automl.components.tune.trial import MAX_STEP, STEPS, train_fn
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
@@ -325,9 +326,7 @@ def run_search(
                 exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
             )
             # the restored run config holds the dead driver's callback and budget
-            tuner._local_tuner._run_config.callbacks = [callback]
-            tuner._local_tuner._run_config.stop = stopper
-            tuner._local_tuner._tune_config.time_budget_s = None
+            replace_run_settings(tuner, [callback], stopper)
         else:
             searcher, n_points = _searcher(
                 algorithm,

@@ -8,6 +8,7 @@ from typing import Any
 
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
+from kfp_automl.registry.store import bentoml_home
 
 
 @dataclass
@@ -62,10 +63,17 @@ def resolve_bento(ref: str):
         ) from None
 
 
-def bentoml_home() -> str:
-    from bentoml._internal.configuration.containers import BentoMLContainer
+def check_servable(bento) -> None:
+    """A UserError unless `bento` runs this release's service (a Bento of 0.1.0 does not)."""
+    from kfp_automl.serving.files import SERVICE
 
-    return str(BentoMLContainer.bentoml_home.get())
+    service = str(getattr(bento.info, "service", ""))
+    if service != SERVICE:
+        raise UserError(
+            f"Bento {bento.tag} runs the service {service!r}, not this release's {SERVICE!r} "
+            "(it was built by kfp-automl 0.1); `kfp-automl repackage --model "
+            f"{bento.tag} --output NEW.bento` packages its model for this release"
+        )
 
 
 def load_packaged_model(ref: str) -> PackagedModel:

@@ -7,22 +7,10 @@ from pathlib import Path
 
 import click
 
+from kfp_automl.cli.parameters import given, pipeline_options
+from kfp_automl.cli.prepare_options import prepare_params, schema_file_option
 from kfp_automl.cluster import client as cluster
 from kfp_automl.errors import PipelineFailed, UserError
-
-# Flags that mirror `kfp-automl run`, and the pipeline parameter each one sets.
-_RUN_FLAGS = {
-    "data": "data",
-    "target": "target",
-    "task": "task",
-    "metric": "metric",
-    "families": "families",
-    "time_budget": "time_budget_s",
-    "max_trials": "max_trials",
-    "seed": "seed",
-    "model_name": "model_name",
-    "ray_address": "ray_address",
-}
 
 
 def connection_options(f):
@@ -54,7 +42,8 @@ def connection_options(f):
 
 
 def run_options(f):
-    """Where the run goes and which pipeline parameters it gets."""
+    """Where the run goes, and every pipeline parameter as a flag (kfp_automl/cli/parameters.py;
+    only the flags given are sent) or as --param NAME=VALUE."""
     options = [
         click.option("--namespace", default=None, help="Profile namespace (multi-user KFP)."),
         click.option(
@@ -78,26 +67,6 @@ def run_options(f):
             "--service-account", default=None, help="Kubernetes service account of the run's pods."
         ),
         click.option(
-            "--data", default=None, help="Table URL the pods can read (s3://, gs://, ...)."
-        ),
-        click.option("--target", default=None, help="Column to predict (required with --data)."),
-        click.option(
-            "--task", type=click.Choice(["auto", "classification", "regression"]), default=None
-        ),
-        click.option("--metric", default=None, help="Metric to optimise."),
-        click.option("--families", default=None, help="Comma-separated model families."),
-        click.option(
-            "--time-budget",
-            "time_budget",
-            type=click.IntRange(min=10),
-            default=None,
-            help="Search seconds.",
-        ),
-        click.option("--max-trials", type=click.IntRange(min=0), default=None),
-        click.option("--seed", type=int, default=None),
-        click.option("--model-name", default=None, help="Model/Bento name in the registry."),
-        click.option("--ray-address", default=None, help="ray:// address of a Ray cluster."),
-        click.option(
             "--param",
             "params",
             multiple=True,
@@ -106,6 +75,7 @@ def run_options(f):
             "parameters and types.",
         ),
     ]
+    f = pipeline_options(show_defaults=False)(schema_file_option(f))
     for option in reversed(options):
         f = option(f)
     return f
@@ -134,7 +104,8 @@ def prepare(kw: dict, tmp_dir: Path) -> tuple[Path, dict]:
     if image:
         pipeline = compile_pipeline("training", tmp_dir / "training.yaml", image=check_image(image))
     pipeline = Path(pipeline) if pipeline else cluster.DEFAULT_PIPELINE
-    flags = {param: kw.pop(flag) for flag, param in _RUN_FLAGS.items()}
+    role_params, _ = prepare_params(kw)  # the schema file's roles, folded into the role lists
+    flags = {**given(kw), **role_params}
     _check_run_flags(flags)
     params = cluster.parse_assignments(kw.pop("params"))
     arguments = cluster.build_arguments(pipeline, flags, params)

@@ -7,7 +7,6 @@ User mistakes (bad path, unknown column, bad flag) end with one line
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -16,207 +15,15 @@ import click
 from kfp_automl import __version__
 from kfp_automl.cli import cluster as cluster_cli
 from kfp_automl.cli import retrain as retrain_cli
+from kfp_automl.cli import train
 from kfp_automl.cli.feedback import export_feedback, prediction_log_options, prediction_log_settings
-from kfp_automl.cli.prepare_options import prepare_options
 from kfp_automl.errors import PipelineFailed, UserError
-
-DEFAULT_OUTPUT = "automl-output"
-
-
-def _prog() -> str:
-    """How the user can call this CLI again: `kfp-automl` if on PATH, else the venv's script."""
-    if shutil.which("kfp-automl"):
-        return "kfp-automl"
-    script = Path(sys.executable).with_name("kfp-automl")
-    return os.path.relpath(script) if script.exists() else "kfp-automl"
-
-
-def _fmt_seconds(s: float) -> str:
-    m, sec = divmod(int(round(s)), 60)
-    return f"{m}m{sec:02d}s" if m else f"{sec}s"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kfp-automl")
 def cli() -> None:
     """Tabular AutoML on Kubeflow Pipelines, runnable on one machine."""
-
-
-@cli.command()
-@click.option(
-    "--data",
-    default="",
-    help="Table to learn from: CSV, TSV, Parquet or JSON Lines, path or URL. Default: the built-in churn table.",
-)
-@click.option(
-    "--target", default="", help="Column to predict. Default with the built-in table: churn."
-)
-@click.option(
-    "--task",
-    type=click.Choice(["auto", "classification", "regression"]),
-    default="auto",
-    show_default=True,
-)
-@click.option(
-    "--metric",
-    default="",
-    help="Metric to optimise (default: roc_auc for binary, f1_macro for multiclass, rmse for regression).",
-)
-@click.option(
-    "--families",
-    default="",
-    help="Comma-separated model families (default: all of linear, random_forest, extra_trees, hist_gb).",
-)
-@click.option(
-    "--time-budget",
-    "time_budget",
-    type=click.IntRange(min=10),
-    default=60,
-    show_default=True,
-    help="Wall-clock seconds for the tune step (Ray start included).",
-)
-@click.option(
-    "--max-trials",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Stop the search after this many trials (0: time budget only).",
-)
-@click.option(
-    "--output",
-    "output",
-    type=click.Path(file_okay=False),
-    default=DEFAULT_OUTPUT,
-    show_default=True,
-    help="Directory for summary.json, report, leaderboard and Bento archive.",
-)
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option(
-    "--model-name", default="", help="BentoML model/Bento name (default: automl-<target>)."
-)
-@click.option(
-    "--ray-address", default="", help="Join this Ray cluster instead of starting Ray locally."
-)
-@click.option(
-    "--search-algorithm",
-    type=click.Choice(["tpe", "random", "grid"]),
-    default="tpe",
-    show_default=True,
-    help="How the tune step picks configurations: Optuna TPE, random, or a grid.",
-)
-@click.option(
-    "--validation",
-    type=click.Choice(["auto", "cv", "holdout"]),
-    default="auto",
-    show_default=True,
-    help="Per-trial validation: auto is 5-fold CV up to 10,000 rows, else the holdout.",
-)
-@click.option(
-    "--warm-start",
-    default="",
-    help="A previous leaderboard.csv (path or URL): its best configurations are tried first.",
-)
-@click.option("--no-ensemble", is_flag=True, help="Never ship an ensemble of the top trials.")
-@click.option("--no-early-stopping", is_flag=True, help="Run every trial to its full budget.")
-@click.option("-v", "--verbose", is_flag=True, help="Show every log line, not just progress.")
-@prepare_options
-def run(
-    data,
-    target,
-    task,
-    metric,
-    families,
-    time_budget,
-    max_trials,
-    output,
-    seed,
-    model_name,
-    ray_address,
-    search_algorithm,
-    validation,
-    warm_start,
-    no_ensemble,
-    no_early_stopping,
-    verbose,
-    **prepare_flags,
-):
-    """Run the training pipeline locally (kfp.local, no cluster, no Docker)."""
-    from kfp_automl.cli.prepare_options import prepare_params
-    from kfp_automl.components.prepare.prepare import prepare, validate
-    from kfp_automl.components.tune.families import select_families
-    from kfp_automl.pipelines.local import run_pipeline
-    from kfp_automl.runtime.metrics import resolve_metric
-    from kfp_automl.tables.io import DEFAULT_DATASET, DEFAULT_TARGET, read_table
-
-    if not data:
-        if target and target != DEFAULT_TARGET:
-            raise UserError(
-                f"--target {target!r} needs --data; the built-in table's target is {DEFAULT_TARGET!r}"
-            )
-        data, target = str(DEFAULT_DATASET), DEFAULT_TARGET
-    elif not target:
-        raise UserError("--target is required with --data")
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--output {output!r} exists and is not a directory")
-    # Validate everything up front: a user mistake must not cost a Ray start or leave outputs behind.
-    click.echo(f"checking {data}")
-    df = read_table(data)
-    prep_params, options = prepare_params(prepare_flags)
-    prepare(df, target, task, seed, options=options)  # every table/flag mistake, before any work
-    rows, resolved, _ = validate(df, target, task)
-    n_classes = int(rows[target].nunique()) if resolved == "classification" else 0
-    chosen = resolve_metric(metric, resolved, n_classes)
-    if chosen.name == "mape" and (rows[target] == 0).any():
-        raise UserError(f"--metric mape is not defined: target {target!r} has rows equal to 0")
-    select_families(families)
-    if warm_start:
-        from kfp_automl.components.tune.warm_start import read_leaderboard
-
-        read_leaderboard(warm_start)
-        if "://" not in warm_start:
-            warm_start = str(Path(warm_start).resolve())
-    click.echo(
-        f"{resolved} on {target!r}: {len(df)} rows, {df.shape[1] - 1} columns; metric {chosen.name}; "
-        f"search budget {time_budget}s"
-    )
-    if data != str(DEFAULT_DATASET) and "://" not in data:
-        data = str(Path(data).resolve())
-    params = dict(
-        data=data,
-        target=target,
-        task=task,
-        metric=chosen.name,
-        families=families,
-        time_budget_s=time_budget,
-        max_trials=max_trials,
-        seed=seed,
-        ray_address=ray_address,
-        model_name=model_name,
-        **prep_params,
-        search_algorithm=search_algorithm,
-        validation=validation,
-        warm_start=warm_start,
-        ensemble=not no_ensemble,
-        early_stopping=not no_early_stopping,
-    )
-    s = run_pipeline(params, out, verbose=verbose)
-    click.echo("")
-    click.echo(
-        f"done in {_fmt_seconds(s['elapsed_s'])}: {s['task']} on {s['target']!r}, {s['n_trials']} trials"
-    )
-    click.echo(
-        f"  best model   {s['best_model']}  {s['metric']}: validation {s['cv_score']:.4f}, test {s['test_score']:.4f}"
-    )
-    click.echo(f"  leaderboard  {s['leaderboard_csv']}")
-    click.echo(f"  report       {s['report_html']}")
-    click.echo(f"  data report  {s['data_report_html']}")
-    click.echo(f"  search       {s['search_report_html']}")
-    click.echo(f"  bento        {s['bento_tag']}  ({s['bento_archive']})")
-    stage = "champion" if s["deploy"] else "challenger"
-    click.echo(f"  gate         {stage}: {s['gate_reason']}")
-    click.echo(f"  summary      {out.resolve() / 'summary.json'}")
-    click.echo(f"next: {_prog()} serve --model {s['bento_tag']}")
 
 
 @cli.command()
@@ -295,9 +102,10 @@ def serve(
     POST /predict with {"records": [...]}; GET /metrics (Prometheus), /livez, /readyz;
     POST /feedback with {"labels": [...]} when predictions are logged.
     """
-    from kfp_automl.bentos.lookup import resolve_bento
+    from kfp_automl.bentos.lookup import check_servable, resolve_bento
 
     bento = resolve_bento(model)
+    check_servable(bento)
     # read by the service (kfp_automl/serving/service.py, ServiceArgs)
     settings = {
         "AUTOML_WORKERS": str(workers),
@@ -325,6 +133,26 @@ def serve(
     click.echo(f"serving {bento.tag} on http://{host}:{port} (POST /predict); Ctrl-C stops it")
     sys.stdout.flush()
     os.execve(cmd[0], cmd, {**os.environ, **settings})
+
+
+@cli.command()
+@click.option(
+    "--model", "model", required=True, help="Bento tag (name:version or name) or a .bento archive."
+)
+@click.option(
+    "--output", required=True, type=click.Path(dir_okay=False), help="The new .bento archive."
+)
+@click.option("--name", default="", help="Model and Bento name (default: the model's own).")
+def repackage(model, output, name):
+    """Package a Bento's model again with this release's service (a Bento of kfp-automl 0.1).
+
+    The model file is the same (its digest is checked), as are its schema and drift
+    references; the Bento gets a new version. The registry is not changed.
+    """
+    from kfp_automl.components.package.package import repackage as repackage_model
+
+    packaged = repackage_model(model, output, name)
+    click.echo(f"wrote {packaged.archive} (Bento {packaged.bento_tag}, model {packaged.model_tag})")
 
 
 def _registry_option(f):
@@ -431,6 +259,7 @@ def compile_cmd(output_dir, image):
 
 from kfp_automl.cli.deploy import deploy_cmd  # noqa: E402 (registered below the built-in commands)
 
+cli.add_command(train.run)
 cli.add_command(deploy_cmd)
 cli.add_command(cluster_cli.submit)
 cli.add_command(cluster_cli.schedule)

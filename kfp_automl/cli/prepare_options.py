@@ -1,4 +1,10 @@
-"""The `kfp-automl run` flags about data preparation: column roles, schema file, split."""
+"""The column-role flags of `run`, `submit` and `schedule` and the schema file, as parameters.
+
+The role flags (`--drop`, `--categorical`, `--numeric`, `--datetime`, `--text`, `--boolean`)
+are pipeline parameters (kfp_automl/cli/parameters.py makes them); `--schema-file` is a
+command-line convenience: the file's roles are read here and folded into the same
+parameters, with the flags winning over the file.
+"""
 
 from __future__ import annotations
 
@@ -7,79 +13,44 @@ from typing import Any
 
 import click
 
-ROLE_FLAGS = ("drop", "categorical", "numeric", "datetime", "text")
+from kfp_automl.cli.parameters import ROLE_COLUMNS
 
 
-def prepare_options(f):
-    """Add the preparation flags to a click command (they arrive as keyword arguments)."""
-    specs = [
-        click.option(
-            "--schema-file",
-            default="",
-            type=click.Path(dir_okay=False),
-            help="YAML/JSON file of column roles: {columns: {name: role}, drop: [names]}; "
-            "roles: numeric, categorical, boolean, datetime, text, drop. Flags win over it.",
-        ),
-        click.option(
-            "--group-column",
-            default="",
-            help="Split so that one value of this column never spans train, valid and test.",
-        ),
-        click.option(
-            "--time-column",
-            default="",
-            help="Time-ordered split on this column: the latest rows are the test rows.",
-        ),
-    ]
-    for role in reversed(ROLE_FLAGS):
-        what = "Drop these columns" if role == "drop" else f"Treat these columns as {role}"
-        specs.append(
-            click.option(
-                f"--{role}",
-                f"{role}_columns",
-                multiple=True,
-                help=f"{what} (comma-separated; repeatable).",
-            )
-        )
-    for spec in specs:
-        f = spec(f)
-    return f
+def schema_file_option(f):
+    """Add --schema-file to a click command (it arrives as `schema_file`)."""
+    return click.option(
+        "--schema-file",
+        default="",
+        type=click.Path(dir_okay=False),
+        help="YAML/JSON file of column roles: {columns: {name: role}, drop: [names]}; "
+        "roles: numeric, categorical, boolean, datetime, text, drop. Flags win over it.",
+    )(f)
 
 
-def _names(values: tuple[str, ...]) -> list[str]:
-    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+def _names(values: tuple[str, ...] | None) -> list[str]:
+    return [n.strip() for v in values or () for n in v.split(",") if n.strip()]
 
 
 def prepare_params(flags: dict[str, Any]):
-    """(training pipeline parameters, prepare Options) from the flags; the schema file is folded in.
+    """(role and split parameters, prepare Options) from the `param_*` role flags, the split
+    columns and the schema file (popped from `flags`; the file is read and checked here).
 
     Column lists go to the pipeline as JSON arrays, so a column name may hold a comma.
     """
     from kfp_automl.components.prepare.prepare import Options
 
+    roles = {role: _names(flags.pop(f"param_{role}_columns", ())) for role in ROLE_COLUMNS}
     options = Options(
-        **{role: _names(flags.get(f"{role}_columns", ())) for role in ROLE_FLAGS},
-        schema_file=flags.get("schema_file", ""),
-        time_column=flags.get("time_column", ""),
-        group_column=flags.get("group_column", ""),
+        **roles,
+        schema_file=flags.pop("schema_file", "") or "",
+        time_column=flags.get("param_time_column") or "",
+        group_column=flags.get("param_group_column") or "",
     )
-    roles = options.overrides().roles  # reads and checks the schema file
+    merged = options.overrides().roles  # reads and checks the schema file
     lists: dict[str, list[str]] = {}
-    for name, role in roles.items():
+    for name, role in merged.items():
         lists.setdefault(role, []).append(name)
     params = {
-        f"{role}_columns": json.dumps(lists[role])
-        for role in (*ROLE_FLAGS, "boolean")
-        if lists.get(role)
+        f"{role}_columns": json.dumps(lists[role]) for role in ROLE_COLUMNS if lists.get(role)
     }
-    params.update(
-        {
-            k: v
-            for k, v in (
-                ("time_column", options.time_column),
-                ("group_column", options.group_column),
-            )
-            if v
-        }
-    )
     return params, options

@@ -37,8 +37,9 @@ def default_root() -> str | Path:
     """`$KFP_AUTOML_REGISTRY` (a folder or URL), else a folder beside the BentoML store."""
     if os.environ.get("KFP_AUTOML_REGISTRY"):
         return os.environ["KFP_AUTOML_REGISTRY"]
-    home = os.environ.get("BENTOML_HOME") or str(Path.home() / "bentoml")
-    return Path(home) / "kfp-automl-registry"
+    from kfp_automl.registry.store import bentoml_home
+
+    return bentoml_home() / "kfp-automl-registry"
 
 
 def _now() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,12 @@ from kfp_automl.errors import UserError
 from kfp_automl.runtime.model_file import load_model
 from kfp_automl.serving.files import SCHEMA_FILE
 from kfp_automl.tables.io import fsspec_url
+
+
+def bentoml_home() -> Path:
+    """Where BentoML keeps its stores: $BENTOML_HOME, else ~/bentoml (BentoML's documented
+    default; tests/unit/test_private_apis.py checks BentoML resolves it the same)."""
+    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser()
 
 
 def load_stored_model(tag: str) -> tuple[Any, Schema, dict[str, Any]]:

@@ -1,4 +1,6 @@
-"""The files a packaged model keeps beside `model.joblib` in its BentoML model folder."""
+"""What a Bento of this release holds: its service, and the files beside `model.joblib`."""
+
+SERVICE = "kfp_automl.serving.service:AutoMLService"  # the Bento's service (bento.yaml)
 
 SCHEMA_FILE = "schema.json"  # kfp_automl.contracts.schema.Schema
 PROFILE_FILE = "profile.json"  # kfp_automl.contracts.profile.Profile (training rows)

@@ -36,7 +36,7 @@ from tests.bench.serving_bench import (
     train,
     wrk_run,
 )
-from tests.integration.servers import json_records
+from tests.support.servers import json_records
 
 WINDOW_S = int(os.environ.get("BENCH_WINDOW_SECONDS", "5"))
 WINDOWS = int(os.environ.get("BENCH_WINDOWS", "4"))

@@ -43,7 +43,7 @@ import httpx
 import psutil
 import yaml
 
-from tests.integration.servers import CLI, free_port, json_records, stop, wait_ready
+from tests.support.servers import CLI, free_port, json_records, stop, wait_ready
 
 OUT = Path("bench-output")
 RUN_DIR = OUT / "serving-run"

@@ -13,7 +13,7 @@ import yaml
 
 from kfp_automl.cli.main import main
 from kfp_automl.pipelines.compile import COMPILED_DIR
-from tests.kfp_standin import KfpStandIn
+from tests.support.kfp_standin import KfpStandIn
 
 API = "/apis/v2beta1/"
 _SPEC, _PLATFORM = yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text())

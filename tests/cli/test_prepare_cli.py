@@ -8,7 +8,7 @@ import pytest
 
 from kfp_automl.cli.main import main
 from kfp_automl.cli.prepare_options import prepare_params
-from tests.bad_tables import CASES, good_frame
+from tests.support.bad_tables import CASES, good_frame
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -47,21 +47,19 @@ def test_run_rejects_bad_prepare_flags(args, words, tmp_path, capsys):
 def test_prepare_flags_and_schema_file_become_pipeline_parameters(tmp_path):
     spec = tmp_path / "roles.yaml"
     spec.write_text("columns:\n  plan: text\n  'a, b': boolean\ndrop: [spend]\n")
-    params, options = prepare_params(
-        {
-            "drop_columns": ("age",),
-            "categorical_columns": ("plan,x",),
-            "numeric_columns": (),
-            "datetime_columns": (),
-            "text_columns": (),
-            "schema_file": str(spec),
-            "time_column": "when",
-            "group_column": "",
-        }
-    )
+    flags = {
+        "param_drop_columns": ("age",),
+        "param_categorical_columns": ("plan,x",),
+        "param_numeric_columns": (),
+        "schema_file": str(spec),
+        "param_time_column": "when",
+        "param_group_column": None,
+    }
+    params, options = prepare_params(flags)
     assert json.loads(params["drop_columns"]) == ["spend", "age"]
     assert json.loads(params["categorical_columns"]) == ["plan", "x"]  # the flag wins over the file
     assert json.loads(params["boolean_columns"]) == ["a, b"]  # a comma in a name survives
-    assert "text_columns" not in params and params["time_column"] == "when"
-    assert "group_column" not in params  # defaults stay the pipeline's own
+    assert "text_columns" not in params  # no role given: the pipeline's default stays
+    assert options.time_column == "when" and options.group_column == ""
+    assert set(flags) == {"param_time_column", "param_group_column"}  # the rest were taken
     assert options.categorical == ["plan", "x"]

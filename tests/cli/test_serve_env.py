@@ -11,6 +11,7 @@ import pytest
 
 from kfp_automl.bentos import lookup as bentos
 from kfp_automl.cli.main import main
+from kfp_automl.serving.files import SERVICE
 
 KEYS = (
     "AUTOML_WORKERS",
@@ -29,7 +30,8 @@ def exec_env(monkeypatch):
         captured.update(path=path, argv=argv, env=env)
         raise SystemExit(0)
 
-    monkeypatch.setattr(bentos, "resolve_bento", lambda ref: SimpleNamespace(tag="m:v1"))
+    bento = SimpleNamespace(tag="m:v1", info=SimpleNamespace(service=SERVICE))
+    monkeypatch.setattr(bentos, "resolve_bento", lambda ref: bento)
     monkeypatch.setattr("os.execve", fake_execve)
     for key in KEYS:
         monkeypatch.delenv(key, raising=False)

@@ -10,7 +10,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Markdown
 
 from kfp_automl.components.prepare.component import prepare_data
 from kfp_automl.errors import UserError
-from tests.bad_tables import good_frame
+from tests.support.bad_tables import good_frame
 
 OUTPUTS = {
     "train": Dataset,

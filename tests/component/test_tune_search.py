@@ -23,6 +23,7 @@ from kfp_automl.components.tune.families import select_families
 from kfp_automl.components.tune.search import run_search
 from kfp_automl.runtime.metrics import resolve_metric
 from kfp_automl.tables.io import read_table, write_parquet
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -91,12 +92,6 @@ def test_warm_start_configs_run_first(prepared):
     assert "linear" in set(first["family"])  # the seed runs in the first wave
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
     """Until the head's GCS accepts connections on 127.0.0.1:`port`."""
     deadline = time.monotonic() + timeout
@@ -143,7 +138,7 @@ def ray_cluster(request):
     Ray 2.60 turns token authentication on for clusters it starts; the nodes and the
     driver share the token through RAY_AUTH_MODE=token and RAY_AUTH_TOKEN.
     """
-    port, client_port = _free_port(), _free_port()
+    port, client_port = free_port(), free_port()
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",

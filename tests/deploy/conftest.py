@@ -17,7 +17,7 @@ def manifests_text() -> str:
 @pytest.fixture
 def api():
     """A running stand-in API server (threaded, 127.0.0.1, a free port)."""
-    from tests.deploy.apiserver import StandInApiServer
+    from tests.support.kube_apiserver import StandInApiServer
 
     with StandInApiServer() as server:
         yield server

@@ -9,8 +9,8 @@ from kfp.dsl import Artifact, Model
 
 from kfp_automl.components.deploy.component import deploy_model
 from kfp_automl.contracts.decision import GateDecision
-from tests.deploy.apiserver import write_kubeconfig
 from tests.deploy.conftest import FIXTURE
+from tests.support.kube_apiserver import write_kubeconfig
 
 pytestmark = pytest.mark.slow  # starts the stand-in server
 

@@ -13,7 +13,7 @@ import yaml
 
 from kfp_automl.cli.main import main
 from kfp_automl.contracts.release import RELEASE_ANNOTATION
-from tests.deploy.apiserver import write_kubeconfig
+from tests.support.kube_apiserver import write_kubeconfig
 
 URL = "s3://models/automl-churn/v9.bento"
 

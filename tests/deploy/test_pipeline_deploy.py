@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from kfp_automl.bentos.lookup import _archive_tag
-from tests.deploy.apiserver import write_kubeconfig
 from tests.deploy.conftest import FIXTURE
+from tests.support.kube_apiserver import write_kubeconfig
 
 pytestmark = pytest.mark.slow
 

@@ -8,14 +8,14 @@ import subprocess
 
 import pytest
 
-from tests.integration.servers import CLI, serve
+from tests.support.servers import CLI, serve
 
 
 @pytest.fixture(scope="session")
 def run_api():
     """A stand-in Kubernetes API server that `pipeline_run`'s kubeconfig points at: a run
     without `--deploy-namespace` must send it nothing."""
-    from tests.deploy.apiserver import StandInApiServer
+    from tests.support.kube_apiserver import StandInApiServer
 
     with StandInApiServer() as server:
         yield server
@@ -24,7 +24,7 @@ def run_api():
 @pytest.fixture(scope="session")
 def pipeline_run(small_churn_csv, tmp_path_factory, run_api):
     """`kfp-automl run` on 403 churn rows: (output dir, summary, stdout)."""
-    from tests.deploy.apiserver import write_kubeconfig
+    from tests.support.kube_apiserver import write_kubeconfig
 
     out = tmp_path_factory.mktemp("run")
     kubeconfig = write_kubeconfig(tmp_path_factory.mktemp("kube") / "config", run_api.host)

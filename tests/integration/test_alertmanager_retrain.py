@@ -21,9 +21,9 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration.servers import free_port, start, stop, wait_ready
 from tests.integration.test_retrain_trigger import TOKEN, Trigger
-from tests.kfp_standin import KfpStandIn
+from tests.support.kfp_standin import KfpStandIn
+from tests.support.servers import free_port, start, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 

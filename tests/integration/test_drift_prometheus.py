@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from kfp_automl.observability.rules import render_rules
-from tests.integration.servers import json_records, prometheus, serve
+from tests.support.servers import json_records, prometheus, serve, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +38,6 @@ def _drift_alerts(prom: str, state: str) -> set[str]:
     }
 
 
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def _send(base: str, rows) -> None:
     records = json_records(rows)
     with httpx.Client(timeout=60) as client:
@@ -66,7 +56,7 @@ def test_drift_alert_fires_for_exactly_the_shifted_features(pipeline_run, churn_
         serve(summary["bento_tag"]) as base,
         prometheus(tmp_path / "prometheus", base.removeprefix("http://"), rules) as prom,
     ):
-        thresholds = _wait_for(
+        thresholds = wait_for(
             lambda: _query(prom, 'automl_drift_threshold{statistic="psi"}'),
             30,
             "the first scrape",
@@ -75,7 +65,7 @@ def test_drift_alert_fires_for_exactly_the_shifted_features(pipeline_run, churn_
 
         # 1. in distribution: fresh rows of the same table
         _send(base, rows)
-        psi = _wait_for(
+        psi = wait_for(
             lambda: (
                 (p := _query(prom, "automl:feature_psi:window")) and len(p) == len(thresholds) and p
             ),
@@ -94,7 +84,7 @@ def test_drift_alert_fires_for_exactly_the_shifted_features(pipeline_run, churn_
         shifted["tenure"] = shifted["tenure"] + 80  # beyond every customer seen in training
         shifted["contract"] = "Two year"  # one category's share from ~25% to 100%
         _send(base, shifted)
-        firing = _wait_for(
+        firing = wait_for(
             lambda: (f := _drift_alerts(prom, "firing")) >= SHIFTED and f,
             45,
             "the drift alerts",

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from kfp_automl.observability.rules import render_rules
-from tests.integration.servers import CLI, json_records, prometheus, serve
+from tests.support.servers import CLI, json_records, prometheus, serve, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -56,16 +56,6 @@ def _alerts(prom: str) -> list[dict]:
     return [a for a in alerts if a["labels"]["alertname"] == ALERT]
 
 
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def _metric(base: str, name: str, **labels: str) -> float:
     """The sum of the /metrics samples called `name` that carry `labels`."""
     found = [
@@ -87,7 +77,7 @@ def test_contradicting_labels_fire_the_quality_alert(pipeline_run, churn_df, tmp
         serve(summary["bento_tag"], *log_args, "--quality-window", "200") as base,
         prometheus(tmp_path / "prometheus", base.removeprefix("http://"), rules) as prom,
     ):
-        evaluation = _wait_for(
+        evaluation = wait_for(
             lambda: _query(prom, 'automl_evaluation_metric{primary="true", bound="ci_low"}'),
             30,
             "the evaluation metric",
@@ -100,7 +90,7 @@ def test_contradicting_labels_fire_the_quality_alert(pipeline_run, churn_df, tmp
         assert {a["prediction"] for a in answers} == {"Yes", "No"}, "need both classes"
         r = _feedback(base, [{"id": a["id"], "label": a["prediction"]} for a in answers])
         assert r.status_code == 200 and r.json()["matched"] == 200, r.text[:300]
-        live = _wait_for(
+        live = wait_for(
             lambda: (v := _query(prom, "automl_live_metric")) and v.get("accuracy") == 1.0 and v,
             30,
             "the live metrics of the agreeing labels",
@@ -113,7 +103,7 @@ def test_contradicting_labels_fire_the_quality_alert(pipeline_run, churn_df, tmp
         answers = _predict(base, _rows(churn_df, 200, seed=2))
         labels = [{"id": a["id"], "label": OPPOSITE[a["prediction"]]} for a in answers]
         assert _feedback(base, labels).json()["matched"] == 200
-        firing = _wait_for(
+        firing = wait_for(
             lambda: [a for a in _alerts(prom) if a["state"] == "firing"],
             45,
             "the quality alert",
@@ -153,7 +143,7 @@ def test_the_join_survives_a_restart_and_the_export_retrains(
         labels = [{"id": f"customer-{i}", "label": rows["churn"][i]} for i in range(60)]
         r = _feedback(base, labels)
         assert r.status_code == 200 and r.json()["matched"] == 60, r.text[:500]
-        _wait_for(lambda: _metric(base, "automl_live_window_labels") == 60, 20, "the window")
+        wait_for(lambda: _metric(base, "automl_live_window_labels") == 60, 20, "the window")
         assert 0 <= _metric(base, "automl_live_metric", metric="accuracy") <= 1
 
     table = tmp_path / "retrain.parquet"
@@ -205,7 +195,7 @@ def test_labels_join_whichever_worker_they_reach(pipeline_run, churn_df, tmp_pat
             )
         assert [r.status_code for r in results] == [200] * 160
         assert sum(r.json()["matched"] for r in results) == 160
-        _wait_for(lambda: _metric(base, "automl_live_window_labels") == 160, 20, "the window")
+        wait_for(lambda: _metric(base, "automl_live_window_labels") == 160, 20, "the window")
     label_writers = {
         path.name.split("-")[2].split(".")[0]
         for path in Path(log_dir).glob("predictions-*.jsonl")
@@ -222,7 +212,7 @@ def test_an_unwritable_log_dir_never_stops_predictions(pipeline_run, churn_df, t
     with serve(summary["bento_tag"], *args) as base:
         answers = _predict(base, _rows(churn_df, 40, seed=4))
         assert len(answers) == 40
-        _wait_for(
+        wait_for(
             lambda: (
                 _metric(base, "automl_prediction_log_dropped_total", reason="write_error") == 40
             ),

@@ -18,8 +18,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from tests.integration.servers import CLI, free_port, json_records, serve, stop, wait_ready
 from tests.manifests.promql import BENTOML_SERIES, dashboard_queries, metric_names
+from tests.support.servers import CLI, free_port, json_records, serve, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def test_fetch_from_kfp_minio_url(pipeline_run, tmp_path):
 
     import botocore.session
 
-    from tests.s3_server import s3_env, s3_server
+    from tests.support.s3_server import s3_env, s3_server
 
     archive = Path(pipeline_run[1]["bento_archive"])
     with s3_server() as endpoint:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.integration.servers import CLI, json_records
+from tests.support.servers import CLI, json_records
 
 pytestmark = pytest.mark.slow
 

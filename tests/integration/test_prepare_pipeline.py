@@ -8,8 +8,8 @@ import subprocess
 import pandas as pd
 import pytest
 
-from tests.integration.servers import CLI
-from tests.unit.test_prepare_data import messy
+from tests.support.frames import messy
+from tests.support.servers import CLI
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import pytest
 
 from kfp_automl.errors import UserError
 from kfp_automl.registry.registry import Registry
-from tests.gcs_server import gcs_server
-from tests.integration.servers import CLI, free_port
+from tests.support.gcs_server import gcs_server
+from tests.support.servers import CLI, free_port
 
 
 @pytest.fixture(scope="module")

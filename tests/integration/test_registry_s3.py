@@ -20,8 +20,8 @@ import pytest
 
 from kfp_automl.errors import UserError
 from kfp_automl.registry.registry import Registry
-from tests.integration.servers import CLI, free_port
-from tests.s3_server import conditionless_proxy, s3_env, s3_server
+from tests.support.s3_server import conditionless_proxy, s3_env, s3_server
+from tests.support.servers import CLI, free_port
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from kfp_automl.pipelines.compile import COMPILED_DIR
-from tests.integration.servers import CLI, free_port, stop, wait_ready
-from tests.kfp_standin import KfpStandIn
+from tests.support.kfp_standin import KfpStandIn
+from tests.support.servers import CLI, free_port, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 

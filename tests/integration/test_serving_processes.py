@@ -13,7 +13,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from tests.integration.servers import CLI, free_port, json_records, serve, start, stop, wait_ready
+from tests.support.servers import CLI, free_port, json_records, serve, start, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.servers import free_port
 from tests.manifests.render import one, pod_specs, render
+from tests.support.servers import free_port
 
 pytestmark = pytest.mark.slow
 

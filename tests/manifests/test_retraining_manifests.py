@@ -185,7 +185,7 @@ def test_container_commands_parse_with_the_real_cli(objects, kustomization):
         assert ctx.params["cooldown"] == 3600
     else:
         assert check_cron(ctx.params["cron"]) == "0 0 3 * * *"
-    assert ctx.params["data"].startswith("s3://") and ctx.params["target"] == "churn"
+    assert ctx.params["param_data"].startswith("s3://") and ctx.params["param_target"] == "churn"
 
 
 def test_example_alertmanager_receiver_passes_amtool():

@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ._data import schema_for, synthetic_frame
+from tests.support.frames import schema_for, synthetic_frame
 
 
 @pytest.fixture

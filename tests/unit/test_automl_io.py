@@ -27,8 +27,7 @@ from kfp_automl.runtime.records import (
     prediction_records,
     records_to_frame,
 )
-
-from ._data import schema_for, synthetic_frame
+from tests.support.frames import schema_for, synthetic_frame
 
 SCHEMA = schema_for("classification")  # x1, x2 numeric; colour categorical
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import re
 
-import pytest
-
 from kfp_automl.pipelines.local import ConsoleFilter
 from kfp_automl.progress import PREFIX
 
@@ -114,44 +112,15 @@ def test_failure_status_sets_failed_step():
     assert re.search(r"^step tune failed in \d+\.\ds$", console.getvalue(), re.M)
 
 
-@pytest.mark.parametrize(
-    ("line", "expected"),
-    [
-        (
-            "    components.common.errors.UserError: target column 'x' not found; columns are: a, b",
-            ("UserError", "target column 'x' not found; columns are: a, b"),
-        ),
-        ("UserError: data file is empty: d.csv", ("UserError", "data file is empty: d.csv")),
-        (f"{RED}ValueError: bad value{RESET}  ", ("ValueError", "bad value")),
-        ("    ray.exceptions.RayTaskException: task died", ("RayTaskException", "task died")),
-    ],
-)
-def test_last_exception_captured(line, expected):
-    filt, _, console = make()
-    filt.write("Traceback (most recent call last):\n" + '  File "x.py", line 1, in <module>\n')
-    filt.write(line + "\n")
-    assert filt.last_exception == expected
-    assert console.getvalue() == ""  # tracebacks stay in the log
-
-
-def test_last_exception_is_the_latest_one():
-    filt, _, _ = make()
-    filt.write("KeyError: 'a'\n    some.module.UserError: the real problem\nnoise\n")
-    assert filt.last_exception == ("UserError", "the real problem")
-
-
-@pytest.mark.parametrize(
-    "line",
-    [
-        f"{PREFIX}tune: trial ValueError: not an exception line",
-        "an Error: in prose is not an exception",
-        "12:00:01.123 - ERROR - something failed",
-    ],
-)
-def test_non_exception_lines_do_not_set_last_exception(line):
-    filt, _, _ = make()
-    filt.write(line + "\n")
-    assert filt.last_exception is None
+def test_tracebacks_stay_in_the_log():
+    filt, log, console = make()
+    text = (
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in <module>\n'
+        "    kfp_automl.errors.UserError: target column 'x' not found\n"
+    )
+    filt.write(text)
+    assert log.getvalue() == text and console.getvalue() == ""
 
 
 def test_verbose_shows_every_raw_line_once():

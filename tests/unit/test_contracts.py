@@ -14,8 +14,7 @@ from kfp_automl.contracts.model_info import ModelInfo
 from kfp_automl.contracts.profile import LEGACY_PREDICTION, Bins, Profile
 from kfp_automl.contracts.release import DeployOutcome, Release
 from kfp_automl.contracts.schema import SCHEMA_VERSION, Schema
-
-from ._data import schema_dict
+from tests.support.frames import schema_dict
 
 LEGACY = Path(__file__).resolve().parents[1] / "fixtures" / "model-0.1.0"
 

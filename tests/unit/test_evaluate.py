@@ -29,8 +29,7 @@ from kfp_automl.contracts.model_info import ModelInfo
 from kfp_automl.contracts.profile import Bins
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.metrics import METRICS, task_metrics
-
-from ._data import schema_dict, schema_for, synthetic_frame
+from tests.support.frames import schema_dict, schema_for, synthetic_frame
 
 
 def _fit(task: str, n_train: int = 240, family: str = "linear"):

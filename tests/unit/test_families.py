@@ -26,8 +26,7 @@ from kfp_automl.components.tune.families import (
     select_families,
 )
 from kfp_automl.errors import UserError
-
-from ._data import schema_for, synthetic_frame
+from tests.support.frames import schema_for, synthetic_frame
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -14,8 +14,7 @@ from kfp_automl.errors import UserError
 from kfp_automl.feedback.export import append_to, feedback_table, parse_since
 from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
 from kfp_automl.serving.quality import QualityMetrics
-
-from ._data import schema_dict, synthetic_frame
+from tests.support.frames import schema_dict, synthetic_frame
 
 
 @pytest.fixture

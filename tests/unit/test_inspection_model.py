@@ -19,8 +19,7 @@ from kfp_automl.components.evaluate.importance import (
 from kfp_automl.components.tune import ensemble
 from kfp_automl.components.tune.families import FAMILIES, build_model, flat_config
 from kfp_automl.runtime.metrics import resolve_metric
-
-from ._data import schema_for, synthetic_frame
+from tests.support.frames import schema_for, synthetic_frame
 
 CASES = [
     ("classification", "linear"),

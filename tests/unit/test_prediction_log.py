@@ -19,8 +19,7 @@ from kfp_automl.runtime.metrics import METRICS
 from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
 from kfp_automl.serving.prediction_store import PredictionStore, read_labels
 from kfp_automl.serving.quality import QualityMetrics, check_label, live_metrics
-
-from ._data import schema_dict
+from tests.support.frames import schema_dict
 
 CLASSES = ["no", "yes"]
 EVALUATION = {"roc_auc": 0.85, "roc_auc_ci_low": 0.8, "roc_auc_ci_high": 0.9, "accuracy": 0.8}

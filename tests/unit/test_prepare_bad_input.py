@@ -1,4 +1,4 @@
-"""The bad-input table (tests/bad_tables.py) through read_table + prepare, and random frames.
+"""The bad-input table (tests/support/bad_tables.py) through read_table + prepare, and random frames.
 
 Every case: a UserError whose one-line message names the column/row/flag and
 the rule. Random frames (hypothesis): prepare returns valid outputs or raises
@@ -21,7 +21,7 @@ from kfp_automl.errors import UserError
 from kfp_automl.runtime.records import check_records, records_to_frame
 from kfp_automl.runtime.transformers import build_preprocessor
 from kfp_automl.tables.io import read_table
-from tests.bad_tables import CASES, unicode_frame
+from tests.support.bad_tables import CASES, unicode_frame
 
 
 def _options(args: list[str]) -> Options:
@@ -45,6 +45,36 @@ def test_bad_table_gets_one_clear_line(case, tmp_path):
     assert len(message.splitlines()) == 1, message
     for word in case.words:
         assert word in message, (word, message)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_the_cheap_check_finds_the_same_mistake_prepare_finds(case, tmp_path, monkeypatch):
+    """The CLI's check before a run: prepare's message, without prepare's leakage guard."""
+    from kfp_automl.components.prepare import prepare as module
+
+    def no_guard(*args, **kwargs):
+        raise AssertionError("check() must not run the leakage guard")
+
+    path = case.write(tmp_path)
+    try:
+        df = read_table(path)
+    except UserError:
+        return  # a reading mistake: read_table's, before either
+    with pytest.raises(UserError) as full:
+        prepare(df, case.target, options=_options(case.args))
+    monkeypatch.setattr(module, "association", no_guard)
+    with pytest.raises(UserError) as cheap:
+        module.check(df, case.target, options=_options(case.args))
+    assert str(cheap.value) == str(full.value)
+
+
+def test_the_cheap_check_passes_a_good_table_without_the_leakage_guard(monkeypatch):
+    from kfp_automl.components.prepare import prepare as module
+    from tests.support.bad_tables import good_frame
+
+    monkeypatch.setattr(module, "association", None)  # would fail if called
+    checked = module.check(good_frame(), "label")
+    assert checked.task == "classification" and len(checked.y) == 120
 
 
 def test_wrong_delimiter_is_detected_and_noted(tmp_path):

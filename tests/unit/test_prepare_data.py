@@ -14,44 +14,7 @@ from kfp_automl.errors import UserError
 from kfp_automl.files import read_json
 from kfp_automl.runtime.drift import bin_index, categorical_bins, column_bin_index
 from kfp_automl.runtime.records import check_records
-
-N = 600
-
-
-def messy(n: int = N, seed: int = 0) -> pd.DataFrame:
-    r = np.random.default_rng(seed)
-    tenure = r.integers(0, 72, size=n).astype(float)
-    tenure[r.random(n) < 0.1] = np.nan
-    plan = r.choice(["basic", "plus", "pro"], size=n)
-    y = np.where((np.nan_to_num(tenure, nan=30) < 20) ^ (r.random(n) < 0.15), "yes", "no")
-    return pd.DataFrame(
-        {
-            "row_id": np.arange(n),
-            "customer": [f"C-{i:05d}" for i in range(n)],
-            "tenure": tenure,
-            "plan": plan,
-            "city": r.choice([f"town{i}" for i in range(60)], size=n),
-            "paperless": r.choice(["Yes", "No"], size=n),
-            "signed_up": (
-                pd.Timestamp("2021-01-01") + pd.to_timedelta(r.integers(0, 1000, size=n), unit="D")
-            )
-            .strftime("%Y-%m-%d")
-            .astype(object),
-            "comment": [
-                f"customer wrote {w} about the {p} plan {k} days ago"
-                for w, p, k in zip(
-                    r.choice(["twice", "once", "angrily"], size=n),
-                    plan,
-                    r.integers(0, 400, size=n),
-                    strict=True,
-                )
-            ],
-            "country": "NL",
-            "empty": np.nan,
-            "outcome_code": np.where(y == "yes", "CLOSED", "OPEN"),  # written after the outcome
-            "churn": y,
-        }
-    )
+from tests.support.frames import messy
 
 
 def _by_name(schema):

@@ -24,8 +24,7 @@ from kfp_automl.components.tune.trial import MAX_STEP, budgets, grow, predict_ou
 from kfp_automl.components.tune.warm_start import read_leaderboard, seeds
 from kfp_automl.errors import UserError
 from kfp_automl.runtime.metrics import METRICS
-
-from ._data import schema_for, synthetic_frame
+from tests.support.frames import schema_for, synthetic_frame
 
 # --- validation -------------------------------------------------------------
 

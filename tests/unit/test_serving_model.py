@@ -20,8 +20,8 @@ from kfp_automl.components.tune import ensemble
 from kfp_automl.components.tune.families import FAMILIES, build_model, flat_config
 from kfp_automl.runtime.fast_path import ServingModel, probe_frame, serving_model
 from kfp_automl.runtime.records import predict_frame, records_to_frame
+from tests.support.frames import schema_for, synthetic_frame
 
-from ._data import schema_for, synthetic_frame
 from .test_preprocess import _mixed
 
 ALL_FAMILIES = ("linear", "random_forest", "extra_trees", "hist_gb", "lightgbm")

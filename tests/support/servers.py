@@ -1,4 +1,4 @@
-"""Starting and stopping the real servers the integration tests talk to (127.0.0.1 only)."""
+"""Starting, waiting for and stopping the real servers the tests talk to (127.0.0.1 only)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+    """Poll `predicate` until it returns something true (returned), or fail naming `what`."""
+    import pytest
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
 def json_records(df: pd.DataFrame) -> list[dict]:
     """Rows as JSON-ready dicts: NaN becomes null."""
     return [
@@ -52,10 +65,15 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None
     raise RuntimeError(f"{url} not ready within {timeout_s:.0f} s")
 
 
-def start(cmd: list[str]) -> subprocess.Popen:
+def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """A server in its own process group (so stop() reaches its children), output captured."""
     return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -72,10 +90,15 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def serve(bento_tag: str, *extra: str) -> Iterator[str]:
-    """`kfp-automl serve` on a free port; yields its base URL."""
+def serve(bento_tag: str, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`kfp-automl serve` on a free port; yields its base URL.
+
+    Servers sharing a BENTOML_HOME share BentoML's Prometheus directory, which a starting
+    server empties: a server started beside the session's own gets `env` with a
+    BENTOML_HOME of its own.
+    """
     port = free_port()
-    proc = start([*CLI, "serve", "--model", bento_tag, "--port", str(port), *extra])
+    proc = start([*CLI, "serve", "--model", bento_tag, "--port", str(port), *extra], env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_ready(f"{base}/readyz", proc)

@@ -5,7 +5,7 @@ then stores in two steps; its threaded server could interleave two writers betwe
 S3 and MinIO never do. Served by a single-threaded WSGI server each request runs to the end
 before the next one starts, so a conditional write is atomic as it is on the real stores.
 
-`python -m tests.s3_server` prints the port it listens on, then serves until killed.
+`python -m tests.support.s3_server` prints the port it listens on, then serves until killed.
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ def main() -> None:
 def s3_server() -> Iterator[str]:
     """Start the server in its own process; yield its endpoint URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.s3_server"],
+        [sys.executable, "-m", "tests.support.s3_server"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
         start_new_session=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         port = proc.stdout.readline().strip()

@@ -46,11 +46,15 @@ bench-deps: ## Install the system package the serving benchmark uses (wrk) if mi
 run: $(STAMP) ## Run the training pipeline locally on the built-in churn table (RUN_ARGS="--time-budget 120 ...")
 	$(BIN)/kfp-automl run $(RUN_ARGS)
 
+# The fast tests run on both cores (pytest-xdist); the slow ones (Ray clusters, pipeline runs,
+# servers) one at a time, as each sizes itself to the whole machine. Exit code 5 is
+# "no test selected", e.g. PYTEST_ARGS naming only fast tests.
 test: $(STAMP) system-deps ## Run every test (unit, components, whole pipeline, real bentoml serve and Prometheus)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-quick: $(STAMP) system-deps ## Run the fast tests only (no Ray, no pipeline runs, no Bento servers)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff (lint, format), the import layers (import-linter) and the types (mypy)
 	$(BIN)/ruff check .

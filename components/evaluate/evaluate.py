@@ -9,23 +9,21 @@ dependence and the learning curve. `run` goes from files to files.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import confusion_matrix, roc_curve
 
-from kfp_automl.components.evaluate.bootstrap import Interval, bootstrap_intervals
+from kfp_automl.components.evaluate.bootstrap import bootstrap_intervals
 from kfp_automl.components.evaluate.importance import (
     PD_FEATURES,
-    Dependence,
-    Importance,
     inspection_model,
     partial_dependence,
     permutation_importance,
 )
-from kfp_automl.components.evaluate.learning_curve import LearningCurve, learning_curve
+from kfp_automl.components.evaluate.learning_curve import learning_curve
+from kfp_automl.components.evaluate.results import Diagnostics, Evaluation
 from kfp_automl.components.evaluate.slices import SliceReport, default_slice_column, slice_metrics
 from kfp_automl.contracts.model_info import ModelInfo
 from kfp_automl.contracts.schema import Schema
@@ -42,59 +40,6 @@ from kfp_automl.runtime.metrics import (
 MAX_ROC_POINTS = 200
 N_BOOTSTRAP = 200
 MAX_THREADS = 4
-
-
-@dataclass
-class Evaluation:
-    task: str
-    metric: str  # the primary metric
-    metrics: dict[str, float]  # every metric of the task that is defined on the holdout
-    n_test: int
-    labels: list = field(default_factory=list)
-    confusion: list[list[int]] = field(default_factory=list)
-    roc: dict[str, list[float]] | None = None  # fpr, tpr, threshold (binary only)
-    undefined: dict[str, str] = field(default_factory=dict)  # metric -> why it has no value
-    intervals: dict[str, Interval] = field(default_factory=dict)
-    n_bootstrap: int = 0
-    seed: int = 0
-    # the holdout truth and the model's outputs, for plots and slices
-    y: np.ndarray | None = field(default=None, repr=False, compare=False)
-    pred: np.ndarray | None = field(default=None, repr=False, compare=False)
-    proba: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def primary_score(self) -> float:
-        """The primary metric on the holdout (nan when it is undefined there)."""
-        return self.metrics.get(self.metric, float("nan"))
-
-    def per_class(self) -> list[dict[str, Any]]:
-        """Rows, precision, recall and F1 of each class, from the confusion matrix."""
-        cm = np.asarray(self.confusion, dtype=float)
-        out = []
-        for i, label in enumerate(self.labels):
-            tp, actual, predicted = cm[i, i], cm[i].sum(), cm[:, i].sum()
-            precision = tp / predicted if predicted else 0.0
-            recall = tp / actual if actual else 0.0
-            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-            out.append(
-                {
-                    "class": label,
-                    "rows": int(actual),
-                    "precision": float(precision),
-                    "recall": float(recall),
-                    "f1": float(f1),
-                }
-            )
-        return out
-
-
-@dataclass
-class Diagnostics:
-    importance: Importance
-    dependence: list[Dependence]
-    learning: LearningCurve
-    slices: SliceReport
-    dependence_skipped: str = ""
 
 
 def _roc_points(y, proba_pos, pos_label) -> dict[str, list[float]]:

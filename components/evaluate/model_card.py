@@ -15,7 +15,7 @@ from kfp_automl.contracts.model_info import ModelInfo
 from kfp_automl.contracts.schema import Schema
 
 if TYPE_CHECKING:
-    from kfp_automl.components.evaluate.evaluate import Diagnostics, Evaluation
+    from kfp_automl.components.evaluate.results import Diagnostics, Evaluation
 
 CARD_VERSION = 1
 MISSING_RATE_WARN = 0.2  # a feature missing in at least this share of rows is a limitation

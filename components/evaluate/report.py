@@ -25,7 +25,7 @@ from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.metrics import METRICS
 
 if TYPE_CHECKING:
-    from kfp_automl.components.evaluate.evaluate import Diagnostics, Evaluation
+    from kfp_automl.components.evaluate.results import Diagnostics, Evaluation
 
 LEADERBOARD_ROWS = 25
 

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from kfp_automl.observability.series import ENDPOINT, JS, PSI, RECORDS, SERVICE_NAME
+from kfp_automl.runtime import names as n
 
 DASHBOARD_UID = "kfp-automl-serving"
 CONFIGMAP_NAME = "automl-serving-dashboard"
@@ -94,7 +95,7 @@ def panels() -> list[dict[str, Any]]:
         _panel(
             3,
             "Records scored per second",
-            [(f"sum by (version) (rate(automl_records_total{{{_MV}}}[{rate}]))", "{{version}}")],
+            [(f"sum by (version) (rate({n.total(n.RECORDS)}{{{_MV}}}[{rate}]))", "{{version}}")],
             "rps",
             12,
             1,
@@ -120,13 +121,13 @@ def panels() -> list[dict[str, Any]]:
             [
                 (
                     "histogram_quantile(0.99, sum by (version, le) "
-                    f"(rate(automl_inference_duration_seconds_bucket{{{_MV}}}[{rate}])))",
+                    f"(rate({n.INFERENCE_SECONDS}_bucket{{{_MV}}}[{rate}])))",
                     "p99 inference {{version}}",
                 ),
                 (
-                    f"sum by (version) (rate(automl_batch_size_records_sum{{{_MV}}}[{rate}]))"
+                    f"sum by (version) (rate({n.BATCH_RECORDS}_sum{{{_MV}}}[{rate}]))"
                     " / sum by (version) "
-                    f"(rate(automl_batch_size_records_count{{{_MV}}}[{rate}]))",
+                    f"(rate({n.BATCH_RECORDS}_count{{{_MV}}}[{rate}]))",
                     "mean records per batch {{version}}",
                 ),
             ],
@@ -153,7 +154,7 @@ def panels() -> list[dict[str, Any]]:
             "Rejected requests per second by reason",
             [
                 (
-                    f"sum by (reason) (rate(automl_requests_rejected_total{{{_MV}}}[{rate}]))",
+                    f"sum by (reason) (rate({n.total(n.REQUESTS_REJECTED)}{{{_MV}}}[{rate}]))",
                     "{{reason}}",
                 ),
             ],
@@ -179,7 +180,7 @@ def panels() -> list[dict[str, Any]]:
                 (
                     f"{PSI}{{{_MV}}} / on (model, version, feature) "
                     "max by (model, version, feature) "
-                    f'(automl_drift_threshold{{statistic="psi", {_MV}}})',
+                    f'({n.DRIFT_THRESHOLD}{{statistic="psi", {_MV}}})',
                     "{{feature}}",
                 ),
             ],
@@ -210,7 +211,7 @@ def panels() -> list[dict[str, Any]]:
             "Missing values per second by feature",
             [
                 (
-                    f"sum by (feature) (rate(automl_feature_missing_total{{{_MV}}}[{rate}]))",
+                    f"sum by (feature) (rate({n.total(n.FEATURE_MISSING)}{{{_MV}}}[{rate}]))",
                     "{{feature}}",
                 ),
             ],
@@ -224,7 +225,7 @@ def panels() -> list[dict[str, Any]]:
             "Out-of-range numbers per second by feature",
             [
                 (
-                    f"sum by (feature) (rate(automl_feature_out_of_range_total{{{_MV}}}[{rate}]))",
+                    f"sum by (feature) (rate({n.total(n.FEATURE_OUT_OF_RANGE)}{{{_MV}}}[{rate}]))",
                     "{{feature}}",
                 ),
             ],
@@ -239,7 +240,7 @@ def panels() -> list[dict[str, Any]]:
             [
                 (
                     "sum by (feature) "
-                    f"(rate(automl_feature_unseen_category_total{{{_MV}}}[{rate}]))",
+                    f"(rate({n.total(n.FEATURE_UNSEEN_CATEGORY)}{{{_MV}}}[{rate}]))",
                     "{{feature}}",
                 ),
             ],
@@ -271,8 +272,8 @@ def dashboard() -> dict[str, Any]:
                     "query": "prometheus",
                     "current": {"text": "Prometheus", "value": "prometheus"},
                 },
-                _variable("model", "label_values(automl_model_info, model)"),
-                _variable("version", 'label_values(automl_model_info{model=~"$model"}, version)'),
+                _variable("model", f"label_values({n.MODEL_INFO}, model)"),
+                _variable("version", f'label_values({n.MODEL_INFO}{{model=~"$model"}}, version)'),
             ]
         },
         "panels": panels(),

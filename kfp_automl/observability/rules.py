@@ -76,6 +76,7 @@ from kfp_automl.observability.series import (
     SERVICE_NAME,
     SHARE,
 )
+from kfp_automl.runtime import names as n
 
 DRIFT_GROUP = "automl-drift"
 ALERT_GROUP = "automl-alerts"
@@ -157,7 +158,7 @@ def _drift_rules(window: str) -> list[dict[str, Any]]:
     return [
         {
             "record": BIN_RECORDS,
-            "expr": _expr(f"sum by ({_MVFB}) (increase(automl_feature_bin_total[{window}]))"),
+            "expr": _expr(f"sum by ({_MVFB}) (increase({n.total(n.FEATURE_BIN)}[{window}]))"),
         },
         {"record": RECORDS, "expr": _expr(f"sum by ({_MVF}) ({BIN_RECORDS})")},
         {  # `group_left ()`: without the parentheses PromQL reads `(...)` as the label list
@@ -170,7 +171,7 @@ def _drift_rules(window: str) -> list[dict[str, Any]]:
         },
         {
             "record": REFERENCE_SHARE,
-            "expr": _expr(f"max by ({_MVFB}) (automl_feature_reference_share)"),
+            "expr": _expr(f"max by ({_MVFB}) ({n.REFERENCE_SHARE})"),
         },
         {
             "record": PSI,
@@ -224,7 +225,7 @@ def _drift_alert(
             (
                 {PSI}{{feature{feature_match}}}
               > on ({_MVF})
-                max by ({_MVF}) (automl_drift_threshold{{statistic="psi"}})
+                max by ({_MVF}) ({n.DRIFT_THRESHOLD}{{statistic="psi"}})
             )
             and on ({_MVF})
             ({RECORDS} >= {min_records})
@@ -292,7 +293,7 @@ def _service_alerts(
         {
             "alert": "AutomlHighRejectedRate",
             "expr": _expr(
-                f"sum by (model, version) (rate(automl_requests_rejected_total[{window}]))\n"
+                f"sum by (model, version) (rate({n.total(n.REQUESTS_REJECTED)}[{window}]))\n"
                 "  / on (model, version)\n"
                 + _as_model_version(f"sum by ({by_service}) (rate({requests}[{window}]))")
                 + f"\n  > {rejected_ratio!r}"
@@ -312,11 +313,11 @@ def _service_alerts(
 
 def _quality_alert(min_labels: int) -> dict[str, Any]:
     mvm = "model, version, metric"
-    live = f"max by ({mvm}) (automl_live_metric)"
+    live = f"max by ({mvm}) ({n.LIVE_METRIC})"
 
     def bound(goal: str, name: str) -> str:
         selector = f'primary="true", goal="{goal}", bound="{name}"'
-        return f"max by ({mvm}) (automl_evaluation_metric{{{selector}}})"
+        return f"max by ({mvm}) ({n.EVALUATION_METRIC}{{{selector}}})"
 
     return {
         "alert": "AutomlQualityBelowEvaluation",
@@ -331,7 +332,7 @@ def _quality_alert(min_labels: int) -> dict[str, Any]:
                 {bound("min", "ci_high")}
             )
             and on (model, version)
-            (max by (model, version) (automl_live_window_labels) >= {min_labels})
+            (max by (model, version) ({n.LIVE_WINDOW_LABELS}) >= {min_labels})
         """),
         "labels": {"severity": "critical", "action": "retrain"},
         "annotations": {

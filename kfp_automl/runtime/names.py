@@ -1,8 +1,9 @@
-"""Names the service exports and the rules, dashboard and reports read: one definition each.
+"""Names the service exports and the rules, the dashboard and the reports read: one definition.
 
-Prometheus series are named here without the suffix prometheus_client adds (`_total`
-for a counter, `_bucket`/`_sum`/`_count` for a histogram); `series()` gives the name a
-query uses.
+Prometheus series are named as prometheus_client is given them; a counter is queried with
+`_total` after the name (`total(RECORDS)`), a histogram with `_bucket`, `_sum`, `_count`.
+The service (kfp_automl/serving) creates them; kfp_automl/observability writes PromQL over
+them; tests/manifests/test_monitoring.py checks every query names a series that exists.
 """
 
 from __future__ import annotations
@@ -11,3 +12,33 @@ SERVICE_NAME = "kfp-automl"  # @bentoml.service(name=...): BentoML's runner_name
 PREDICT_ENDPOINT = "/predict"
 FEEDBACK_ENDPOINT = "/feedback"
 PREDICTION = "__prediction__"  # the pseudo-feature whose bins are the model's predictions
+
+# ---- series of serving/monitoring.py (every scored batch) ----------------------------------
+RECORDS = "automl_records"  # counter: records scored
+REQUESTS_REJECTED = "automl_requests_rejected"  # counter by reason: requests refused for bad input
+FEATURE_BIN = "automl_feature_bin"  # counter by feature, bin: records per reference bin
+FEATURE_MISSING = "automl_feature_missing"  # counter by feature
+FEATURE_OUT_OF_RANGE = "automl_feature_out_of_range"  # counter by feature: beyond training range
+FEATURE_UNSEEN_CATEGORY = "automl_feature_unseen_category"  # counter by feature
+INFERENCE_SECONDS = "automl_inference_duration_seconds"  # histogram per batch
+BATCH_RECORDS = "automl_batch_size_records"  # histogram: records per batch
+REFERENCE_SHARE = "automl_feature_reference_share"  # gauge by feature, bin: training share
+DRIFT_THRESHOLD = "automl_drift_threshold"  # gauge by feature, statistic: calibrated alert level
+MODEL_INFO = "automl_model_info"  # gauge (1) labelled with the served model's facts
+
+# ---- series of serving/quality.py (prediction log, labels, live quality) --------------------
+LOG_RECORDS = "automl_prediction_log_records"  # counter
+LOG_DROPPED = "automl_prediction_log_dropped"  # counter by reason
+LOG_ERRORS = "automl_prediction_log_errors"  # counter by part
+LOG_HEALTHY = "automl_prediction_log_healthy"  # gauge by part
+FEEDBACK_LABELS = "automl_feedback_labels"  # counter by outcome
+PREDICTIONS_EXPIRED = "automl_predictions_expired"  # counter: unlabelled, past their TTL
+LABEL_DELAY_SECONDS = "automl_label_delay_seconds"  # histogram: prediction to label
+LIVE_METRIC = "automl_live_metric"  # gauge by metric: over the newest labels
+LIVE_WINDOW_LABELS = "automl_live_window_labels"  # gauge: labels in that window
+EVALUATION_METRIC = "automl_evaluation_metric"  # gauge by metric, bound: the holdout's
+
+
+def total(counter: str) -> str:
+    """The series a counter is queried by."""
+    return f"{counter}_total"

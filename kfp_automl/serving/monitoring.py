@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from kfp_automl.contracts.profile import Bins, Profile
+from kfp_automl.runtime import names
 from kfp_automl.runtime.drift import bin_index
 from kfp_automl.runtime.names import PREDICTION
 
@@ -66,40 +67,38 @@ class Monitor:
             references[PREDICTION] = prediction
         self.references = references
         self.ids = (model, version)
-        self.records = pc.Counter("automl_records", "Records scored", base, **kw)
+        self.records = pc.Counter(names.RECORDS, "Records scored", base, **kw)
         self.rejected_total = pc.Counter(
-            "automl_requests_rejected", "Requests rejected for bad input", [*base, "reason"], **kw
+            names.REQUESTS_REJECTED, "Requests rejected for bad input", [*base, "reason"], **kw
         )
         self.bins = pc.Counter(
-            "automl_feature_bin",
+            names.FEATURE_BIN,
             "Scored records per feature and reference bin",
             [*base, "feature", "bin"],
             **kw,
         )
-        self.missing = pc.Counter(
-            "automl_feature_missing", "Missing values", [*base, "feature"], **kw
-        )
+        self.missing = pc.Counter(names.FEATURE_MISSING, "Missing values", [*base, "feature"], **kw)
         self.out_of_range = pc.Counter(
-            "automl_feature_out_of_range",
+            names.FEATURE_OUT_OF_RANGE,
             "Numeric values outside the training range",
             [*base, "feature"],
             **kw,
         )
         self.unseen = pc.Counter(
-            "automl_feature_unseen_category",
+            names.FEATURE_UNSEEN_CATEGORY,
             "Categories not seen in training",
             [*base, "feature"],
             **kw,
         )
         self.inference = pc.Histogram(
-            "automl_inference_duration_seconds",
+            names.INFERENCE_SECONDS,
             "Model inference time per request batch",
             base,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             **kw,
         )
         self.batch = pc.Histogram(
-            "automl_batch_size_records",
+            names.BATCH_RECORDS,
             "Records per scored batch",
             base,
             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
@@ -107,21 +106,19 @@ class Monitor:
         )
         gauge = {"multiprocess_mode": "max", **kw}  # the same value in every worker
         share = pc.Gauge(
-            "automl_feature_reference_share",
+            names.REFERENCE_SHARE,
             "Share of the reference data per bin",
             [*base, "feature", "bin"],
             **gauge,
         )
         threshold = pc.Gauge(
-            "automl_drift_threshold",
+            names.DRIFT_THRESHOLD,
             "Calibrated alert threshold",
             [*base, "feature", "statistic"],
             **gauge,
         )
         info = dict(info or {})
-        model_info = pc.Gauge(
-            "automl_model_info", "The served model", [*base, *sorted(info)], **gauge
-        )
+        model_info = pc.Gauge(names.MODEL_INFO, "The served model", [*base, *sorted(info)], **gauge)
         model_info.labels(*self.ids, *[info[k] for k in sorted(info)]).set(1)
         self._records = self.records.labels(*self.ids)
         self._inference = self.inference.labels(*self.ids)

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from kfp_automl.runtime import names
+
 # direction of each metric the service can compute live ("max": greater is better)
 GOALS = {
     "accuracy": "max",
@@ -153,44 +155,44 @@ class QualityMetrics:
         ids = (model, version)
         self.names = REGRESSION if task == "regression" else CLASSIFICATION
         self.logged = pc.Counter(
-            "automl_prediction_log_records", "Predictions written to the log", base, **kw
+            names.LOG_RECORDS, "Predictions written to the log", base, **kw
         ).labels(*ids)
         dropped = pc.Counter(
-            "automl_prediction_log_dropped",
+            names.LOG_DROPPED,
             "Predictions not logged: buffer_full or write_error",
             [*base, "reason"],
             **kw,
         )
         self.dropped = {r: dropped.labels(*ids, r) for r in ("buffer_full", "write_error")}
         errors = pc.Counter(
-            "automl_prediction_log_errors",
+            names.LOG_ERRORS,
             "Failed writes of the prediction log (log_file) or the join store (store)",
             [*base, "kind"],
             **kw,
         )
         self.errors = {k: errors.labels(*ids, k) for k in ("log_file", "store")}
         self.healthy = pc.Gauge(
-            "automl_prediction_log_healthy",
+            names.LOG_HEALTHY,
             "1 when the last write of the prediction log and store succeeded",
             base,
             multiprocess_mode="min",  # 0 when any worker cannot write
             **kw,
         ).labels(*ids)
         labels = pc.Counter(
-            "automl_feedback_labels",
+            names.FEEDBACK_LABELS,
             "Labels received, by outcome",
             [*base, "outcome"],
             **kw,
         )
         self.labels = {o: labels.labels(*ids, o) for o in OUTCOMES}
         self.expired = pc.Counter(
-            "automl_predictions_expired",
+            names.PREDICTIONS_EXPIRED,
             "Logged predictions deleted unlabelled after the label TTL",
             base,
             **kw,
         ).labels(*ids)
         self.delay = pc.Histogram(
-            "automl_label_delay_seconds",
+            names.LABEL_DELAY_SECONDS,
             "Time from a prediction to its label",
             base,
             buckets=(1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 3 * 86400, 7 * 86400, 30 * 86400),
@@ -198,7 +200,7 @@ class QualityMetrics:
         ).labels(*ids)
         # Every worker computes the window from the shared store; the latest computation wins.
         live = pc.Gauge(
-            "automl_live_metric",
+            names.LIVE_METRIC,
             "Quality over the newest labelled predictions (NaN where undefined)",
             [*base, "metric"],
             multiprocess_mode="mostrecent",
@@ -206,14 +208,14 @@ class QualityMetrics:
         )
         self.live = {n: live.labels(*ids, n) for n in self.names}
         self.window_labels = pc.Gauge(
-            "automl_live_window_labels",
+            names.LIVE_WINDOW_LABELS,
             "Labelled predictions in the live quality window",
             base,
             multiprocess_mode="mostrecent",
             **kw,
         ).labels(*ids)
         evaluation_metric = pc.Gauge(
-            "automl_evaluation_metric",
+            names.EVALUATION_METRIC,
             "Holdout metric at evaluation time, with its 95% bootstrap interval",
             [*base, "metric", "bound", "goal", "primary"],
             multiprocess_mode="max",  # the same value in every worker

@@ -29,6 +29,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 STEP_NAMES = {
+    "fingerprint-inputs": "fingerprint",
     "prepare-data": "prepare",
     "tune-models": "tune",
     "evaluate-model": "evaluate",

@@ -9,9 +9,10 @@ from kfp_automl.components.deploy.component import deploy_model
 from kfp_automl.components.evaluate.component import evaluate_model
 from kfp_automl.components.gate.component import gate_model
 from kfp_automl.components.package.component import package_model
-from kfp_automl.components.prepare.component import prepare_data
+from kfp_automl.components.prepare.component import fingerprint_inputs, prepare_data
 from kfp_automl.components.promote.component import promote_model
 from kfp_automl.components.tune.component import tune_models
+from kfp_automl.registry.registry import NAMESPACE_ENV
 
 PIPELINE_NAME = "kfp-automl-training"
 
@@ -33,6 +34,26 @@ STORAGE_ENV = (
 )
 RAY_SECRET = "automl-ray-auth"
 
+# KFP caches a task when its component and resolved inputs are the same as an earlier run's.
+# prepare and tune read URLs, so they take the versions the (never cached) fingerprint step
+# read as inputs: a changed table is a cache miss, an unchanged one reuses the split and the
+# search. Steps whose effect is outside their outputs (the registry, the cluster) never cache.
+NEVER_CACHED = ("fingerprint", "package", "gate", "promote", "deploy")
+# Every step is retried (KFP's retryPolicy) after a lost pod or a store's transient error: each
+# is safe to rerun (outputs are rewritten whole, registry writes are conditional and repeatable,
+# deploys are server-side applies) and tune resumes its saved search instead of starting over.
+RETRIES = {
+    "fingerprint": 2,
+    "prepare": 2,
+    "tune": 2,
+    "evaluate": 1,
+    "package": 2,
+    "gate": 2,
+    "promote": 3,
+    "deploy": 1,
+}
+RETRY_BACKOFF = "30s"
+
 
 class Outputs(NamedTuple):
     schema: Artifact
@@ -52,6 +73,8 @@ class Outputs(NamedTuple):
 
 def _storage_credentials(task) -> None:
     kubernetes.use_secret_as_env(task, STORAGE_SECRET, {k: k for k in STORAGE_ENV}, optional=True)
+    # The registry a run shares with the namespace's other runs is scoped by the namespace.
+    kubernetes.use_field_path_as_env(task, NAMESPACE_ENV, "metadata.namespace")
 
 
 @dsl.pipeline(
@@ -91,6 +114,12 @@ def training(
     warm_start: str = "",
     ensemble: bool = True,
     search_state_root: str = "",
+    prepare_cpu: str = "2",
+    prepare_memory: str = "6Gi",
+    tune_cpu: str = "2",
+    tune_memory: str = "8Gi",
+    step_cpu: str = "1",
+    step_memory: str = "4Gi",
 ) -> Outputs:
     """Train and package a model for `target` in `data`.
 
@@ -108,7 +137,9 @@ def training(
         model_name: Name of the BentoML model and Bento; empty derives it from the target.
         registry_root: Model registry: a folder every run reaches (a shared volume), or an object
             store, s3://, minio:// (KFP's MinIO; endpoint from AWS_ENDPOINT_URL) or gs://
-            bucket/prefix, e.g. beside the pipeline root; empty: beside the BentoML store.
+            bucket/prefix; empty: on a cluster, kfp-automl-registry/<namespace> in the
+            artifact store's bucket (every run in the namespace shares it), locally beside
+            the BentoML store.
         min_improvement: The least gain on the metric for a new model to replace the champion.
         slice_column: Categorical column for per-slice metrics in the report; empty picks one.
         n_bootstrap: Bootstrap resamples for the holdout metrics' confidence intervals.
@@ -133,8 +164,19 @@ def training(
         warm_start: A previous run's leaderboard CSV (path or URL) that seeds the search.
         ensemble: Ship a greedy ensemble of the top trials when it beats the best on validation.
         search_state_root: Where the tune step keeps its resumable state (a retry resumes it);
-            empty: under the pipeline root; "none": a temporary folder.
+            empty: beside the tune task's outputs under the pipeline root; "none": a temporary
+            folder.
+        prepare_cpu: CPUs of the prepare pod (request = limit; a cluster only). Kubernetes
+            quantity, e.g. 2 or 500m.
+        prepare_memory: Memory of the prepare pod (request = limit; a cluster only). prepare
+            peaks at about 3.5x the table's in-memory size, e.g. 6Gi for a 1.5 GiB table.
+        tune_cpu: CPUs of the tune pod, the Ray driver and, without ray_address, its trials.
+        tune_memory: Memory of the tune pod.
+        step_cpu: CPUs of every other step's pod (fingerprint, evaluate, package, gate, promote,
+            deploy).
+        step_memory: Memory of every other step's pod.
     """
+    versions = fingerprint_inputs(data=data, warm_start=warm_start).set_display_name("fingerprint")
     prep = prepare_data(
         data=data,
         target=target,
@@ -150,6 +192,7 @@ def training(
         group_column=group_column,
         valid_fraction=valid_fraction,
         test_fraction=test_fraction,
+        data_version=versions.outputs["data_version"],
     ).set_display_name("prepare")
     tune = tune_models(
         train=prep.outputs["train"],
@@ -167,10 +210,8 @@ def training(
         warm_start=warm_start,
         ensemble=ensemble,
         search_state_root=search_state_root,
-        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        pipeline_root=dsl.PIPELINE_ROOT_PLACEHOLDER,
+        warm_start_version=versions.outputs["warm_start_version"],
     ).set_display_name("tune")
-    tune.set_cpu_request("2").set_memory_request("4G").set_memory_limit("8G")
     kubernetes.use_secret_as_env(tune, RAY_SECRET, {"auth_token": "RAY_AUTH_TOKEN"}, optional=True)
     evaluation = evaluate_model(
         model=tune.outputs["model"],
@@ -206,8 +247,16 @@ def training(
     gate.after(
         pkg
     )  # the champion is read after the new version is registered, never promoted in between
-    for step in (prep, tune, pkg, gate):
+    for step in (versions, prep, tune, pkg, gate):
         _storage_credentials(step)
+    steps = {
+        "fingerprint": versions,
+        "prepare": prep,
+        "tune": tune,
+        "evaluate": evaluation,
+        "package": pkg,
+        "gate": gate,
+    }
     with dsl.If(gate.outputs["Output"] == True, name="deploy"):  # noqa: E712 (a KFP condition)
         promote = promote_model(
             bento=pkg.outputs["bento"],
@@ -215,13 +264,31 @@ def training(
             registry_root=registry_root,
         ).set_display_name("promote")
         _storage_credentials(promote)
+        steps["promote"] = promote
         with dsl.If(deploy_namespace != "", name="deploy-to-cluster"):
-            deploy_model(
-                bento=pkg.outputs["bento"],
-                decision=gate.outputs["decision"],
-                namespace=deploy_namespace,
-                manifests=deploy_manifests,
-            ).set_display_name("deploy").after(promote)
+            steps["deploy"] = (
+                deploy_model(
+                    bento=pkg.outputs["bento"],
+                    decision=gate.outputs["decision"],
+                    namespace=deploy_namespace,
+                    manifests=deploy_manifests,
+                )
+                .set_display_name("deploy")
+                .after(promote)
+            )
+    for name, step in steps.items():
+        if name in NEVER_CACHED:
+            step.set_caching_options(False)
+        step.set_retry(RETRIES[name], backoff_duration=RETRY_BACKOFF, backoff_factor=2.0)
+        cpu, memory = {
+            "prepare": (prepare_cpu, prepare_memory),
+            "tune": (tune_cpu, tune_memory),
+        }.get(name, (step_cpu, step_memory))
+        # KFP's compiler does not count a resource's channel as a task input, so a task in a
+        # condition would read parameters its sub-DAG never receives: register them.
+        step.register_pipeline_channels([cpu, memory])
+        step.set_cpu_request(cpu).set_cpu_limit(cpu)
+        step.set_memory_request(memory).set_memory_limit(memory)
     return Outputs(
         schema=prep.outputs["schema"],
         profile=prep.outputs["profile"],

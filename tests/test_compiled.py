@@ -21,7 +21,7 @@ def test_committed_yaml_is_up_to_date(tmp_path):
 def test_every_step_runs_the_versioned_project_image():
     spec = next(yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text()))
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 7
+    assert len(executors) == 8
     for name, ex in executors.items():
         container = ex["container"]
         assert container["image"] == COMPONENTS_IMAGE, name
@@ -36,6 +36,7 @@ def test_pipeline_wiring_and_defaults():
     spec = next(yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text()))
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {
+        "fingerprint-inputs",
         "prepare-data",
         "tune-models",
         "evaluate-model",
@@ -58,8 +59,14 @@ def test_pipeline_wiring_and_defaults():
     assert deploy["inputs"]["artifacts"]["bento"]["componentInputArtifact"] == (
         "pipelinechannel--package-model-bento"
     )
-    assert set(deploy["inputs"]["parameters"]) == {"namespace", "manifests"}
-    assert tasks["tune-models"]["dependentTasks"] == ["prepare-data"]
+    # its own parameters, and the resource channels KFP adds for set_cpu_limit(<parameter>) ...
+    assert {p for p in deploy["inputs"]["parameters"] if "pipelinechannel" not in p} - {
+        "cpu_limit",
+        "cpu_request",
+        "memory_limit",
+        "memory_request",
+    } == {"namespace", "manifests"}
+    assert tasks["tune-models"]["dependentTasks"] == ["fingerprint-inputs", "prepare-data"]
     assert set(tasks["package-model"]["dependentTasks"]) == {
         "evaluate-model",
         "prepare-data",
@@ -89,9 +96,10 @@ def test_pipeline_wiring_and_defaults():
     assert params["search_algorithm"]["defaultValue"] == "tpe"
     assert params["search_state_root"]["defaultValue"] == ""
     tune_inputs = tasks["tune-models"]["inputs"]["parameters"]
-    # the search state is kept per run under the pipeline root, so a retry resumes it
-    assert "{{$.pipeline_root}}" in json.dumps(tune_inputs["pipeline_root"])
-    assert "{{$.pipeline_job_uuid}}" in json.dumps(tune_inputs["run_id"])
+    # no run id among tune's inputs: it would make every run a cache miss (the search state
+    # is found from the task's own output URIs, the same on a retry)
+    assert not {"run_id", "pipeline_root"} & set(tune_inputs)
+    assert "pipeline_job" not in json.dumps(tune_inputs)
 
 
 def test_credentials_come_from_optional_secrets_never_parameters():
@@ -102,7 +110,15 @@ def test_credentials_come_from_optional_secrets_never_parameters():
     _, platform = yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text())
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     registry_steps = {"exec-package-model", "exec-gate-model", "exec-promote-model"}
-    assert set(executors) == {"exec-prepare-data", "exec-tune-models"} | registry_steps
+    assert (
+        set(executors)
+        == {
+            "exec-fingerprint-inputs",
+            "exec-prepare-data",
+            "exec-tune-models",
+        }
+        | registry_steps
+    )
     secrets = {
         name: {
             s["secretName"]: ({m["secretKey"]: m["envVar"] for m in s["keyToEnv"]}, s["optional"])
@@ -112,7 +128,7 @@ def test_credentials_come_from_optional_secrets_never_parameters():
     }
     storage = ({k: k for k in STORAGE_ENV}, True)
     assert {"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"} <= set(STORAGE_ENV)
-    for step in {"exec-prepare-data"} | registry_steps:
+    for step in {"exec-fingerprint-inputs", "exec-prepare-data"} | registry_steps:
         assert secrets[step] == {STORAGE_SECRET: storage}, step
     assert secrets["exec-tune-models"] == {
         STORAGE_SECRET: storage,

@@ -29,8 +29,9 @@ def gate_model(
         test: Holdout rows both models are scored on.
         schema: The new data's schema; a champion with another schema is refused.
         decision: deploy, reason, both scores, the improvement and its paired-bootstrap p-value (JSON).
-        registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty uses
-            the default beside the BentoML store.
+        registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty: on a
+            cluster, kfp-automl-registry/<namespace> in the artifact store's bucket (shared by
+            the namespace's runs), else the default beside the BentoML store.
         model_name: Registered model name; empty derives automl-<target>.
         metric: Primary metric; empty uses the task's default.
         min_improvement: The least gain on the metric that justifies a replacement.
@@ -42,6 +43,11 @@ def gate_model(
     from kfp_automl.progress import reported
 
     with reported("gate"):
+        from kfp_automl.progress import say
+        from kfp_automl.registry.registry import describe_root, run_root
+
+        say("gate", describe_root(registry_root, decision.uri))
+        registry_root = run_root(registry_root, decision.uri)
         from kfp_automl.components.gate.gate import run
 
         d = run(

@@ -30,12 +30,18 @@ def package_model(
         report: The evaluation report, recorded in the registry.
         bento: The exported Bento archive; metadata carries bento_tag and model_tag.
         model_name: BentoML model and Bento name; empty derives automl-<target>.
-        registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty uses
-            the default beside the BentoML store.
+        registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty: on a
+            cluster, kfp-automl-registry/<namespace> in the artifact store's bucket (shared by
+            the namespace's runs), else the default beside the BentoML store.
     """
     from kfp_automl.progress import reported
 
     with reported("package"):
+        from kfp_automl.progress import say
+        from kfp_automl.registry.registry import describe_root, run_root
+
+        say("package", describe_root(registry_root, bento.uri))
+        registry_root = run_root(registry_root, bento.uri)
         from kfp_automl.components.package.package import run
         from kfp_automl.contracts.model_info import ModelInfo
 

@@ -84,7 +84,9 @@ def package(
             description=f"kfp-automl {schema.task} model for target {schema.target!r}",
             build_ctx=ctx,
             include=build_context(Path(ctx)),
-            python={"packages": runtime_requirements()},
+            # exact pins of what the serving image installs; no lock: locking resolves against a
+            # package index, which a pipeline pod on a cluster often cannot reach
+            python={"packages": runtime_requirements(), "lock_packages": False},
             args={"model_tag": str(stored.tag)},
             # the Bento takes the model's version, so BentoML's request metrics (labelled with
             # the Bento's name and version) and ours (the model's) line up in Prometheus

@@ -1,4 +1,7 @@
-"""KFP component: prepare (validate, infer column roles, clean, split, profile, data report)."""
+"""KFP components: fingerprint (the inputs' versions) and prepare (validate, infer column
+roles, clean, split, profile, data report)."""
+
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Markdown, Output
@@ -29,6 +32,7 @@ def prepare_data(
     boolean_columns: str = "",
     time_column: str = "",
     group_column: str = "",
+    data_version: str = "",
 ):
     """Validate a table, infer the task and column roles, clean it, split it, and report on it.
 
@@ -55,6 +59,9 @@ def prepare_data(
         boolean_columns: Comma-separated columns to treat as true/false.
         time_column: Split by time on this column (the latest rows are the test rows).
         group_column: Split so that one value of this column never spans two splits.
+        data_version: The version of `data` the fingerprint step read (ETag, generation or
+            SHA-256): part of KFP's cache key, so a changed table is never a cache hit.
+            Recorded on the split datasets.
     """
     from kfp_automl.progress import reported
 
@@ -90,6 +97,7 @@ def prepare_data(
         )
         for art, key in ((train, "train"), (valid, "valid"), (test, "test")):
             art.metadata["rows"] = result.rows[key]
+            art.metadata["data_version"] = data_version
         schema.metadata.update(
             {
                 "task": result.task,
@@ -98,3 +106,38 @@ def prepare_data(
             }
         )
         data_report.metadata["warnings"] = len(result.warnings)
+
+
+@dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
+def fingerprint_inputs(data: str = "", warm_start: str = "") -> NamedTuple(
+    "InputVersions", data_version=str, warm_start_version=str
+):
+    """Read the version of every URL the pipeline's steps read (never cached).
+
+    KFP keys a task's cache on its inputs; a URL string stays the same when the data behind
+    it changes. prepare and tune take these versions as inputs, so their cache hits only
+    when the data they would read is the same.
+
+    Args:
+        data: The table (path or URL; empty: the built-in demo table).
+        warm_start: A previous leaderboard (path or URL); empty: none.
+
+    Returns:
+        data_version: ETag, version id, generation or SHA-256 of the table.
+        warm_start_version: The same for the warm-start leaderboard ("" without one).
+    """
+    from kfp_automl.progress import reported
+
+    with reported("fingerprint"):
+        from collections import namedtuple
+
+        from kfp_automl.progress import say
+        from kfp_automl.tables.io import data_version
+
+        table = data_version(data)
+        board = data_version(warm_start) if warm_start else ""
+        say("fingerprint", f"data {data or '(built-in demo table)'}: {table}")
+        if warm_start:
+            say("fingerprint", f"warm start {warm_start}: {board}")
+        versions = namedtuple("InputVersions", ["data_version", "warm_start_version"])
+        return versions(table, board)

@@ -7,18 +7,28 @@ from kfp_automl.components._image import COMPONENTS_IMAGE
 
 
 @dsl.component(base_image=COMPONENTS_IMAGE, install_kfp_package=False)
-def promote_model(bento: Input[Model], decision: Input[Artifact], registry_root: str = ""):
+def promote_model(
+    bento: Input[Model],
+    decision: Input[Artifact],
+    registry_root: str = "",
+):
     """Promote the packaged model to champion (runs only when the gate said deploy).
 
     Args:
         bento: The package step's output; its metadata names the model tag.
         decision: The gate's decision; its reason is recorded with the promotion.
-        registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty uses
-            the default beside the BentoML store.
+        registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty: on a
+            cluster, kfp-automl-registry/<namespace> in the artifact store's bucket (shared by
+            the namespace's runs), else the default beside the BentoML store.
     """
     from kfp_automl.progress import reported
 
     with reported("promote"):
+        from kfp_automl.progress import say
+        from kfp_automl.registry.registry import describe_root, run_root
+
+        say("promote", describe_root(registry_root, bento.uri))
+        registry_root = run_root(registry_root, bento.uri)
         from kfp_automl.contracts.decision import GateDecision
         from kfp_automl.registry.registry import promote_tag
 

@@ -26,8 +26,7 @@ def tune_models(
     warm_start: str = "",
     ensemble: bool = True,
     search_state_root: str = "",
-    run_id: str = "",
-    pipeline_root: str = "",
+    warm_start_version: str = "",
 ):
     """Search model families and hyperparameters with Ray Tune; refit the winner.
 
@@ -49,18 +48,18 @@ def tune_models(
         early_stopping: ASHA early stopping of iterative families' trials.
         warm_start: A previous leaderboard CSV (path or URL) whose best configurations go first.
         ensemble: Ship a greedy ensemble of the top trials when it beats the best single one.
-        search_state_root: Where the search keeps its state (a path, s3:// or gs:// URL); a
-            rerun of the step with the same run_id resumes it. Empty: under `pipeline_root`
-            when that is a local path, else a temporary folder; "none": a temporary folder.
-        run_id: Names the state folder under the root (the pipeline run's id).
-        pipeline_root: The pipeline root (dsl.PIPELINE_ROOT_PLACEHOLDER in the pipeline).
+        search_state_root: Where the search keeps its state (a path, s3://, minio:// or gs://
+            URL); a retry of the task (same output URIs) resumes it. Empty: beside this task's
+            outputs under the pipeline root; "none": a temporary folder.
+        warm_start_version: The version of `warm_start` the fingerprint step read: part of
+            KFP's cache key, so a changed leaderboard is never a cache hit.
     """
     from kfp_automl.progress import reported
 
     with reported("tune"):
         from kfp_automl.components.tune.tune import run, state_path
 
-        storage = state_path(search_state_root, pipeline_root, run_id)
+        storage = state_path(search_state_root, model.uri)
         info = run(
             train_path=train.path,
             valid_path=valid.path,
@@ -83,3 +82,5 @@ def tune_models(
         )
         model.metadata.update(info.to_metadata())
         leaderboard.metadata.update({"metric": info.metric, "n_trials": info.n_trials})
+        if warm_start_version:
+            leaderboard.metadata["warm_start_version"] = warm_start_version

@@ -70,7 +70,14 @@ def _xy(df: pd.DataFrame, target: str):
     return df.drop(columns=[target]), df[target]
 
 
-def _callback(metric: Metric, budget_s: float, started: float, preds_dir: Path, every_s=5.0):
+def _callback(
+    metric: Metric,
+    budget_s: float,
+    started: float,
+    preds_dir: Path,
+    every_s=5.0,
+    mirror: _Mirror | None = None,
+):
     """Progress lines, retries, and the top trials' predictions (on disk, at most
     ENSEMBLE_TOP_K files): the predictions leave the result before Ray stores it."""
     from ray.tune import Callback
@@ -107,7 +114,11 @@ def _callback(metric: Metric, budget_s: float, started: float, preds_dir: Path, 
                     return
                 self.kept.pop(worst)
                 (preds_dir / f"{worst}.npy").unlink(missing_ok=True)
+                if mirror is not None:
+                    mirror.remove(preds_dir / f"{worst}.npy")
             np.save(preds_dir / f"{tid}.npy", preds)
+            if mirror is not None:
+                mirror.push(preds_dir / f"{tid}.npy")
             self.kept[tid] = value
 
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -257,6 +268,70 @@ def _started_at(exp_dir: Path | None, now: float) -> float:
     return now
 
 
+def state_filesystem(storage: str) -> tuple[str, Any]:
+    """(path, pyarrow filesystem or None) for Ray's `storage_path` / `storage_filesystem`.
+
+    KFP's `minio://bucket/key` (and `s3://` with AWS_ENDPOINT_URL[_S3] set, as the storage
+    Secret sets it for MinIO) get an S3 filesystem on that endpoint; anything else is left to
+    Ray (local paths, gs://, s3:// on AWS).
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if storage.startswith("minio://") or (storage.startswith("s3://") and endpoint):
+        from pyarrow import fs
+
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        options: dict[str, Any] = {"region": region or "us-east-1"}
+        if endpoint:
+            options["endpoint_override"] = endpoint
+        path = storage.split("://", 1)[1].rstrip("/")
+        return path, fs.S3FileSystem(**options)
+    return storage, None
+
+
+class _Mirror:
+    """The search's own files kept beside Ray's state in an object store (the top trials'
+    validation predictions, when the search began): pulled into a local folder at the start,
+    each change pushed as it happens, so a retried pod resumes with them."""
+
+    def __init__(self, fs: Any, remote: str, local: Path):
+        self.fs, self.remote, self.local = fs, remote.rstrip("/"), local
+
+    def pull(self) -> None:
+        from pyarrow import fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self.remote, allow_not_found=True))
+        for info in infos:
+            if info.type == pafs.FileType.File:
+                with self.fs.open_input_stream(info.path) as src:
+                    (self.local / info.base_name).write_bytes(src.read())
+
+    def push(self, path: Path) -> None:
+        with self.fs.open_output_stream(f"{self.remote}/{path.name}") as dst:
+            dst.write(path.read_bytes())
+
+    def remove(self, path: Path) -> None:
+        import contextlib
+
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.fs.delete_file(f"{self.remote}/{path.name}")
+
+
+def _remote_mirror(storage: str, storage_fs: Any, exp_dir: Path) -> _Mirror:
+    """The mirror of `exp_dir` under `<storage>/<EXPERIMENT>-files` in the object store."""
+    if storage_fs is None:  # gs://, s3:// on AWS: the filesystem Ray would pick
+        from pyarrow import fs as pafs
+
+        storage_fs, storage = pafs.FileSystem.from_uri(storage)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    return _Mirror(storage_fs, f"{storage.rstrip('/')}/{EXPERIMENT}-files", exp_dir.parent)
+
+
+def _move_predictions(exp_dir: Path, preds_dir: Path) -> None:
+    """Pulled files land flat beside the experiment folder: predictions go to `preds_dir`."""
+    for path in exp_dir.parent.glob("*.npy"):
+        path.replace(preds_dir / path.name)
+
+
 def run_search(
     train: pd.DataFrame,
     valid: pd.DataFrame,
@@ -309,21 +384,36 @@ def run_search(
             keep=keep,
         )
         n_rows = len(train)
-        storage = storage_path or local_dir.name
-        exp_dir = Path(storage) / EXPERIMENT if "://" not in storage else None
-        preds_dir = (exp_dir or Path(local_dir.name)) / "predictions"
+        storage, storage_fs = state_filesystem(storage_path or local_dir.name)
+        mirror = None
+        if "://" in storage or storage_fs is not None:
+            # an object store: our own files live in a local folder mirrored beside the state
+            exp_dir = Path(local_dir.name) / "mirror" / EXPERIMENT
+            mirror = _remote_mirror(storage, storage_fs, exp_dir)
+        else:
+            exp_dir = Path(storage) / EXPERIMENT
+        preds_dir = exp_dir / "predictions"
         preds_dir.mkdir(parents=True, exist_ok=True)
+        if mirror is not None:
+            mirror.pull()
+            _move_predictions(exp_dir, preds_dir)
         started_wall = _started_at(exp_dir if storage_path else None, started_now)
+        if mirror is not None and storage_path:
+            mirror.push(exp_dir.parent / f".{EXPERIMENT}-started")
         this_run_at = started_now - started_wall
         budget_left = max(1.0, time_budget_s - (time.monotonic() - started))
-        callback = _callback(metric, time_budget_s, started, preds_dir)
+        callback = _callback(metric, time_budget_s, started, preds_dir, mirror=mirror)
         grace_s = grace_for(time_budget_s)
         stopper = BudgetStopper(time.monotonic() + budget_left, grace_s)
         exp_path = f"{storage.rstrip('/')}/{EXPERIMENT}"
-        if storage_path and tune.Tuner.can_restore(exp_path):
-            say("tune", f"resuming the search saved in {exp_path}")
+        if storage_path and tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs):
+            say("tune", f"resuming the search saved in {storage_path.rstrip('/')}/{EXPERIMENT}")
             tuner = tune.Tuner.restore(
-                exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
+                exp_path,
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=True,
+                storage_filesystem=storage_fs,
             )
             # the restored run config holds the dead driver's callback and budget
             replace_run_settings(tuner, [callback], stopper)
@@ -359,6 +449,7 @@ def run_search(
                 run_config=tune.RunConfig(
                     name=EXPERIMENT,
                     storage_path=storage,
+                    storage_filesystem=storage_fs,
                     verbose=0,
                     callbacks=[callback],
                     stop=stopper,

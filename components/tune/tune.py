@@ -17,20 +17,25 @@ from kfp_automl.runtime.metrics import resolve_metric
 from kfp_automl.runtime.model_file import save_model
 
 
-def state_path(search_state_root: str, pipeline_root: str, run_id: str) -> str:
+def state_path(search_state_root: str, output_uri: str) -> str:
     """Where the search keeps its resumable state; empty for a temporary folder.
 
-    An explicit root is used as given (Ray writes local paths, s3:// and gs://). Without
-    one, the pipeline root is used only when it is a local path: KFP's `minio://` roots
-    are not something Ray can write, and the pod may hold no credentials for them.
+    `output_uri` is the URI of one of the tune task's outputs. KFP's driver resolves it once
+    per task (per run, under the pipeline root) and a retried pod gets the same one, so:
+
+    - empty root: `<the task's output folder>/search-state`, on whatever store the pipeline
+      root is (a local path under kfp.local, KFP's minio://, s3://, gs://);
+    - an explicit root (a path, s3://, minio://, gs://): `<root>/<pipeline>/<run>/<task>/search-state`;
+    - "none": a temporary folder (a retry starts over).
     """
-    root = search_state_root
-    if not root:
-        local = pipeline_root.removeprefix("file://")
-        root = local if local and "://" not in local else ""
-    if not root or root == "none":
+    root = search_state_root.strip()
+    if root == "none" or not output_uri:
         return ""
-    return f"{root.rstrip('/')}/{run_id or 'tune'}/search-state"
+    folder = output_uri.removeprefix("file://").rstrip("/").rsplit("/", 1)[0]
+    if not root:
+        return f"{folder}/search-state"
+    tail = "/".join(part for part in folder.split("://", 1)[-1].split("/")[-3:] if part)
+    return f"{root.removeprefix('file://').rstrip('/')}/{tail}/search-state"
 
 
 def run(

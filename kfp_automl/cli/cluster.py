@@ -67,6 +67,15 @@ def run_options(f):
             "--service-account", default=None, help="Kubernetes service account of the run's pods."
         ),
         click.option(
+            "--cache/--no-cache",
+            default=True,
+            show_default=True,
+            help="--cache: each step's compiled setting (prepare, tune and evaluate reuse an "
+            "earlier run's outputs when their inputs, the data's version included, are the "
+            "same; fingerprint, package, gate, promote and deploy always run). --no-cache: "
+            "every step runs (KFP's enable_caching=False).",
+        ),
+        click.option(
             "--param",
             "params",
             multiple=True,
@@ -112,7 +121,19 @@ def prepare(kw: dict, tmp_dir: Path) -> tuple[Path, dict]:
     data = arguments.get("data", "")
     if data and "://" not in data:
         click.echo(f"note: --data {data!r} is a path: the pipeline's pods must see it", err=True)
+    if not arguments.get("registry_root"):
+        click.echo(
+            "note: no --registry-root: the steps share the namespace's registry "
+            "<artifact bucket>/kfp-automl-registry/<namespace> (every run in the namespace "
+            "sees it)"
+        )
     return pipeline, arguments
+
+
+def enable_caching(kw: dict) -> bool | None:
+    """KFP's `enable_caching` for `--cache/--no-cache` (popped from `kw`): None keeps each
+    step's compiled setting (True would turn caching on for the steps that must never cache)."""
+    return None if kw.pop("cache") else False
 
 
 def _connection(kw: dict) -> cluster.Connection:
@@ -147,7 +168,11 @@ def submit(**kw):
     run_name = kw.pop("run_name") or f"kfp-automl {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S}"
     with tempfile.TemporaryDirectory(prefix="kfp-automl-") as tmp:
         pipeline, arguments = prepare(kw, Path(tmp))
-        click.echo(f"submitting {run_name!r} to {conn.where} ({_show_arguments(arguments)})")
+        caching = enable_caching(kw)
+        click.echo(
+            f"submitting {run_name!r} to {conn.where} ({_show_arguments(arguments)}"
+            f"{'; caching off' if caching is False else ''})"
+        )
         try:
             run = cluster.create_run(
                 conn,
@@ -157,6 +182,7 @@ def submit(**kw):
                 namespace=kw["namespace"],
                 pipeline=pipeline,
                 service_account=kw["service_account"],
+                enable_caching=caching,
             )
         except cluster.KfpApiError as exc:
             raise _api_error(exc) from None
@@ -187,7 +213,11 @@ def schedule(**kw):
     cron = cluster.check_cron(kw.pop("cron"))
     with tempfile.TemporaryDirectory(prefix="kfp-automl-") as tmp:
         pipeline, arguments = prepare(kw, Path(tmp))
-        click.echo(f"scheduling {kw['name']!r} ({cron}) on {conn.where}")
+        caching = enable_caching(kw)
+        click.echo(
+            f"scheduling {kw['name']!r} ({cron}) on {conn.where}"
+            f"{' with caching off' if caching is False else ''}"
+        )
         try:
             job = cluster.create_recurring_run(
                 conn,
@@ -200,6 +230,7 @@ def schedule(**kw):
                 max_concurrency=kw["max_concurrency"],
                 catchup=kw["catchup"],
                 service_account=kw["service_account"],
+                enable_caching=caching,
             )
         except cluster.KfpApiError as exc:
             raise _api_error(exc) from None

@@ -73,6 +73,7 @@ def command(**kw):
     host, port = kw.pop("host"), kw.pop("port")
     compiled = Path(tempfile.mkdtemp(prefix="kfp-automl-trigger-"))
     pipeline, arguments = cluster_cli.prepare(kw, compiled)
+    caching = cluster_cli.enable_caching(kw)
     config = TriggerConfig(
         conn=conn,
         token=token,
@@ -83,6 +84,7 @@ def command(**kw):
         experiment=kw["experiment"],
         namespace=kw["namespace"],
         service_account=kw["service_account"],
+        enable_caching=caching,
     )
     app = create_app(config)
     logging.basicConfig(
@@ -90,6 +92,7 @@ def command(**kw):
     )
     click.echo(
         f"retrain trigger on http://{host}:{port}/alerts -> {conn.host} "
-        f"(cooldown {kw['cooldown']:g}s, state in {config.state_dir})"
+        f"(cooldown {kw['cooldown']:g}s, state in {config.state_dir}"
+        f"{', caching off' if caching is False else ''})"
     )
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

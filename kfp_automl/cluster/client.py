@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from importlib import resources
@@ -111,6 +112,25 @@ def coerce_parameter(name: str, value: Any, declared: dict[str, dict[str, Any]])
     raise UserError(f"--param {name}: expected {expected}, got {value!r}")
 
 
+# Kubernetes quantities as KFP's set_cpu_limit / set_memory_limit accept them as constants
+# (a parameter is not checked at compile time: these checks stand in for them).
+_QUANTITIES = {
+    "_cpu": (re.compile(r"([0-9]*[.])?[0-9]+m?"), "CPUs such as 2, 0.5 or 500m"),
+    "_memory": (
+        re.compile(r"[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?"),
+        "memory such as 4Gi, 512Mi or 8G",
+    ),
+}
+
+
+def check_quantity(name: str, value: Any) -> Any:
+    """`value` if parameter `name` is not a resource or `value` is a valid quantity for it."""
+    for suffix, (pattern, example) in _QUANTITIES.items():
+        if name.endswith(suffix) and not (isinstance(value, str) and pattern.fullmatch(value)):
+            raise UserError(f"--{name.replace('_', '-')} {value!r}: expected {example}")
+    return value
+
+
 def _exact_int(value: Any) -> int:
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
         return int(value)
@@ -143,7 +163,10 @@ def build_arguments(
     for name in set(given) & set(params):
         raise UserError(f"--param {name} repeats a flag that sets the same parameter")
     merged = {**given, **params}
-    arguments = {name: coerce_parameter(name, value, declared) for name, value in merged.items()}
+    arguments = {
+        name: check_quantity(name, coerce_parameter(name, value, declared))
+        for name, value in merged.items()
+    }
     if arguments.get("data") and not arguments.get("target"):
         raise UserError("--target is required with --data")
     if arguments.get("registry_root"):
@@ -333,8 +356,10 @@ def create_run(
     namespace: str | None = None,
     pipeline: str | Path = DEFAULT_PIPELINE,
     service_account: str | None = None,
+    enable_caching: bool | None = None,
 ) -> Created:
-    """Create one run of the compiled `pipeline` with `arguments`."""
+    """Create one run of the compiled `pipeline` with `arguments`; `enable_caching` as
+    kfp.Client takes it (None: each step's compiled setting; False: no step cached)."""
     client = connect(conn)
     with _kfp_call(conn.where):
         exp_id = _experiment_id(client, conn, experiment, namespace)
@@ -344,6 +369,7 @@ def create_run(
             run_name=run_name,
             experiment_id=exp_id,
             service_account=service_account,
+            enable_caching=enable_caching,
         )
     run_id = result.run_id
     return Created(run_id, run_name, exp_id, conn.dashboard(f"runs/details/{run_id}"))
@@ -388,8 +414,10 @@ def create_recurring_run(
     max_concurrency: int = 1,
     catchup: bool = False,
     service_account: str | None = None,
+    enable_caching: bool | None = None,
 ) -> Created:
-    """Create a recurring run of `pipeline` on the cron schedule `cron`."""
+    """Create a recurring run of `pipeline` on the cron schedule `cron` (`enable_caching`
+    as in `create_run`)."""
     cron = check_cron(cron)
     client = connect(conn)
     with _kfp_call(conn.where):
@@ -403,6 +431,7 @@ def create_recurring_run(
             params=arguments,
             pipeline_package_path=str(pipeline),
             service_account=service_account,
+            enable_caching=enable_caching,
         )
     rid = created.recurring_run_id
     return Created(rid, name, exp_id, conn.dashboard(f"recurringrun/details/{rid}"))

@@ -42,6 +42,50 @@ def default_root() -> str | Path:
     return bentoml_home() / "kfp-automl-registry"
 
 
+REGISTRY_FOLDER = "kfp-automl-registry"
+# The namespace a step's pod runs in (the pipeline sets it from the pod's metadata.namespace).
+NAMESPACE_ENV = "KFP_AUTOML_NAMESPACE"
+_REMOTE_SCHEMES = ("s3://", "minio://", "gs://")
+
+
+def run_root(registry_root: str, artifact_uri: str) -> str:
+    """The registry a pipeline task uses.
+
+    `registry_root` when given. Else, when the backend put the task's artifacts in an object
+    store (a cluster: every task is its own pod with its own disk), the registry shared by every
+    run in the namespace: `<scheme>://<artifact bucket>/kfp-automl-registry/<namespace>`. It is
+    read from the artifact URI the backend assigned, not from `{{$.pipeline_root}}`, which the
+    KFP backend does not resolve for lightweight components and which names one run's folder
+    where it is resolved. Else (kfp.local, one filesystem) "" for the default beside the
+    BentoML store ($KFP_AUTOML_REGISTRY first).
+    """
+    if registry_root.strip():
+        return registry_root.strip()
+    uri = artifact_uri.strip()
+    if not uri.startswith(_REMOTE_SCHEMES):
+        return ""
+    scheme, rest = uri.split("://", 1)
+    bucket = rest.split("/", 1)[0]
+    namespace = os.environ.get(NAMESPACE_ENV, "").strip().strip("/")
+    root = f"{scheme}://{bucket}/{REGISTRY_FOLDER}"
+    return f"{root}/{namespace}" if namespace else root
+
+
+def describe_root(registry_root: str, artifact_uri: str) -> str:
+    """One line saying which registry a task uses and why."""
+    chosen = run_root(registry_root, artifact_uri)
+    if registry_root.strip():
+        return f"registry {chosen} (registry_root)"
+    if chosen:
+        return (
+            f"registry {chosen} (shared by the namespace's runs, in the artifact store's bucket: "
+            "registry_root is empty)"
+        )
+    if os.environ.get("KFP_AUTOML_REGISTRY"):
+        return f"registry {default_root()} ($KFP_AUTOML_REGISTRY: registry_root is empty)"
+    return f"registry {default_root()} (the local default: registry_root is empty)"
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 

@@ -96,6 +96,7 @@ class TriggerConfig:
     experiment: str = cluster.DEFAULT_EXPERIMENT
     namespace: str | None = None
     service_account: str | None = None
+    enable_caching: bool | None = None  # kfp.Client's: None keeps each step's compiled setting
 
 
 class Metrics:
@@ -194,6 +195,7 @@ def _submit(config: TriggerConfig, model: str, alerts: list[Alert]) -> cluster.C
         namespace=config.namespace,
         pipeline=config.pipeline,
         service_account=config.service_account,
+        enable_caching=config.enable_caching,
     )
 
 

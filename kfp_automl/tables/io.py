@@ -59,6 +59,56 @@ def fsspec_url(url: str) -> str:
     return "s3://" + url.removeprefix("minio://") if url.startswith("minio://") else url
 
 
+def storage_options(url: str) -> dict[str, str]:
+    """fsspec options for `url`: an S3 endpoint from the environment is passed explicitly, so a
+    process whose endpoint changes never reuses a cached file system bound to the old one."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and fsspec_url(url).startswith(("s3://", "s3a://")):
+        return {"endpoint_url": endpoint}
+    return {}
+
+
+# What an object store's metadata says about an object's content, strongest first: a
+# version id or generation changes on every write; an ETag or checksum changes with the bytes.
+_VERSION_KEYS = ("VersionId", "generation", "ETag", "etag", "md5Hash", "crc32c", "checksum")
+
+
+def data_version(path: str) -> str:
+    """A string that changes whenever the table at `path` changes (KFP keys its cache on it).
+
+    Empty `path` is the built-in demo table. A local file is hashed (SHA-256 of its bytes);
+    a URL is asked for its version id, generation, ETag or checksum (s3://, minio://, gs://),
+    and hashed by streaming when its store records none of them (http(s)://, ...).
+    """
+    import hashlib
+
+    import fsspec
+
+    path = str(path) or str(DEFAULT_DATASET)
+    _refuse_credentials(path)
+    try:
+        url = fsspec_url(path.removeprefix("file://"))
+        fs, where = fsspec.core.url_to_fs(url, **storage_options(url))
+        info = fs.info(where)
+        for key in _VERSION_KEYS:
+            value = info.get(key)
+            if value not in (None, ""):
+                return f"{key.lower()}:{str(value).strip(chr(34))}:size={info.get('size')}"
+        digest = hashlib.sha256()
+        with fs.open(where, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return f"sha256:{digest.hexdigest()}"
+    except FileNotFoundError:
+        raise UserError(f"data file not found: {path}") from None
+    except PermissionError:
+        raise UserError(f"data file is not readable (permission denied): {path}") from None
+    except ImportError as exc:
+        raise UserError(f"reading {path} needs an optional package: {exc}") from None
+    except IsADirectoryError:
+        raise UserError(f"data path is a directory, not a file: {path}") from None
+
+
 MAX_RETYPED_COLUMNS = 50  # columns re-read as text after a type clash, before giving up
 
 
@@ -141,7 +191,8 @@ def _open(path: str):
     """A binary file object for a local path or URL, decompressed by its extension."""
     import fsspec
 
-    return fsspec.open(fsspec_url(path), "rb", compression="infer").open()
+    url = fsspec_url(path)
+    return fsspec.open(url, "rb", compression="infer", **storage_options(url)).open()
 
 
 def _head(path: str, n_bytes: int = 1 << 16) -> bytes:

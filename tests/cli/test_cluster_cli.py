@@ -193,6 +193,8 @@ def test_schedule_creates_a_recurring_run_with_a_cron_trigger(kfp, capsys):
         (["--param", "registry_root=s3://KEY:SECRET@b/reg"], "holds credentials"),
         (["--param", "registry_root=hdfs://nn/reg"], "hdfs:// is not supported"),
         (["--param", "registry_root=minio:///reg"], "names no bucket"),
+        (["--tune-memory", "8GB"], "--tune-memory '8GB': expected memory such as 4Gi"),
+        (["--param", "step_cpu=two"], "--step-cpu 'two': expected CPUs such as 2"),
     ],
 )
 def test_bad_parameters_exit_2_before_any_request(kfp, capsys, args, message):
@@ -283,3 +285,41 @@ def test_a_host_that_never_answers_times_out(capsys, monkeypatch):
     err = _one_error_line(capsys)
     assert f"cannot reach the KFP API at http://127.0.0.1:{port}" in err
     assert "Read timed out" in err
+
+
+def _caching(spec: dict) -> dict[str, bool]:
+    """Each executor task's enableCache in a submitted pipeline spec (absent, as protobuf's
+    JSON leaves a false bool out, is off)."""
+    tasks = spec["pipeline_spec"]["root"]["dag"]["tasks"]
+    return {
+        name: bool(t.get("cachingOptions", {}).get("enableCache"))
+        for name, t in tasks.items()
+        if not name.startswith("condition-")
+    }
+
+
+def test_submit_keeps_each_steps_caching_by_default(kfp):
+    assert main(["submit", "--host", kfp.url]) == 0
+    caching = _caching(kfp.runs[0]["pipeline_spec"])
+    assert caching["prepare-data"] is True and caching["tune-models"] is True
+    # --cache (the default) must not turn caching on for the steps that must never cache
+    assert caching["gate-model"] is False and caching["package-model"] is False
+    assert caching["fingerprint-inputs"] is False
+
+
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_no_cache_turns_caching_off_for_every_step(kfp, capsys, command):
+    args = [command, "--host", kfp.url, "--no-cache"]
+    if command == "schedule":
+        args += ["--cron", "0 0 3 * * *"]
+    assert main(args) == 0
+    sent = (kfp.runs or kfp.recurring_runs)[0]["pipeline_spec"]
+    assert set(_caching(sent).values()) == {False}
+    assert "caching off" in capsys.readouterr().out
+
+
+def test_an_empty_registry_root_is_reported_as_the_namespace_registry(kfp, capsys):
+    assert main(["submit", "--host", kfp.url]) == 0
+    assert "<artifact bucket>/kfp-automl-registry/<namespace>" in capsys.readouterr().out
+    assert main(["submit", "--host", kfp.url, "--registry-root", "s3://b/reg"]) == 0
+    assert "kfp-automl-registry" not in capsys.readouterr().out

@@ -334,3 +334,17 @@ def test_alerts_without_a_model_label_each_start_their_own_run(kfp, trigger):
     ]
     assert all("model_name" not in run["runtime_config"]["parameters"] for run in runs)
     assert trigger.post(notification(*quality)).json()["deduplicated"] == 2
+
+
+def test_a_trigger_started_with_no_cache_starts_runs_with_no_step_cached(kfp, tmp_path):
+    """--no-cache turns caching off for every step of the runs the trigger starts (the
+    default, each step's compiled setting, is what the module's other tests send)."""
+    t = Trigger(kfp.url, tmp_path / "state", "--no-cache")
+    try:
+        assert len(t.post(notification(alert("churn-nocache"))).json()["runs"]) == 1
+    finally:
+        t.stop()
+    [run] = runs_for(kfp, "churn-nocache")
+    tasks = run["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
+    assert not any(t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
+    assert "caching off" in t.proc.communicate(timeout=30)[0]

@@ -327,8 +327,9 @@ def test_serving_network_policy_denies_by_default_and_opens_only_what_is_needed(
                 assert "169.254.0.0/16" in peer["ipBlock"]["except"]
 
 
-def test_ray_ports_are_reachable_only_from_pipeline_pods_of_the_namespace():
+def test_ray_ports_are_reachable_only_from_pipeline_pods():
     objects = render("tuning")
+    pipeline_pods = {"matchLabels": {"pipelines.kubeflow.org/v2_component": "true"}}
     policies = _policies_for(objects, {"ray.io/cluster": "automl-ray", "ray.io/node-type": "head"})
     assert any(not p["spec"].get("ingress") and not p["spec"].get("egress") for p in policies)
     control = {6379, 10001, 8265}
@@ -340,13 +341,17 @@ def test_ray_ports_are_reachable_only_from_pipeline_pods_of_the_namespace():
                 assert peers == [{"podSelector": {"matchLabels": {"ray.io/cluster": "automl-ray"}}}]
             elif ports & control:
                 assert ports <= control
+                # a podSelector alone: pods of this namespace; with the namespaceSelector:
+                # pods of Kubeflow profile namespaces (tests/manifests/test_multi_user.py)
                 assert peers == [
+                    {"podSelector": pipeline_pods},
                     {
-                        "podSelector": {
-                            "matchLabels": {"pipelines.kubeflow.org/v2_component": "true"}
-                        }
-                    }
-                ]  # a podSelector alone: pods of this namespace only
+                        "namespaceSelector": {
+                            "matchLabels": {"app.kubernetes.io/part-of": "kubeflow-profile"}
+                        },
+                        "podSelector": pipeline_pods,
+                    },
+                ]
 
 
 @pytest.mark.parametrize(

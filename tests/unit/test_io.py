@@ -328,3 +328,30 @@ def test_read_table_refuses_a_password_in_the_url(url):
     ) as info:
         read_table(url)
     assert "s3cret" not in str(info.value) and "SECRET" not in str(info.value)
+
+
+# --- the data version KFP's cache is keyed on -------------------------------------------------
+
+
+def test_data_version_changes_with_the_bytes_not_the_name(tmp_path):
+    from kfp_automl.tables.io import data_version
+
+    path = tmp_path / "t.csv"
+    path.write_text("a,y\n1,0\n2,1\n")
+    first = data_version(str(path))
+    assert first.startswith("sha256:") and data_version(f"file://{path}") == first
+    path.write_text("a,y\n1,0\n2,1\n")  # rewritten, same bytes: the same version
+    assert data_version(str(path)) == first
+    path.write_text("a,y\n1,0\n3,1\n")
+    assert data_version(str(path)) != first
+
+
+def test_data_version_of_the_demo_table_and_bad_paths(tmp_path):
+    from kfp_automl.errors import UserError
+    from kfp_automl.tables.io import DEFAULT_DATASET, data_version
+
+    assert data_version("") == data_version(str(DEFAULT_DATASET))
+    with pytest.raises(UserError, match="not found"):
+        data_version(str(tmp_path / "missing.csv"))
+    with pytest.raises(UserError, match="password"):
+        data_version("https://user:secret@example.com/t.csv")

@@ -81,3 +81,73 @@ def test_racing_promotions_leave_exactly_one_champion(tmp_path):
     # each promotion names the champion it replaced: the chain is unbroken
     for before, after in zip(promotions, promotions[1:], strict=False):
         assert after["from"] == before["version"]
+
+
+# --- which registry a pipeline task uses ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("registry_root", "artifact_uri", "namespace", "expected"),
+    [
+        # a cluster: every pod has its own disk; the registry is the namespace's, in the bucket
+        # the backend put the task's artifacts in (whatever the pipeline root's prefix and run)
+        (
+            "",
+            "minio://mlpipeline/v2/artifacts/kfp-automl-training/run-1/package-model/salt/bento",
+            "team-a",
+            "minio://mlpipeline/kfp-automl-registry/team-a",
+        ),
+        (
+            "",
+            "s3://team/pipelines/p/run-2/gate-model/decision",
+            "",
+            "s3://team/kfp-automl-registry",
+        ),
+        ("", "gs://team/root/p/r/t/bento", "ns", "gs://team/kfp-automl-registry/ns"),
+        # kfp.local: one filesystem, the default beside the BentoML store
+        ("", "/home/me/outputs/pipeline_root/p/package-model/bento", "ns", ""),
+        ("", "file:///home/me/root/bento", "", ""),
+        ("", "", "", ""),
+        # an explicit root always wins
+        (" s3://reg/models ", "minio://mlpipeline/v2/artifacts/x", "ns", "s3://reg/models"),
+        ("/shared/registry", "", "", "/shared/registry"),
+    ],
+)
+def test_run_root_shares_the_registry_on_a_cluster(
+    monkeypatch, registry_root, artifact_uri, namespace, expected
+):
+    from kfp_automl.registry.registry import NAMESPACE_ENV, run_root
+
+    monkeypatch.setenv(NAMESPACE_ENV, namespace)
+    assert run_root(registry_root, artifact_uri) == expected
+
+
+def test_two_runs_of_one_namespace_share_one_registry(monkeypatch):
+    """Each run's artifacts live under its own run folder; the registry must not."""
+    from kfp_automl.registry.registry import NAMESPACE_ENV, run_root
+
+    monkeypatch.setenv(NAMESPACE_ENV, "team-a")
+    first = run_root("", "minio://mlpipeline/v2/artifacts/p/run-1/package-model/a1/bento")
+    second = run_root("", "minio://mlpipeline/v2/artifacts/p/run-2/gate-model/b2/decision")
+    assert first == second
+    monkeypatch.setenv(NAMESPACE_ENV, "team-b")
+    assert run_root("", "minio://mlpipeline/v2/artifacts/p/run-3/package-model/c3/bento") != first
+
+
+def test_describe_root_says_which_registry_and_why(monkeypatch, tmp_path):
+    from kfp_automl.registry.registry import NAMESPACE_ENV, describe_root
+
+    monkeypatch.setenv(NAMESPACE_ENV, "ns")
+    monkeypatch.setenv("KFP_AUTOML_REGISTRY", str(tmp_path / "reg"))
+    line = describe_root("", "minio://b/root/p/run/task/bento")
+    assert line.startswith("registry minio://b/kfp-automl-registry/ns (shared by the namespace")
+    assert describe_root("", "/local/root/bento") == (
+        f"registry {tmp_path / 'reg'} ($KFP_AUTOML_REGISTRY: registry_root is empty)"
+    )
+    monkeypatch.delenv("KFP_AUTOML_REGISTRY")
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bento"))
+    assert describe_root("", "/local/root/bento") == (
+        f"registry {tmp_path / 'bento' / 'kfp-automl-registry'} "
+        "(the local default: registry_root is empty)"
+    )
+    assert describe_root("s3://x/y", "minio://b") == "registry s3://x/y (registry_root)"

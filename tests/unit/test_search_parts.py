@@ -345,18 +345,55 @@ def test_search_report_has_every_section():
 # --- where the search state lives ---------------------------------------------
 
 
+MODEL = "minio://mlpipeline/v2/artifacts/kfp-automl-training/run-1/tune-models/model"
+
+
 @pytest.mark.parametrize(
-    ("explicit", "pipeline_root", "expected"),
+    ("explicit", "output_uri", "expected"),
     [
-        ("", "/data/root", "/data/root/run-1/search-state"),
-        ("", "file:///data/root/", "/data/root/run-1/search-state"),
-        ("", "minio://mlpipeline/v2/artifacts", ""),  # not writable by Ray: a temp folder
-        ("s3://bucket/state", "minio://mlpipeline", "s3://bucket/state/run-1/search-state"),
-        ("none", "/data/root", ""),
+        # beside the task's outputs, on the pipeline root's own store (a retried pod gets the
+        # same output URIs from KFP's driver, so it finds the state)
+        (
+            "",
+            MODEL,
+            "minio://mlpipeline/v2/artifacts/kfp-automl-training/run-1/tune-models/search-state",
+        ),
+        (
+            "",
+            "/data/root/training-1/tune-models/model",
+            "/data/root/training-1/tune-models/search-state",
+        ),
+        ("", "file:///data/root/t/tune-models/model", "/data/root/t/tune-models/search-state"),
+        (
+            "s3://bucket/state",
+            MODEL,
+            "s3://bucket/state/kfp-automl-training/run-1/tune-models/search-state",
+        ),
+        (
+            "file:///srv/state/",
+            MODEL,
+            "/srv/state/kfp-automl-training/run-1/tune-models/search-state",
+        ),
+        ("none", MODEL, ""),
         ("", "", ""),
     ],
 )
-def test_state_path(explicit, pipeline_root, expected):
+def test_state_path(explicit, output_uri, expected):
     from kfp_automl.components.tune.tune import state_path
 
-    assert state_path(explicit, pipeline_root, "run-1") == expected
+    assert state_path(explicit, output_uri) == expected
+
+
+def test_state_filesystem_puts_minio_on_the_configured_endpoint(monkeypatch):
+    from pyarrow import fs
+
+    from kfp_automl.components.tune.search import state_filesystem
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    path, filesystem = state_filesystem("minio://mlpipeline/v2/x/search-state/")
+    assert path == "mlpipeline/v2/x/search-state"
+    assert isinstance(filesystem, fs.S3FileSystem)
+    assert state_filesystem("/tmp/state") == ("/tmp/state", None)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert state_filesystem("s3://b/k") == ("s3://b/k", None)  # AWS itself: Ray's own choice

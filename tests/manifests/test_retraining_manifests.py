@@ -186,6 +186,8 @@ def test_container_commands_parse_with_the_real_cli(objects, kustomization):
     else:
         assert check_cron(ctx.params["cron"]) == "0 0 3 * * *"
     assert ctx.params["param_data"].startswith("s3://") and ctx.params["param_target"] == "churn"
+    # the profile namespace of a multi-user Kubeflow comes from the settings (empty: standalone)
+    assert ctx.params["namespace"] == ""
 
 
 def test_example_alertmanager_receiver_passes_amtool():

@@ -10,12 +10,19 @@ first run's champion, and a killed search resumes.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
+from tests.support.kfp_standin import KfpStandIn
+from tests.support.kube_apiserver import StandInApiServer, write_kubeconfig
 from tests.support.rehearsal import Rehearsal, wait_for
 from tests.support.s3_server import s3_env, s3_server
+from tests.support.servers import CLI, free_port, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -174,11 +181,89 @@ def test_a_changed_table_behind_the_same_url_retrains_on_the_new_rows(retraining
     assert "no champion" not in _decision(backend, third)["reason"]
 
 
-def test_no_cache_runs_every_task(retraining):
-    backend, _ = retraining
-    result = backend.run(QUICK, enable_caching=False)
-    _ok(result)
-    assert not [t.name for t in result.tasks.values() if t.state == "cached"]
+DEPLOY_FIXTURE = Path(__file__).resolve().parents[1] / "deploy" / "fixtures" / "serving.yaml"
+TRIGGER_TOKEN = "rehearsal-trigger-token-0123"
+
+
+def _drift_alert(model: str) -> dict:
+    return {
+        "version": "4",
+        "status": "firing",
+        "receiver": "retrain",
+        "groupLabels": {"alertname": "AutomlFeatureDrift"},
+        "commonLabels": {"action": "retrain"},
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {
+                    "alertname": "AutomlFeatureDrift",
+                    "action": "retrain",
+                    "model": model,
+                    "version": "v1",
+                    "feature": "tenure",
+                },
+                "annotations": {"summary": f"Feature tenure of {model} drifted"},
+                "startsAt": "2026-12-02T04:00:00.000Z",
+                "fingerprint": f"{model}-tenure",
+            }
+        ],
+    }
+
+
+def test_a_drift_alert_starts_a_run_that_is_gated_and_deployed(retraining, tmp_path):
+    """Alertmanager -> the retrain trigger -> KFP's API (the stand-in records the run) -> the
+    recorded run on the rehearsal -> gated against the champion -> rolled out to the API server."""
+    backend, (_, _, third) = retraining
+    params = {k: v for k, v in QUICK.items() if k not in ("data", "target", "model_name")}
+    params["min_improvement"] = -1.0  # any challenger may replace the champion here
+    flags = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items()]
+    with KfpStandIn() as kfp, StandInApiServer() as api:
+        port = free_port()
+        proc = subprocess.Popen(
+            [*CLI, "retrain-trigger", "--port", str(port), "--kfp-host", kfp.url,
+             "--state-dir", str(tmp_path / "state"), "--data", DATA, "--target", "churn",
+             "--deploy-namespace", "ml-serving", "--deploy-manifests", str(DEPLOY_FIXTURE),
+             *[a for f in flags for a in ("--param", f)]],
+            env={**os.environ, "KFP_AUTOML_TRIGGER_TOKEN": TRIGGER_TOKEN},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/healthz", proc, timeout_s=60)
+            answer = httpx.post(
+                f"http://127.0.0.1:{port}/alerts",
+                json=_drift_alert(QUICK["model_name"]),
+                headers={"authorization": f"Bearer {TRIGGER_TOKEN}"},
+                timeout=30,
+            )
+            assert answer.status_code == 200, answer.text
+        finally:
+            stop(proc)
+        [body] = kfp.runs
+        backend.kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", api.host)
+        try:
+            result = backend.run_request(body)
+        finally:
+            backend.kubeconfig = None
+        _ok(result)
+        # the same table and settings as the run before: the split and the search are reused
+        assert result["prepare-data"].state == "cached"
+        decision = _decision(backend, result)
+        assert decision["deploy"] is True and "no champion" not in decision["reason"]
+        version = result["package-model"].artifacts["bento"].metadata["bento_tag"].split(":")[1]
+        assert result["deploy-model"].state == "succeeded"
+        applied = [
+            r.body for r in api.state.calls()
+            if r.method == "PATCH" and r.path.endswith("/deployments/automl-serving")
+        ]  # fmt: skip
+        labels = applied[-1]["spec"]["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/version"] == version
+        doc = json.loads(
+            backend.s3.get_object(
+                Bucket=BUCKET, Key="kfp-automl-registry/team-a/churn-rehearsal.json"
+            )["Body"].read()
+        )
+        assert version in json.dumps(doc["champion"])
+        assert third.run_id != result.run_id
 
 
 def test_a_killed_search_is_retried_and_resumes_without_repeating_finished_trials(

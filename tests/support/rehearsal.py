@@ -110,11 +110,10 @@ def hidden_modules() -> list[str]:
     """Where the top-level modules of installed distributions the components image does not
     install live (`<site-packages>/<module>`): a component importing one fails as in the image.
     Paths, not names: a package can carry its own copy (ray's thirdparty_files has colorama)."""
+    import site
     from importlib import metadata
 
     from packaging.utils import canonicalize_name
-
-    import site
 
     allowed = _requirement_closure("kfp-automl", IMAGE_EXTRAS)
     hidden: set[str] = set()
@@ -253,20 +252,20 @@ class Rehearsal:
         namespace: str = "team-a",
         pipeline_file: Path = COMPILED,
         root_prefix: str = "v2/artifacts",
+        kubeconfig: Path | None = None,
     ):
         import tempfile
 
         self.s3, self.endpoint, self.bucket = s3, endpoint, bucket
         self.secrets, self.namespace = secrets, namespace
+        # the pods' service account: a kubeconfig for an API server stands in for the token
+        # Kubernetes mounts into each pod
+        self.kubeconfig = kubeconfig
         self.root = f"minio://{bucket}/{root_prefix}"
         # short: Ray's socket paths live under each task's TMPDIR
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="rh-", dir="/tmp"))
         docs = [d for d in yaml.safe_load_all(pipeline_file.read_text()) if d]
-        self.spec = docs[0]
-        platform = next((d for d in docs[1:] if "platforms" in d), {})
-        self.platform = (
-            platform.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {})
-        )
+        self._use(docs[0], next((d for d in docs[1:] if "platforms" in d), {}))
         self.cache: dict[str, tuple[dict[str, Any], dict[str, RArtifact]]] = {}
         self._n_artifacts = 0
         self._n_pods = 0
@@ -276,7 +275,24 @@ class Rehearsal:
         self._site = site
         self._hidden = os.pathsep.join(hidden_modules())
 
+    def _use(self, spec: dict[str, Any], platform: dict[str, Any]) -> None:
+        self.spec = spec
+        self.platform = (
+            (platform or {}).get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {})
+        )
+
     # -- a run ---------------------------------------------------------------------------------
+
+    def run_request(self, body: dict[str, Any], **kw: Any) -> RunResult:
+        """Run what a client sent to KFP's `POST /apis/v2beta1/runs`: its pipeline spec (and
+        platform spec), with its runtime parameters."""
+        sent = body["pipeline_spec"]
+        if "pipeline_spec" in sent:
+            self._use(sent["pipeline_spec"], sent.get("platform_spec") or {})
+        else:
+            self._use(sent, {})
+        params = (body.get("runtime_config") or {}).get("parameters") or {}
+        return self.run(params, **kw)
 
     def run(
         self,
@@ -538,6 +554,8 @@ class Rehearsal:
         unknown = set(platform) - {"secretAsEnv", "fieldPathAsEnv"}
         if unknown:
             raise RehearsalError(f"{name}: platform settings not implemented: {sorted(unknown)}")
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
         env.update(ctx.extra_env.get(name, {}))
         return env
 

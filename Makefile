@@ -8,7 +8,7 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: lint-imports help setup system-deps bench-deps bench-extra run test test-quick lint format compile rules bench bench-serving bench-prepare bench-feedback bench-search images clean serving-manifests docs
+.PHONY: lint-imports help setup system-deps bench-deps bench-extra run test test-quick lint format compile rules bench bench-serving bench-prepare bench-feedback bench-search images push clean serving-manifests docs
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -112,8 +112,21 @@ serving-manifests: ## Render manifests/serving/overlays/prod to images/rendered/
 	  kubectl kustomize manifests/serving/overlays/prod; } > $$tmp && chmod 644 $$tmp && mv $$tmp images/rendered/serving.yaml && \
 	echo "wrote images/rendered/serving.yaml"
 
-images: ## Build the components and serving images (docker, podman or buildah; says what to install)
-	bash images/build.sh
+# The images' registry and tag (default: ghcr.io/kfp-automl and the package version). `images` first
+# points the compiled pipeline, every kustomization's `images:` and images/rendered/serving.yaml at
+# them (`kfp-automl images`), then builds; with neither given it writes the defaults back.
+REGISTRY ?= ghcr.io/kfp-automl
+TAG ?=
+IMAGE_ARGS = --registry '$(REGISTRY)' $(if $(TAG),--tag '$(TAG)')
+images: $(STAMP) ## Build both images as REGISTRY/<image>:TAG and point the pipeline and manifests at them (REGISTRY=registry.example.com/team TAG=...)
+	$(BIN)/kfp-automl images $(IMAGE_ARGS)
+	REGISTRY='$(REGISTRY)' TAG='$(TAG)' bash images/build.sh
+
+push: $(STAMP) ## `images`, then push both to REGISTRY (required: REGISTRY=registry.example.com/team)
+	@case "$(origin REGISTRY)" in command*|environment*) ;; *) \
+	  echo "error: make push needs REGISTRY=... (where the cluster pulls from; ghcr.io/kfp-automl is the project's own)" >&2; exit 2;; esac
+	$(BIN)/kfp-automl images $(IMAGE_ARGS)
+	REGISTRY='$(REGISTRY)' TAG='$(TAG)' bash images/build.sh --push
 
 clean: ## Remove the venv, caches and local outputs
 	rm -rf $(VENV) automl-output bench-output site .pytest_cache .ruff_cache *.egg-info

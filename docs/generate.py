@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "reference"
 COMPILED = ROOT / "pipelines" / "compiled" / "training.yaml"
 # The steps in the order the pipeline runs them; step folders not named here follow, sorted.
-STEP_ORDER = ("prepare", "tune", "evaluate", "package", "gate", "promote", "deploy")
+STEP_ORDER = ("prepare", "tune", "evaluate", "package", "gate", "deploy", "promote")
 
 
 def _banner(source: str) -> str:

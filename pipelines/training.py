@@ -17,11 +17,12 @@ from kfp_automl.registry.registry import NAMESPACE_ENV
 PIPELINE_NAME = "kfp-automl-training"
 
 # Credentials never travel as pipeline parameters. On a cluster, the steps that read URLs
-# (the table, a warm-start leaderboard) or the model registry (package registers, gate reads
-# the champion, promote writes it; an s3://, minio:// or gs:// registry_root) take
-# object-store credentials from this optional Secret in the run's namespace (keys named as the
-# variables; absent keys or Secret: the pod's own cloud identity is used), and the tune step
-# takes the KubeRay cluster's token from the Secret manifests/tuning expects.
+# (the table, a warm-start leaderboard, the deploy manifests) or the model registry (package
+# registers, gate reads the champion, promote writes it; an s3://, minio:// or gs://
+# registry_root) take object-store credentials from this optional Secret in the run's
+# namespace (keys named as the variables; absent keys or Secret: the pod's own cloud identity
+# is used), and the tune step takes the KubeRay cluster's token from the Secret
+# manifests/tuning expects.
 STORAGE_SECRET = "kfp-automl-storage"
 STORAGE_ENV = (
     "AWS_ACCESS_KEY_ID",
@@ -41,7 +42,8 @@ RAY_SECRET = "automl-ray-auth"
 NEVER_CACHED = ("fingerprint", "package", "gate", "promote", "deploy")
 # Every step is retried (KFP's retryPolicy) after a lost pod or a store's transient error: each
 # is safe to rerun (outputs are rewritten whole, registry writes are conditional and repeatable,
-# deploys are server-side applies) and tune resumes its saved search instead of starting over.
+# deploys are server-side applies that roll back to what was live before the first attempt)
+# and tune resumes its saved search instead of starting over.
 RETRIES = {
     "fingerprint": 2,
     "prepare": 2,
@@ -98,6 +100,7 @@ def training(
     n_bootstrap: int = 200,
     deploy_namespace: str = "",
     deploy_manifests: str = "",
+    deploy_timeout_s: int = 300,
     drop_columns: str = "",
     categorical_columns: str = "",
     numeric_columns: str = "",
@@ -133,7 +136,10 @@ def training(
         time_budget_s: Wall-clock seconds of the search (Ray's start included).
         max_trials: Trial cap (0: only the time budget stops the search).
         seed: Seed for the split, the search and the models.
-        ray_address: Ray cluster to join; empty starts Ray inside the tune step.
+        ray_address: Ray cluster for the search: its Jobs API, http(s)://HEAD:8265 (on KubeRay
+            http://automl-ray-head-svc.kfp-automl.svc.cluster.local:8265), runs the search there
+            as a Ray job, files through the search state's store; empty starts Ray inside the
+            tune step. ray:// (Ray Client) is refused.
         model_name: Name of the BentoML model and Bento; empty derives it from the target.
         registry_root: Model registry: a folder every run reaches (a shared volume), or an object
             store, s3://, minio:// (KFP's MinIO; endpoint from AWS_ENDPOINT_URL) or gs://
@@ -143,10 +149,12 @@ def training(
         min_improvement: The least gain on the metric for a new model to replace the champion.
         slice_column: Categorical column for per-slice metrics in the report; empty picks one.
         n_bootstrap: Bootstrap resamples for the holdout metrics' confidence intervals.
-        deploy_namespace: Namespace to roll a promoted model out to (server-side apply, rollback
-            when not ready); empty deploys nothing.
+        deploy_namespace: Namespace of the serving Deployment a model the gate passed is rolled
+            out to (server-side apply, rollback when not ready) before it is promoted: it is
+            promoted only once it is live. Empty deploys nothing.
         deploy_manifests: Rendered serving manifests (path or URL) for the deploy step; empty
             uses the copy baked into the components image.
+        deploy_timeout_s: Seconds the deploy step waits for the rollout before rolling back.
         drop_columns: Columns to drop before training (comma-separated, or a JSON array).
         categorical_columns: Columns to treat as categorical (comma-separated, or a JSON array).
         numeric_columns: Columns to treat as numbers (comma-separated, or a JSON array).
@@ -170,7 +178,8 @@ def training(
             quantity, e.g. 2 or 500m.
         prepare_memory: Memory of the prepare pod (request = limit; a cluster only). prepare
             peaks at about 3.5x the table's in-memory size, e.g. 6Gi for a 1.5 GiB table.
-        tune_cpu: CPUs of the tune pod, the Ray driver and, without ray_address, its trials.
+        tune_cpu: CPUs of the tune pod: the search and its trials without ray_address; with a
+            Jobs URL the pod only waits for the job.
         tune_memory: Memory of the tune pod.
         step_cpu: CPUs of every other step's pod (fingerprint, evaluate, package, gate, promote,
             deploy).
@@ -258,24 +267,29 @@ def training(
         "gate": gate,
     }
     with dsl.If(gate.outputs["Output"] == True, name="deploy"):  # noqa: E712 (a KFP condition)
-        promote = promote_model(
+        # Roll out first, promote only once the new version is live: a rollout that fails (and
+        # is rolled back) leaves the new version a challenger and the champion served. With
+        # deploy_namespace empty the deploy step deploys nothing and says so.
+        deploy = deploy_model(
             bento=pkg.outputs["bento"],
             decision=gate.outputs["decision"],
-            registry_root=registry_root,
-        ).set_display_name("promote")
-        _storage_credentials(promote)
-        steps["promote"] = promote
-        with dsl.If(deploy_namespace != "", name="deploy-to-cluster"):
-            steps["deploy"] = (
-                deploy_model(
-                    bento=pkg.outputs["bento"],
-                    decision=gate.outputs["decision"],
-                    namespace=deploy_namespace,
-                    manifests=deploy_manifests,
-                )
-                .set_display_name("deploy")
-                .after(promote)
+            namespace=deploy_namespace,
+            manifests=deploy_manifests,
+            timeout_s=deploy_timeout_s,
+        ).set_display_name("deploy")
+        promote = (
+            promote_model(
+                bento=pkg.outputs["bento"],
+                decision=gate.outputs["decision"],
+                registry_root=registry_root,
             )
+            .set_display_name("promote")
+            .after(deploy)
+        )
+        for step in (deploy, promote):  # deploy_manifests may be an object-store URL
+            _storage_credentials(step)
+        steps["deploy"] = deploy
+        steps["promote"] = promote
     for name, step in steps.items():
         if name in NEVER_CACHED:
             step.set_caching_options(False)

@@ -49,15 +49,21 @@ def test_pipeline_wiring_and_defaults():
         "inputs.parameter_values['pipelinechannel--gate-model-Output'] == true"
     )
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
-    assert set(inner) == {"promote-model", "condition-2"}  # only a passing model is promoted
-    # ... and deployed after its promotion, only when a namespace is given
-    assert inner["condition-2"]["dependentTasks"] == ["promote-model"]
-    assert inner["condition-2"]["triggerPolicy"]["condition"] == (
-        "inputs.parameter_values['pipelinechannel--deploy_namespace'] != ''"
-    )
-    deploy = spec["components"]["comp-condition-2"]["dag"]["tasks"]["deploy-model"]
+    # only a passing model is deployed and promoted, and promoted only once its rollout
+    # succeeded: a failed deploy fails the branch before promote, so the champion stays served
+    assert set(inner) == {"deploy-model", "promote-model"}
+    assert inner["promote-model"]["dependentTasks"] == ["deploy-model"]
+    assert "dependentTasks" not in inner["deploy-model"]
+    assert "triggerPolicy" not in inner["deploy-model"]  # runs with an empty namespace too
+    deploy = inner["deploy-model"]
     assert deploy["inputs"]["artifacts"]["bento"]["componentInputArtifact"] == (
         "pipelinechannel--package-model-bento"
+    )
+    assert deploy["inputs"]["parameters"]["namespace"]["componentInputParameter"] == (
+        "pipelinechannel--deploy_namespace"
+    )
+    assert deploy["inputs"]["parameters"]["timeout_s"]["componentInputParameter"] == (
+        "pipelinechannel--deploy_timeout_s"
     )
     # its own parameters, and the resource channels KFP adds for set_cpu_limit(<parameter>) ...
     assert {p for p in deploy["inputs"]["parameters"] if "pipelinechannel" not in p} - {
@@ -65,7 +71,7 @@ def test_pipeline_wiring_and_defaults():
         "cpu_request",
         "memory_limit",
         "memory_request",
-    } == {"namespace", "manifests"}
+    } == {"namespace", "manifests", "timeout_s"}
     assert tasks["tune-models"]["dependentTasks"] == ["fingerprint-inputs", "prepare-data"]
     assert set(tasks["package-model"]["dependentTasks"]) == {
         "evaluate-model",
@@ -77,6 +83,7 @@ def test_pipeline_wiring_and_defaults():
     assert params["data"]["defaultValue"] == ""  # no data path baked in at compile time
     assert params["deploy_namespace"]["defaultValue"] == ""  # local runs deploy nothing
     assert params["deploy_manifests"]["defaultValue"] == ""  # the copy in the image
+    assert params["deploy_timeout_s"]["defaultValue"] == 300
     outputs = spec["root"]["outputDefinitions"]["artifacts"]
     assert {
         "bento",
@@ -116,6 +123,7 @@ def test_credentials_come_from_optional_secrets_never_parameters():
             "exec-fingerprint-inputs",
             "exec-prepare-data",
             "exec-tune-models",
+            "exec-deploy-model",  # deploy_manifests may be an object-store URL
         }
         | registry_steps
     )
@@ -128,7 +136,8 @@ def test_credentials_come_from_optional_secrets_never_parameters():
     }
     storage = ({k: k for k in STORAGE_ENV}, True)
     assert {"AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"} <= set(STORAGE_ENV)
-    for step in {"exec-fingerprint-inputs", "exec-prepare-data"} | registry_steps:
+    url_steps = {"exec-fingerprint-inputs", "exec-prepare-data", "exec-deploy-model"}
+    for step in url_steps | registry_steps:
         assert secrets[step] == {STORAGE_SECRET: storage}, step
     assert secrets["exec-tune-models"] == {
         STORAGE_SECRET: storage,

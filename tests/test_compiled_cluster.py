@@ -135,3 +135,20 @@ def test_every_parameter_a_task_reads_reaches_its_dag(spec):
                 constant = str(value.get("runtimeValue", {}).get("constant", ""))
                 for read in reads.findall(constant):
                     assert read in params, (name, task_name, key, read)
+
+
+def test_promote_waits_for_the_rollout_and_its_retries(spec):
+    """A KFP backend starts promote only when deploy succeeded, after deploy's own retries: a
+    rollout that fails every attempt leaves the new version a challenger and the champion
+    served; a retried deploy that succeeds is then promoted. No condition sits between them
+    (deploy runs, and deploys nothing, without a namespace), so a local run promotes too."""
+    tasks = _tasks(spec)
+    assert tasks["promote-model"]["dependentTasks"] == ["deploy-model"]
+    assert tasks["deploy-model"]["retryPolicy"]["maxRetryCount"] >= 1
+    branch = next(
+        dag["dag"]["tasks"]
+        for dag in _dags(spec).values()
+        if "promote-model" in dag["dag"]["tasks"]
+    )
+    assert set(branch) == {"deploy-model", "promote-model"}
+    assert not any("triggerPolicy" in task for task in branch.values())

@@ -2,14 +2,18 @@
 
 Plain logic (no kfp import): the component (`component.py`) and `kfp-automl deploy` call `deploy`.
 Every applied Deployment carries the release it belongs to (the annotation
-`kfp-automl.io/release`: the rendered objects, version and Bento URL), so when a new version is
-not ready within the timeout the objects of the version that was live before are applied again.
+`kfp-automl.io/release`: the rendered objects, version and Bento URL, and the release it rolls
+back to), so when a new version is not ready within the timeout the objects of the version that
+was live before are applied again. A rerun of the same deploy (KFP's retry after an attempt that
+applied the new version and then died) rolls back to what was live before the first attempt,
+never to the half-finished new version.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -104,9 +108,8 @@ def wait_rollout(
         time.sleep(poll_s)
 
 
-def previous_release(cluster: Cluster, namespace: str, name: str) -> Release | None:
+def live_release(live: dict[str, Any] | None, namespace: str) -> Release | None:
     """The release recorded on the live Deployment, or None (none live, or not deployed by us)."""
-    live = cluster.get_deployment(namespace, name)
     if live is None:
         return None
     value = ((live.get("metadata") or {}).get("annotations") or {}).get(RELEASE_ANNOTATION)
@@ -116,6 +119,28 @@ def previous_release(cluster: Cluster, namespace: str, name: str) -> Release | N
         return Release.decode(value, namespace)
     except ValueError:
         return None
+
+
+def rollback_target(
+    live: dict[str, Any] | None, version: str, namespace: str
+) -> tuple[Release | None, str]:
+    """What a failed deploy of `version` re-applies, and one phrase saying what is live.
+
+    Another version live: that one. The same version live and rolled out (a rerun after the
+    rollout finished): the same version as it is. The same version live but not rolled out (a
+    rerun after an attempt applied it and died): the release that was live before that
+    attempt, which its record carries; None when there was none.
+    """
+    current = live_release(live, namespace)
+    if live is None or current is None:
+        return None, "no recorded version live"
+    if current.version != version:
+        return current, f"version {current.version} live"
+    if rollout_status(live)[0]:
+        return current, f"version {version} live already"
+    before = current.previous
+    back = f"version {before.version}" if before else "no recorded version"
+    return before, f"version {version} applied but not rolled out, {back} before it"
 
 
 def _apply_all(cluster: Cluster, release: Release) -> list[str]:
@@ -160,11 +185,12 @@ def deploy(
     release = render(parse_manifests(manifests), bento_url, version, namespace, name)
     target = f"{namespace}/{name}"
     try:
-        before = previous_release(cluster, namespace, name)
+        before, was = rollback_target(cluster.get_deployment(namespace, name), version, namespace)
     except ApiProblem as exc:
         raise UserError(f"deploy to {target}: {exc}") from None
-    was = f"version {before.version}" if before else "no recorded version"
-    say(STEP, f"deploying version {version} to {target} ({was} live)")
+    if before is not None:
+        release = replace(release, previous=replace(before, previous=None))
+    say(STEP, f"deploying version {version} to {target} ({was})")
     try:
         applied = _apply_all(cluster, release)
     except ApiProblem as exc:
@@ -229,10 +255,17 @@ def run(
     timeout_s: float = 300,
     cluster_factory: Callable[[], Cluster] | None = None,
 ) -> DeployOutcome:
-    """The deploy step: deploy the Bento at `bento_uri` if the gate passed; write the release JSON."""
+    """The deploy step: deploy the Bento at `bento_uri` if the gate passed and a namespace is
+    given; write the release JSON. The pipeline promotes the model only after this returns."""
     if not decision.deploy:
         say(STEP, f"nothing deployed: the gate did not pass this model ({decision.reason})")
         outcome = DeployOutcome(deployed=False, reason=decision.reason)
+        outcome.write(release_path)
+        return outcome
+    if not namespace.strip():
+        reason = "deploy_namespace is empty"
+        say(STEP, f"nothing deployed: {reason} (the model is promoted in the registry only)")
+        outcome = DeployOutcome(deployed=False, reason=reason)
         outcome.write(release_path)
         return outcome
     tag = str(bento_metadata.get("bento_tag", ""))

@@ -16,7 +16,13 @@ from pathlib import Path
 
 from kfp_automl.serving.files import SERVICE
 
-__all__ = ["SERVICE", "bento_sources", "build_context", "runtime_requirements"]
+__all__ = [
+    "SERVICE",
+    "bento_sources",
+    "build_context",
+    "runtime_requirements",
+    "runtime_versions",
+]
 
 BENTO_PACKAGES = ("kfp_automl.contracts", "kfp_automl.runtime", "kfp_automl.serving")
 BENTO_MODULES = ("kfp_automl", "kfp_automl.errors", "kfp_automl.files")
@@ -48,10 +54,13 @@ def build_context(directory: Path) -> list[str]:
 
 
 # What the service imports; pinned to the versions that trained the model so it unpickles the same.
+# Their versions are also recorded in the model's metadata, and the service checks those of
+# kfp_automl/runtime/packages.py: MODEL_PACKAGES against the installed ones at start.
 RUNTIME_PACKAGES = [
     "scikit-learn",
     "pandas",
     "numpy",
+    "scipy",  # scikit-learn's estimators hold and call it
     "joblib",
     "pyarrow",
     "prometheus-client",
@@ -59,5 +68,11 @@ RUNTIME_PACKAGES = [
 ]
 
 
-def runtime_requirements() -> list[str]:
-    return [f"{p}=={importlib_metadata.version(p)}" for p in RUNTIME_PACKAGES]
+def runtime_versions() -> dict[str, str]:
+    """The installed version of each of RUNTIME_PACKAGES (what the Bento pins and records)."""
+    return {p: importlib_metadata.version(p) for p in RUNTIME_PACKAGES}
+
+
+def runtime_requirements(versions: dict[str, str] | None = None) -> list[str]:
+    """Exact pins of `versions` (default: runtime_versions())."""
+    return [f"{p}=={v}" for p, v in (versions or runtime_versions()).items()]

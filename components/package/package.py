@@ -10,13 +10,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kfp_automl.components.package.bento import SERVICE, build_context, runtime_requirements
+from kfp_automl.components.package.bento import (
+    SERVICE,
+    build_context,
+    runtime_requirements,
+    runtime_versions,
+)
 from kfp_automl.contracts.model_info import ModelInfo
 from kfp_automl.contracts.profile import Bins, Profile
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.files import write_json
 from kfp_automl.registry.registry import model_name_for
 from kfp_automl.runtime.model_file import MODEL_FILE, load_model
+from kfp_automl.runtime.packages import RECORD_KEY
 from kfp_automl.serving.files import (
     EVALUATION_FILE,
     PREDICTION_REFERENCE_FILE,
@@ -56,6 +62,8 @@ def package(
     load_model(model_dir, model_info.sha256)
     name = name or model_name_for(schema.target)
     labels = {"task": schema.task, "family": model_info.family, "project": "kfp-automl"}
+    # what the Bento pins, also recorded beside the model: the service checks them at start
+    versions = runtime_versions()
     with bentoml.models.create(
         name,
         labels=labels,
@@ -63,6 +71,7 @@ def package(
             **model_info.to_metadata(),
             "target": schema.target,
             "data_fingerprint": schema.data_fingerprint,
+            RECORD_KEY: versions,
         },
     ) as stored:
         shutil.copyfile(Path(model_dir) / MODEL_FILE, stored.path_of(MODEL_FILE))
@@ -86,7 +95,7 @@ def package(
             include=build_context(Path(ctx)),
             # exact pins of what the serving image installs; no lock: locking resolves against a
             # package index, which a pipeline pod on a cluster often cannot reach
-            python={"packages": runtime_requirements(), "lock_packages": False},
+            python={"packages": runtime_requirements(versions), "lock_packages": False},
             args={"model_tag": str(stored.tag)},
             # the Bento takes the model's version, so BentoML's request metrics (labelled with
             # the Bento's name and version) and ours (the model's) line up in Prometheus

@@ -12,7 +12,7 @@ def promote_model(
     decision: Input[Artifact],
     registry_root: str = "",
 ):
-    """Promote the packaged model to champion (runs only when the gate said deploy).
+    """Promote the packaged model to champion (when the gate said deploy, once deploy succeeded).
 
     Args:
         bento: The package step's output; its metadata names the model tag.

@@ -42,7 +42,10 @@ def tune_models(
         time_budget_s: Wall-clock budget of the search in seconds.
         max_trials: Stop after this many trials (0: only the time budget stops it).
         seed: Seed for the search and the models.
-        ray_address: Ray cluster to join (e.g. ray://head:10001); empty starts Ray locally.
+        ray_address: A Ray cluster's Jobs API, http(s)://HEAD:8265: the search runs there as a
+            Ray job, its inputs and outputs through the store of the search state; HOST:PORT
+            joins a cluster by its GCS address (a Ray node on this host); empty starts Ray
+            locally. ray:// (Ray Client) is refused.
         search_algorithm: tpe (Optuna), random or grid.
         validation: auto (CV up to 10,000 rows, else the holdout), cv or holdout.
         early_stopping: ASHA early stopping of iterative families' trials.
@@ -50,7 +53,7 @@ def tune_models(
         ensemble: Ship a greedy ensemble of the top trials when it beats the best single one.
         search_state_root: Where the search keeps its state (a path, s3://, minio:// or gs://
             URL); a retry of the task (same output URIs) resumes it. Empty: beside this task's
-            outputs under the pipeline root; "none": a temporary folder.
+            outputs under the pipeline root; "none": a temporary folder (not with a Jobs URL).
         warm_start_version: The version of `warm_start` the fingerprint step read: part of
             KFP's cache key, so a changed leaderboard is never a cache hit.
     """

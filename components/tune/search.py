@@ -151,8 +151,41 @@ def _callback(
     return Progress()
 
 
+JOBS_URL_HINT = (
+    "give the cluster's Ray Jobs API instead, http://HEAD:8265 (on KubeRay "
+    "http://<cluster>-head-svc.<namespace>.svc.cluster.local:8265)"
+)
+
+
+def check_address(ray_address: str) -> None:
+    """Refuse the addresses this search cannot run through (a UserError naming the way that works)."""
+    address = ray_address.strip()
+    if address.startswith("ray://"):
+        raise UserError(
+            f"ray_address {address}: Ray Client (ray://) is not supported: it runs the search's "
+            "driver on the head, away from its progress lines and the predictions the ensemble "
+            f"is built from; {JOBS_URL_HINT}"
+        )
+    if address.lower().startswith(("http://", "https://")):
+        raise UserError(
+            f"ray_address {address} is a Ray Jobs API: the tune step (tune.run) submits the "
+            "search there as a Ray job; run_search itself joins a cluster by its GCS address"
+        )
+
+
+def check_algorithm(algorithm: str) -> None:
+    if algorithm not in ALGORITHMS:
+        raise UserError(
+            f"unknown search algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}"
+        )
+
+
 def _start_ray(ray_address: str) -> bool:
-    """Join `ray_address`, or start a private local Ray bound to 127.0.0.1. True if we started it."""
+    """Join `ray_address`, or start a private local Ray bound to 127.0.0.1. True if we started it.
+
+    `auto` is the cluster a Ray job runs on; HOST:PORT a GCS address, which connects only
+    through a Ray node (raylet) on this host: from a pod outside the cluster, submit a Ray job.
+    """
     import ray
 
     if ray.is_initialized():
@@ -358,16 +391,15 @@ def run_search(
 
     from kfp_automl.components.tune.budget import BudgetStopper, grace_for
 
-    if algorithm not in ALGORITHMS:
-        raise UserError(
-            f"unknown search algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}"
-        )
+    check_algorithm(algorithm)
+    check_address(ray_address)
     task = schema.task
     started, started_now = time.monotonic(), time.time()  # before Ray starts: its cost counts
     plan = validation.plan(train, valid, schema, validation_kind, cv_folds, seed)
     eval_y = plan.y.to_numpy()[plan.eval_positions]
     keep = validation.keep_positions(len(eval_y), ENSEMBLE_ROWS, seed)
-    say("tune", f"starting Ray ({ray_address or 'local, 127.0.0.1'})")
+    where = {"": "local, 127.0.0.1", "auto": "the cluster this job runs on"}
+    say("tune", f"starting Ray ({where.get(ray_address, ray_address)})")
     ray_started = time.monotonic()
     we_started = _start_ray(ray_address)
     ray_start_s = time.monotonic() - ray_started
@@ -406,6 +438,10 @@ def run_search(
         grace_s = grace_for(time_budget_s)
         stopper = BudgetStopper(time.monotonic() + budget_left, grace_s)
         exp_path = f"{storage.rstrip('/')}/{EXPERIMENT}"
+        # Per-trial result files are off (see TUNE_DISABLE_AUTO_CALLBACK_LOGGERS), so a restore
+        # and the ResultGrid warn for every trial that they cannot read them; the metrics come
+        # from the experiment state and memory.
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         if storage_path and tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs):
             say("tune", f"resuming the search saved in {storage_path.rstrip('/')}/{EXPERIMENT}")
             tuner = tune.Tuner.restore(
@@ -456,9 +492,6 @@ def run_search(
                     failure_config=tune.FailureConfig(max_failures=max_failures),
                 ),
             )
-        # Per-trial result files are off (see TUNE_DISABLE_AUTO_CALLBACK_LOGGERS), so the
-        # ResultGrid warns for every trial that it cannot read them; its metrics come from memory.
-        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
         results = tuner.fit()
         board = leaderboard(results, metric, started_wall)
         n_restored = int((board["finished_at_s"] < this_run_at).sum())

@@ -8,7 +8,12 @@ from typing import Any
 import pandas as pd
 
 from kfp_automl.components.tune.families import family_params, has_categorical, select_families
-from kfp_automl.components.tune.search import refit_best, run_search
+from kfp_automl.components.tune.search import (
+    check_address,
+    check_algorithm,
+    refit_best,
+    run_search,
+)
 from kfp_automl.contracts.model_info import ModelInfo
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.files import atomic_path
@@ -62,15 +67,46 @@ def run(
 ) -> ModelInfo:
     """Search, refit the winner on train+valid, save it, the leaderboard (CSV) and the report.
 
-    Returns what the model's artifact says about it: digest, family, params, scores, trials.
+    `ray_address`: empty starts a private Ray; a GCS address (HOST:PORT) joins a cluster that
+    has a node on this host; a Ray Jobs API URL (http(s)://HEAD:8265) runs all of this on
+    that cluster as a Ray job (submit.py), its files passed through the store `storage_path`
+    is on. Returns what the model's artifact says about it: digest, family, params, scores,
+    trials.
     """
-    from kfp_automl.components.tune import report
+    from kfp_automl.components.tune import report, submit
     from kfp_automl.components.tune import warm_start as ws
 
     schema = Schema.read(schema_path)
-    train, valid = pd.read_parquet(train_path), pd.read_parquet(valid_path)
     chosen = resolve_metric(metric, schema.task, schema.n_classes)
     selected = select_families(families)
+    check_algorithm(algorithm)
+    if submit.is_jobs_url(ray_address):  # the whole search runs on the cluster, as a Ray job
+        options = dict(
+            metric=metric,
+            families=families,
+            time_budget_s=time_budget_s,
+            max_trials=max_trials,
+            seed=seed,
+            algorithm=algorithm,
+            validation=validation,
+            cv_folds=cv_folds,
+            early_stopping=early_stopping,
+            ensemble=ensemble,
+        )
+        return submit.run_as_job(
+            ray_address,
+            train_path=train_path,
+            valid_path=valid_path,
+            schema_path=schema_path,
+            model_dir=model_dir,
+            leaderboard_path=leaderboard_path,
+            report_path=report_path,
+            storage_path=storage_path,
+            warm_start=warm_start,
+            options=options,
+        )
+    check_address(ray_address)
+    train, valid = pd.read_parquet(train_path), pd.read_parquet(valid_path)
     seeds: list[dict[str, Any]] = []
     if warm_start:
         seeds, skipped = ws.seeds(

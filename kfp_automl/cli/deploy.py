@@ -1,4 +1,9 @@
-"""`kfp-automl deploy`: roll a Bento out to the serving Deployment of a cluster (or print it)."""
+"""`kfp-automl deploy`: roll a Bento out to the serving Deployment of a cluster (or print it).
+
+`--bento` deploys one archive; `--champion NAME` deploys the registry's champion of NAME (the
+archive URL and Bento version its registry entry records), which is how the served version is
+brought back to the champion after `kfp-automl promote` or `rollback` changed the registry.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,56 @@ import click
 
 from kfp_automl.components.deploy.render import DEFAULT_NAME
 from kfp_automl.errors import UserError
+
+
+def champion_hint(name: str, registry: str) -> str:
+    """The line `promote` and `rollback` end with: they change the registry, not what is served."""
+    where = f" --registry {registry}" if registry else ""
+    return (
+        "the served version did not change (this changes the registry only); roll the serving "
+        f"Deployment to the champion with `kfp-automl deploy --champion {name}{where} "
+        "--namespace NS --manifests FILE`"
+    )
+
+
+def _champion(name: str, registry: str, dry_run: bool) -> tuple[str, str, str]:
+    """(URL the pod fetches, Bento version, NAME:VERSION) of the registry's champion of `name`."""
+    from kfp_automl.registry.registry import Registry
+
+    reg = Registry(registry or None)
+    if name not in reg.names():
+        raise UserError(f"--champion: no model named {name!r} in the registry at {reg.root}")
+    champ = reg.champion(name)
+    if champ is None:
+        raise UserError(
+            f"--champion: model {name!r} has no champion in the registry at {reg.root}; "
+            f"promote a version first (`kfp-automl promote {name}:VERSION`)"
+        )
+    ref = f"{name}:{champ['version']}"
+    url, tag = str(champ.get("bento_uri") or ""), str(champ.get("bento_tag") or "")
+    if not url or ":" not in tag:
+        missing = "Bento archive URL" if not url else "Bento tag"
+        raise UserError(
+            f"--champion: the registry records no {missing} for {ref} (registered by an earlier "
+            "release); deploy its archive with --bento URL --version VERSION"
+        )
+    version = tag.split(":", 1)[1]
+    if "://" in url and not url.startswith("file://"):
+        return url, version, ref
+    path = Path(url.removeprefix("file://"))
+    if not dry_run:
+        raise UserError(
+            f"--champion: the archive of {ref} is a local file the cluster cannot fetch ({url}, "
+            "a local run's registry): upload it and deploy it with --bento URL --version "
+            f"{version}, or use --dry-run"
+        )
+    if not path.is_file():
+        raise UserError(f"--champion: the archive of {ref} is not found: {url}")
+    from kfp_automl.bentos.lookup import _archive_tag
+
+    if (found := _archive_tag(path)) != tag:
+        raise UserError(f"--champion: {url} holds Bento {found}, the registry records {tag}")
+    return path.resolve().as_uri(), version, ref
 
 
 def _bento(ref: str, version: str, dry_run: bool) -> tuple[str, str]:
@@ -35,7 +90,22 @@ def _bento(ref: str, version: str, dry_run: bool) -> tuple[str, str]:
 
 @click.command(name="deploy")
 @click.option(
-    "--bento", required=True, help="The .bento archive: a URL the serving pod can fetch, or a path."
+    "--bento", default="", help="The .bento archive: a URL the serving pod can fetch, or a path."
+)
+@click.option(
+    "--champion",
+    "champion",
+    default="",
+    metavar="NAME",
+    help="Deploy the registry's champion of model NAME (the archive URL and version its "
+    "registry entry records) instead of --bento.",
+)
+@click.option(
+    "--registry",
+    "registry",
+    default="",
+    help="With --champion: registry folder, or s3://, minio://, gs:// BUCKET/PREFIX (default: "
+    "$KFP_AUTOML_REGISTRY, else beside the BentoML store).",
 )
 @click.option(
     "--manifests",
@@ -48,7 +118,8 @@ def _bento(ref: str, version: str, dry_run: bool) -> tuple[str, str]:
     "--version",
     "version",
     default="",
-    help="Model version (the Bento's version); read from the archive when --bento is a file.",
+    help="Model version (the Bento's version); read from the archive when --bento is a file, "
+    "from the registry with --champion.",
 )
 @click.option(
     "--timeout",
@@ -61,15 +132,29 @@ def _bento(ref: str, version: str, dry_run: bool) -> tuple[str, str]:
 @click.option(
     "--dry-run", is_flag=True, help="Print the rendered objects as YAML; contact no cluster."
 )
-def deploy_cmd(bento, manifests, namespace, name, version, timeout, context, dry_run):
+def deploy_cmd(
+    bento, champion, registry, manifests, namespace, name, version, timeout, context, dry_run
+):
     """Apply the serving manifests for a Bento (server-side apply) and roll back if not ready.
 
-    Credentials: the pod's service account in a cluster, else the kubeconfig.
+    The Bento is --bento, or with --champion NAME the registry's champion (which makes the
+    served version the champion again after `promote` or `rollback`). Credentials: the pod's
+    service account in a cluster, else the kubeconfig.
     """
-    from kfp_automl.components.deploy.deploy import check, deploy, read_manifests
+    from kfp_automl.components.deploy.deploy import DeployError, check, deploy, read_manifests
     from kfp_automl.components.deploy.render import to_yaml
 
-    url, version = _bento(bento, version, dry_run)
+    if bool(bento) == bool(champion):
+        raise UserError("give the Bento to deploy: --bento ARCHIVE or --champion NAME (one)")
+    if champion and version:
+        raise UserError("--version comes from the registry with --champion; leave it out")
+    if registry and not champion:
+        raise UserError("--registry goes with --champion (where the champion is read)")
+    ref = ""
+    if champion:
+        url, version, ref = _champion(champion, registry, dry_run)
+    else:
+        url, version = _bento(bento, version, dry_run)
     text = read_manifests(manifests)
     objects = check(text, url, version, namespace, name, manifests)  # before any API call
     if dry_run:
@@ -86,10 +171,15 @@ def deploy_cmd(bento, manifests, namespace, name, version, timeout, context, dry
         raise UserError(f"deploy to {namespace}/{name}: {exc}") from None
     try:
         outcome = deploy(cluster, text, url, version, namespace, name, timeout)
+    except DeployError as exc:
+        if ref:
+            raise DeployError(f"{exc}; {ref} stays the registry's champion, not served") from None
+        raise
     finally:
         cluster.close()
+    what = f" (the champion {ref})" if ref else ""
     click.echo(
-        f"version {outcome.version} is live in {namespace}/{name} "
+        f"version {outcome.version}{what} is live in {namespace}/{name} "
         f"({len(outcome.applied)} objects applied, {outcome.elapsed_s:g}s; "
         f"before: {outcome.previous_version or 'none recorded'})"
     )

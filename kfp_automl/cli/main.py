@@ -212,12 +212,21 @@ def _split_ref(ref: str, name: str) -> tuple[str, str]:
 @click.option("--reason", default="promoted by hand", show_default=True)
 @_registry_option
 def promote(version, name, reason, registry):
-    """Make VERSION (NAME:VERSION) the champion; the current champion is archived."""
+    """Make VERSION (NAME:VERSION) the champion; the current champion is archived.
+
+    This changes the registry, not what is served: `kfp-automl deploy --champion NAME` then
+    rolls the serving Deployment to the champion.
+    """
+    from kfp_automl.cli.deploy import champion_hint
     from kfp_automl.registry.registry import Registry
 
     n, v = _split_ref(version, name)
     entry = Registry(registry or None).promote(n, v, reason)
-    click.echo(f"{n}:{v} is the champion (before: {entry['previous'] or 'none'})")
+    if entry["previous"] == v:
+        click.echo(f"{n}:{v} was the champion already")
+    else:
+        click.echo(f"{n}:{v} is the champion (before: {entry['previous'] or 'none'})")
+    click.echo(champion_hint(n, registry))
 
 
 @cli.command()
@@ -225,7 +234,12 @@ def promote(version, name, reason, registry):
 @click.option("--reason", default="rolled back by hand", show_default=True)
 @_registry_option
 def rollback(name, reason, registry):
-    """Make the previous champion the champion again."""
+    """Make the previous champion the champion again.
+
+    This changes the registry, not what is served: `kfp-automl deploy --champion NAME` then
+    rolls the serving Deployment to the champion.
+    """
+    from kfp_automl.cli.deploy import champion_hint
     from kfp_automl.registry.registry import Registry
 
     reg = Registry(registry or None)
@@ -234,6 +248,7 @@ def rollback(name, reason, registry):
         raise UserError(f"pass --name: the registry holds {len(names)} models ({', '.join(names)})")
     entry = reg.rollback(names[0], reason)
     click.echo(f"{names[0]}:{entry['version']} is the champion again (was: {entry['previous']})")
+    click.echo(champion_hint(names[0], registry))
 
 
 @cli.command(name="compile")
@@ -266,9 +281,11 @@ cli.add_command(cluster_cli.schedule)
 cli.add_command(retrain_cli.command)
 
 from kfp_automl.cli.fetch import fetch_bento  # noqa: E402
+from kfp_automl.cli.images import images_cmd  # noqa: E402
 
 cli.add_command(fetch_bento)
 cli.add_command(export_feedback)
+cli.add_command(images_cmd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,6 +50,7 @@ FLAGS: dict[str, Flag] = {
     "time_budget_s": Flag("--time-budget", click.IntRange(min=10)),
     "max_trials": Flag(type=click.IntRange(min=0)),
     "n_bootstrap": Flag(type=click.IntRange(min=0)),
+    "deploy_timeout_s": Flag(type=click.IntRange(min=1)),
     "valid_fraction": Flag(type=click.FloatRange(0, 0.5, min_open=True, max_open=True)),
     "test_fraction": Flag(type=click.FloatRange(0, 0.5, min_open=True, max_open=True)),
     **{f"{role}_columns": Flag(f"--{role}", many=True) for role in ROLE_COLUMNS},

@@ -1,8 +1,11 @@
 """A release: the objects one model version was rolled out with, and what a deploy did.
 
 - `Release` is recorded on the live Deployment (the annotation `kfp-automl.io/release`:
-  gzip'd JSON, base64), so a later deploy can re-apply it on rollback. Written and read by
-  components/deploy; `kfp-automl deploy` and the pipeline's deploy step both go through it.
+  gzip'd JSON, base64), so a later deploy can re-apply it on rollback. It also carries the
+  release a failure of it rolls back to (`previous`, one level deep), so a deploy rerun after
+  an attempt that applied the new version and then died still knows what was live before.
+  Written and read by components/deploy; `kfp-automl deploy` and the pipeline's deploy step
+  both go through it.
 - `DeployOutcome` is the deploy step's `release` artifact (JSON): deployed or not, why, the
   objects applied, the version it replaced and the rollout's last state.
 """
@@ -35,6 +38,8 @@ class Release:
     namespace: str
     name: str
     objects: list[dict[str, Any]]
+    # what a failure of this release rolls back to (recorded without its own `previous`)
+    previous: Release | None = None
 
     @property
     def deployment(self) -> dict[str, Any]:
@@ -47,14 +52,7 @@ class Release:
     def encode(self) -> str:
         """The release as one annotation value: gzip'd JSON, base64 (no namespace: the
         object it is recorded on has one)."""
-        record = {
-            "format": RELEASE_VERSION,
-            "version": self.version,
-            "bento_url": self.bento_url,
-            "name": self.name,
-            "objects": self.objects,
-        }
-        raw = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+        raw = json.dumps(self._record(), sort_keys=True, separators=(",", ":")).encode()
         value = base64.b64encode(gzip.compress(raw, mtime=0)).decode("ascii")
         if len(value) > MAX_RELEASE_BYTES:
             raise UserError(
@@ -63,15 +61,40 @@ class Release:
             )
         return value
 
+    def _record(self, nested: bool = True) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "format": RELEASE_VERSION,
+            "version": self.version,
+            "bento_url": self.bento_url,
+            "name": self.name,
+            "objects": self.objects,
+        }
+        if nested and self.previous is not None:
+            record["previous"] = self.previous._record(nested=False)
+        return record
+
+    @classmethod
+    def _from_record(cls, record: Any, namespace: str, nested: bool = True) -> Release:
+        expect(isinstance(record, dict), "not a JSON object")
+        expect(record.get("format", 1) == RELEASE_VERSION, "a newer release format")
+        objects = record["objects"]
+        expect(isinstance(objects, list), "'objects' is not a list")
+        previous = record.get("previous") if nested else None
+        return cls(
+            record["version"],
+            record["bento_url"],
+            namespace,
+            record["name"],
+            objects,
+            cls._from_record(previous, namespace, nested=False) if previous is not None else None,
+        )
+
     @classmethod
     def decode(cls, value: str, namespace: str) -> Release:
         """The release recorded in an annotation (ContractError when it is not one)."""
         try:
             record = json.loads(gzip.decompress(base64.b64decode(value, validate=True)))
-            expect(record.get("format", 1) == RELEASE_VERSION, "a newer release format")
-            objects = record["objects"]
-            expect(isinstance(objects, list), "'objects' is not a list")
-            return cls(record["version"], record["bento_url"], namespace, record["name"], objects)
+            return cls._from_record(record, namespace)
         except (ValueError, KeyError, TypeError, OSError, AttributeError) as exc:
             raise ContractError(f"not a {RELEASE_ANNOTATION} record: {exc}") from None
 

@@ -172,10 +172,15 @@ class Registry:
             current = state["champion"]
             if current is None:
                 raise UserError(f"model {name!r} has no champion to roll back from")
+            # a promotion repeated (the promote step retried) records the champion as its own
+            # predecessor: skip it, it is not what the champion replaced
             earlier = [
                 e["from"]
                 for e in reversed(state["events"])
-                if e["event"] == "promote" and e["version"] == current and e.get("from")
+                if e["event"] == "promote"
+                and e["version"] == current
+                and e.get("from")
+                and e["from"] != current
             ]
             if not earlier:
                 raise UserError(

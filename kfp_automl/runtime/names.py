@@ -10,6 +10,7 @@ from __future__ import annotations
 
 SERVICE_NAME = "kfp-automl"  # @bentoml.service(name=...): BentoML's runner_name label
 PREDICT_ENDPOINT = "/predict"
+READY_ENDPOINT = "/readyz"  # BentoML's readiness probe (the Deployment's readinessProbe)
 FEEDBACK_ENDPOINT = "/feedback"
 PREDICTION = "__prediction__"  # the pseudo-feature whose bins are the model's predictions
 
@@ -25,6 +26,8 @@ BATCH_RECORDS = "automl_batch_size_records"  # histogram: records per batch
 REFERENCE_SHARE = "automl_feature_reference_share"  # gauge by feature, bin: training share
 DRIFT_THRESHOLD = "automl_drift_threshold"  # gauge by feature, statistic: calibrated alert level
 MODEL_INFO = "automl_model_info"  # gauge (1) labelled with the served model's facts
+# gauge (1) by package, recorded, installed: the model is not loaded (runtime/packages.py)
+PACKAGE_MISMATCH = "automl_package_mismatch"
 
 # ---- series of serving/quality.py (prediction log, labels, live quality) --------------------
 LOG_RECORDS = "automl_prediction_log_records"  # counter

@@ -25,6 +25,7 @@ from kfp_automl.contracts.profile import Bins, Profile
 from kfp_automl.runtime import names
 from kfp_automl.runtime.drift import bin_index
 from kfp_automl.runtime.names import PREDICTION
+from kfp_automl.runtime.packages import Mismatch
 
 SMALL_BATCH = 16  # up to this many records, Monitor.observe counts without numpy's per-call cost
 
@@ -40,6 +41,24 @@ REJECT_REASONS = (
     "bad_json",
     "bad_id",
 )
+
+
+def package_mismatch(model: str, version: str, found: list[Mismatch], registry=None) -> None:
+    """`automl_package_mismatch{package,recorded,installed}` 1 for each package whose installed
+    version is not the one the model recorded (the model is then not loaded)."""
+    import prometheus_client as pc
+
+    kw = {"registry": registry} if registry is not None else {}
+    gauge = pc.Gauge(
+        names.PACKAGE_MISMATCH,
+        "A package of another version than the model was packaged with (it is not loaded)",
+        ["model", "version", "package", "recorded", "installed"],
+        multiprocess_mode="max",  # the same value in every worker
+        **kw,
+    )
+    for m in found:
+        installed = m.installed if m.installed is not None else "none"
+        gauge.labels(model, version, m.package, m.recorded, installed).set(1)
 
 
 class Monitor:

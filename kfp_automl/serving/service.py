@@ -14,6 +14,11 @@ valid ones are scored with BentoML's adaptive batching.
 Every answer item carries a prediction id (the record's own `id` field when the
 caller sends one). With prediction logging on, the middleware also answers
 POST /feedback, which joins labels to logged predictions (prediction_log.py).
+
+Before the model is unpickled, the package versions its metadata records are compared with
+the installed ones (kfp_automl/runtime/packages.py); on a mismatch the model is not loaded,
+the mismatch is logged once per worker and exported as `automl_package_mismatch`, and
+/readyz, /predict and /feedback answer 503 with a message naming each package.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import os
 import uuid
 from typing import Any, Literal, cast
@@ -33,6 +39,8 @@ from kfp_automl.contracts.profile import Bins, Profile
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.fast_path import serving_model
 from kfp_automl.runtime.model_file import load_model
+from kfp_automl.runtime.names import FEEDBACK_ENDPOINT, PREDICT_ENDPOINT, READY_ENDPOINT
+from kfp_automl.runtime.packages import check_model_packages, mismatch_message
 from kfp_automl.runtime.records import (
     RecordError,
     check_records,
@@ -47,7 +55,7 @@ from kfp_automl.serving.files import (
     PROFILE_FILE,
     SCHEMA_FILE,
 )
-from kfp_automl.serving.monitoring import Monitor
+from kfp_automl.serving.monitoring import Monitor, package_mismatch
 from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
 from kfp_automl.serving.quality import FeedbackError, QualityMetrics, parse_feedback
 
@@ -82,7 +90,10 @@ def _settings() -> ServiceArgs:
 
 args = _settings()
 # Set by the service's __init__ in each worker process; the middleware of that worker reads them.
+# `unready`: why the model was not loaded (then /readyz, /predict and /feedback answer 503).
 _state: dict[str, Any] = {}
+log = logging.getLogger("kfp_automl.serving")
+_REFUSED_WHEN_UNREADY = (READY_ENDPOINT, PREDICT_ENDPOINT, FEEDBACK_ENDPOINT)
 
 
 class RequestGuard:
@@ -95,9 +106,12 @@ class RequestGuard:
         self.app, self.max_body_bytes, self.unknown_fields = app, max_body_bytes, unknown_fields
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in ("/predict", "/feedback"):
+        unready = _state.get("unready") if scope["type"] == "http" else None
+        if unready and scope["path"] in _REFUSED_WHEN_UNREADY:
+            return await self._send(send, 503, {"error": _problem(unready, "package_mismatch")})
+        if scope["type"] != "http" or scope["path"] not in (PREDICT_ENDPOINT, FEEDBACK_ENDPOINT):
             return await self.app(scope, receive, send)
-        if scope["path"] == "/feedback":
+        if scope["path"] == FEEDBACK_ENDPOINT:
             return await self._feedback(scope, receive, send)
         if scope["method"] != "POST":
             return await self.app(scope, receive, send)
@@ -199,8 +213,17 @@ class AutoMLService:
 
     def __init__(self) -> None:
         stored = self.bento_model
-        self.schema = Schema.read(stored.path_of(SCHEMA_FILE))
         meta = stored.info.metadata
+        self.log: PredictionLog | None = None
+        found = check_model_packages(meta)
+        if found:
+            # not unpickled: with other versions it may fail to load, or load and answer differently
+            problem = mismatch_message(str(stored.tag), found)
+            log.error("not ready: %s", problem)
+            package_mismatch(stored.tag.name, stored.tag.version, found)
+            _state.update(unready=problem)
+            return
+        self.schema = Schema.read(stored.path_of(SCHEMA_FILE))
         # the fitted model behind a faster path that answers the same (checked on probe rows)
         self.model = serving_model(load_model(stored.path, meta["sha256"]), self.schema)
         profile = prediction = None

@@ -34,6 +34,23 @@ def test_models_promote_rollback(tmp_path, capsys):
     assert reg.champion("automl-churn")["version"] == "aaa"
 
 
+def test_promote_and_rollback_say_the_served_version_did_not_change(tmp_path, capsys):
+    """They change the registry only, and name the one command that serves the champion."""
+    _, flag = _setup(tmp_path)
+    serve = f"`kfp-automl deploy --champion automl-churn --registry {flag[1]} --namespace NS"
+    for argv, first in [
+        (["promote", "automl-churn:aaa"], "automl-churn:aaa is the champion (before: none)"),
+        (["promote", "automl-churn:bbb"], "automl-churn:bbb is the champion (before: aaa)"),
+        (["promote", "automl-churn:bbb"], "automl-churn:bbb was the champion already"),
+        (["rollback"], "automl-churn:aaa is the champion again (was: bbb)"),
+    ]:
+        assert main([*argv, *flag]) == 0, argv
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == first, (argv, lines)
+        assert len(lines) == 2 and lines[1].startswith("the served version did not change"), lines
+        assert serve in lines[1], lines
+
+
 def test_registry_mistakes_are_one_line_errors(tmp_path, capsys):
     _, flag = _setup(tmp_path)
     cases = [

@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,10 +20,9 @@ from kfp_automl.components.tune.families import select_families
 from kfp_automl.components.tune.search import run_search
 from kfp_automl.runtime.metrics import resolve_metric
 from kfp_automl.tables.io import read_table, write_parquet
-from tests.support.servers import free_port
+from tests.support.ray_cluster import ray_cluster as start_ray_cluster
 
 pytestmark = pytest.mark.slow
-RAY = str(Path(sys.executable).with_name("ray"))
 
 
 @pytest.fixture(scope="module")
@@ -92,98 +88,24 @@ def test_warm_start_configs_run_first(prepared):
     assert "linear" in set(first["family"])  # the seed runs in the first wave
 
 
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
-    """Until the head's GCS accepts connections on 127.0.0.1:`port`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the Ray head exited with {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"the Ray head did not listen on port {port} in {timeout:.0f}s")
-
-
-_PROBE = """
-import sys, ray
-ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
-print(sum(1 for n in ray.nodes() if n["Alive"]))
-"""
-
-
-def _wait_for_cluster(address: str, env: dict, nodes: int = 0, timeout: float = 90) -> None:
-    """Until a driver connects to `address` and (if `nodes`) sees that many live nodes: the
-    head's Ray Client server and a joining worker take a while on a busy machine."""
-    deadline, last = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        probe = subprocess.run(
-            [sys.executable, "-c", _PROBE, address],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        last = probe.stdout.strip().splitlines()[-1:] or probe.stderr[-300:]
-        if probe.returncode == 0 and int(probe.stdout.split()[-1]) >= nodes:
-            return
-        time.sleep(2)
-    raise RuntimeError(f"Ray cluster at {address} not ready in {timeout:.0f}s: {last}")
-
-
-@pytest.fixture(scope="module", params=["gcs", "client"])
-def ray_cluster(request):
-    """A head node and a worker node started with `ray start`, 1 CPU each, on 127.0.0.1.
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A head node and a worker node started with `ray start`, 1 CPU each, on 127.0.0.1,
+    joined by the GCS address (the driver runs on a node of the cluster, as here).
 
     Ray 2.60 turns token authentication on for clusters it starts; the nodes and the
-    driver share the token through RAY_AUTH_MODE=token and RAY_AUTH_TOKEN.
+    driver share the token through RAY_AUTH_MODE=token and RAY_AUTH_TOKEN. Ray Client
+    (`ray://`) is refused (tests/component/test_tune_address_errors.py); a pipeline pod
+    submits the search as a Ray job instead (tests/component/test_tune_jobs.py).
     """
-    port, client_port = free_port(), free_port()
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    temp = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: Ray's socket paths are bounded
-    common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block"]
-    common += ["--object-store-memory=100000000"]
-    procs = []
-    try:
-        procs.append(
-            subprocess.Popen(
-                [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false"]
-                + [f"--ray-client-server-port={client_port}"]
-                + [f"--temp-dir={temp}", *common],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        _wait_for_port(port, procs[0])
-        procs.append(
-            subprocess.Popen(
-                [RAY, "start", f"--address=127.0.0.1:{port}", *common],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        _wait_for_cluster(f"127.0.0.1:{port}", env, nodes=2)
-        if request.param == "client":
-            _wait_for_cluster(
-                f"ray://127.0.0.1:{client_port}", env
-            )  # Ray Client, as a KubeRay head's port 10001
-            yield f"ray://127.0.0.1:{client_port}", env
-        else:
-            yield f"127.0.0.1:{port}", env
-    finally:
-        for proc in reversed(procs):  # `ray start --block` stops its node's processes on SIGTERM
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with start_ray_cluster(env, workers=1, cpus=1) as cluster:
+        yield cluster.gcs_address, env
 
 
 def _write_inputs(prepared, tmp: Path) -> list[str]:
@@ -239,8 +161,6 @@ def test_search_on_a_two_node_cluster_uses_both_nodes(prepared, tmp_path, ray_cl
     assert _meta(out)["n_trials"] == 6
 
 
-# the same check through Ray Client only waits longer for the refusal
-@pytest.mark.parametrize("ray_cluster", ["gcs"], indirect=True)
 def test_cluster_refuses_a_driver_without_its_token(prepared, tmp_path, ray_cluster):
     address, env = ray_cluster
     files = _write_inputs(prepared, tmp_path)

@@ -60,3 +60,18 @@ def test_component_deploys_nothing_when_the_gate_refused(api, tmp_path, monkeypa
     )
     assert api.state.requests == []
     assert json.loads((tmp_path / "release").read_text())["deployed"] is False
+
+
+def test_component_deploys_nothing_without_a_namespace_and_says_so(
+    api, tmp_path, monkeypatch, capsys
+):
+    """The pipeline's deploy step runs before promote on every passing model; a run without
+    deploy_namespace (a laptop) contacts no cluster and goes on to promote."""
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kc", api.host)))
+    bento, decision, release = _artifacts(tmp_path, True)
+    deploy_model.python_func(bento=bento, decision=decision, release=release, namespace="")
+    assert api.state.requests == []
+    record = json.loads((tmp_path / "release").read_text())
+    assert record == {"format": 1, "deployed": False, "reason": "deploy_namespace is empty"}
+    out = capsys.readouterr().out
+    assert "nothing deployed: deploy_namespace is empty" in out and out.count("\n") == 1

@@ -118,6 +118,23 @@ def test_timeout_rolls_back_to_the_previous_version_and_fails(api, cluster, mani
     assert calls[-1] == ("GET", DEP)
 
 
+def test_the_live_record_names_the_release_a_failure_would_roll_back_to(
+    api, cluster, manifests_text
+):
+    """What lets a rerun of a deploy that died mid-rollout find the version live before it."""
+    _deploy(cluster, manifests_text, "v1")
+    v1_objects = Release.decode(
+        api.state.objects[DEP]["metadata"]["annotations"][RELEASE_ANNOTATION], NS
+    ).objects
+    _deploy(cluster, manifests_text, "v2")
+    record = Release.decode(
+        api.state.objects[DEP]["metadata"]["annotations"][RELEASE_ANNOTATION], NS
+    )
+    assert record.version == "v2" and record.previous is not None
+    assert (record.previous.version, record.previous.bento_url) == ("v1", url("v1"))
+    assert record.previous.objects == v1_objects and record.previous.previous is None
+
+
 def test_a_deploy_keeps_the_autoscalers_replica_count(api, cluster, manifests_text):
     _deploy(cluster, manifests_text, "v1")
     api.state.objects[DEP]["spec"]["replicas"] = 5  # the HPA scaled up under load

@@ -1,21 +1,29 @@
-"""`kfp-automl deploy`: --dry-run output, bad input (exit 2, one line), and runs against the stand-in."""
+"""`kfp-automl deploy`: --dry-run output, bad input (exit 2, one line), and runs against the stand-in.
+
+`--champion NAME` deploys the registry's champion: these tests use a real registry folder
+whose entries carry what the package step records (`bento_tag`, `bento_uri`).
+"""
 
 from __future__ import annotations
 
 import io
+import os
 import socket
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 import yaml
 
 from kfp_automl.cli.main import main
 from kfp_automl.contracts.release import RELEASE_ANNOTATION
+from kfp_automl.registry.registry import Registry
 from tests.support.kube_apiserver import write_kubeconfig
 
 URL = "s3://models/automl-churn/v9.bento"
+DEP = "/apis/apps/v1/namespaces/prod/deployments/automl-serving"
 
 
 @pytest.fixture
@@ -42,7 +50,39 @@ def files(tmp_path, manifests_text):
         "bento": bento,
         "missing": tmp_path / "missing.yaml",
         "unreachable": unreachable,
+        "registry": _registry(tmp_path / "registry", bento),
     }
+
+
+def _registry(root, bento):
+    """Models as the package step registers them, promoted by hand, plus broken entries."""
+    reg = Registry(root)
+
+    def add(name, version, promote=True, **info):
+        reg.register(name, version, {"metric": "roc_auc", "family": "linear", **info})
+        if promote:
+            reg.promote(name, version)
+
+    for v in ("aaa", "bbb"):  # the champion is bbb, promoted over aaa
+        add("automl-churn", v, bento_tag=f"automl-churn:b{v}", bento_uri=_url(v))
+    add("fresh", "f1", promote=False, bento_tag="fresh:b1", bento_uri=_url("f1"))
+    add("old", "o1", bento_tag="old:b1")  # registered before archives were recorded
+    add("untagged", "u1", bento_uri=_url("u1"))
+    add("local", "l1", bento_tag="automl-churn:abc123", bento_uri=str(bento))  # a local run's
+    add("moved", "m1", bento_tag="moved:b1", bento_uri=str(root / "gone.bento"))
+    add("other", "x1", bento_tag="automl-churn:zzz", bento_uri=str(bento))
+    return root
+
+
+def _url(v):
+    return f"s3://models/automl-churn/{v}.bento"
+
+
+def _live(api):
+    dep = api.state.objects[DEP]
+    template = dep["spec"]["template"]
+    env = template["spec"]["initContainers"][0]["env"][0]
+    return template["metadata"]["labels"]["app.kubernetes.io/version"], env["value"]
 
 
 def _args(files, *extra):
@@ -91,6 +131,25 @@ BAD = [
 ]
 
 
+CHAMPION = ["--registry", "{registry}", "--manifests", "{ok}"]
+BAD += [
+    (["--manifests", "{ok}"], ["--bento ARCHIVE or --champion NAME"]),
+    (["--bento", URL, "--champion", "automl-churn", "--manifests", "{ok}"], ["(one)"]),
+    (["--champion", "automl-churn", "--version", "v9", *CHAMPION], ["--version comes from"]),
+    (["--bento", URL, "--version", "v9", *CHAMPION], ["--registry goes with --champion"]),
+    (["--champion", "nope", *CHAMPION], ["no model named 'nope' in the registry at"]),
+    (["--champion", "fresh", *CHAMPION], ["'fresh' has no champion", "kfp-automl promote"]),
+    (["--champion", "old", *CHAMPION], ["no Bento archive URL for old:o1", "--bento URL"]),
+    (["--champion", "untagged", *CHAMPION], ["no Bento tag for untagged:u1"]),
+    (["--champion", "local", *CHAMPION], ["local:l1 is a local file the cluster cannot fetch"]),
+    (["--champion", "moved", *CHAMPION, "--dry-run"], ["the archive of moved:m1 is not found"]),
+    (
+        ["--champion", "other", *CHAMPION, "--dry-run"],
+        ["holds Bento automl-churn:abc123, the registry records automl-churn:zzz"],
+    ),
+]
+
+
 @pytest.mark.parametrize("args, words", BAD)
 def test_bad_input_is_one_line_and_exit_2(files, capsys, monkeypatch, args, words):
     monkeypatch.setenv("KUBECONFIG", str(files["unreachable"]))
@@ -101,6 +160,16 @@ def test_bad_input_is_one_line_and_exit_2(files, capsys, monkeypatch, args, word
     for w in words:
         assert w in err
     assert "Traceback" not in err
+
+
+def test_dry_run_of_the_champion_reads_its_archive_from_the_registry(files, capsys, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(files["unreachable"]))  # must not be contacted
+    args = ["--champion", "local", "--registry", str(files["registry"]), "--dry-run"]
+    assert main(_args(files, *args)) == 0
+    dep = [o for o in yaml.safe_load_all(capsys.readouterr().out) if o["kind"] == "Deployment"][0]
+    assert dep["metadata"]["labels"]["app.kubernetes.io/version"] == "abc123"
+    env = dep["spec"]["template"]["spec"]["initContainers"][0]["env"][0]
+    assert env["value"] == files["bento"].resolve().as_uri()
 
 
 @pytest.mark.parametrize(
@@ -148,3 +217,87 @@ def test_deploy_against_the_stand_in_then_a_failed_rollout_exits_1(
     assert err.startswith("error: deploy of version v10 to prod/automl-serving failed: not ready")
     assert err.rstrip().endswith("rolled back to version v9 (ready again)")
     assert err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_deploy_champion_serves_the_registrys_champion_after_promote_and_rollback(
+    files, api, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kc", api.host)))
+    reg = ["--registry", str(files["registry"])]
+    champion = _args(files, "--champion", "automl-churn", *reg)
+    assert main(champion) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("version bbbb (the champion automl-churn:bbb) is live in prod/")
+    assert _live(api) == ("bbbb", _url("bbb"))
+    # rollback changes the registry only, and says so
+    assert main(["rollback", "--name", "automl-churn", *reg]) == 0
+    out = capsys.readouterr().out
+    assert "automl-churn:aaa is the champion again" in out
+    assert "the served version did not change" in out and "deploy --champion automl-churn" in out
+    assert _live(api) == ("bbbb", _url("bbb"))
+    # the one command that makes the served version the champion again
+    assert main(champion) == 0
+    assert "version baaa (the champion automl-churn:aaa)" in capsys.readouterr().out
+    assert _live(api) == ("baaa", _url("aaa"))
+    # a champion whose rollout never becomes ready: the served version stays, and it says so
+    api.state.rollout["bbbb"] = "never"
+    assert main(["promote", "automl-churn:bbb", *reg]) == 0
+    capsys.readouterr()
+    assert main([*champion, "--timeout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: deploy of version bbbb to prod/automl-serving failed: not ready")
+    assert err.rstrip().endswith(
+        "rolled back to version baaa (ready again); automl-churn:bbb stays the registry's "
+        "champion, not served"
+    )
+    assert err.count("\n") == 1
+    assert _live(api) == ("baaa", _url("aaa"))
+
+
+@pytest.mark.slow
+def test_a_deploy_rerun_after_its_process_died_mid_rollout_rolls_back_to_the_version_before(
+    files, api, tmp_path, capsys, monkeypatch
+):
+    """KFP retries a deploy step whose pod was lost: the first attempt applied the new version
+    and died waiting for it. The rerun must roll back to what was live before that attempt."""
+    kubeconfig = write_kubeconfig(tmp_path / "kc", api.host)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    assert main(_args(files, "--bento", URL, "--version", "v9")) == 0
+    api.state.rollout["v10"] = "never"
+    url10 = URL.replace("v9", "v10")
+    args = _args(files, "--bento", url10, "--version", "v10")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "kfp_automl.cli.main", *args, "--timeout", "120"],
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _waiting_for_v10(api):
+            assert first.poll() is None and time.monotonic() < deadline, "never applied v10"
+            time.sleep(0.05)
+    finally:
+        first.kill()  # the pod is lost mid-rollout
+        first.wait()
+    assert _live(api) == ("v10", url10)  # the dead attempt left the new version applied
+    assert main([*args, "--timeout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("rolled back to version v9 (ready again)"), err
+    assert _live(api) == ("v9", URL)
+
+
+def _waiting_for_v10(api) -> bool:
+    """The stand-in saw v10's Deployment applied, then a poll of its rollout."""
+    calls = api.state.calls()
+    applied = [
+        i
+        for i, r in enumerate(calls)
+        if r.method == "PATCH"
+        and r.path == DEP
+        and r.body["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/version"] == "v10"
+    ]
+    return bool(applied) and any(
+        r.method == "GET" and r.path == DEP for r in calls[applied[0] + 1 :]
+    )

@@ -94,11 +94,18 @@ def test_first_model_becomes_champion_and_a_second_run_is_gated(
 
 
 def test_a_run_without_deploy_namespace_contacts_no_cluster(pipeline_run, run_api):
-    # the run's kubeconfig points at the stand-in API server; promoted, but not deployed
-    _, summary, _ = pipeline_run
+    # the run's kubeconfig points at the stand-in API server; promoted, but not deployed: the
+    # deploy step (before promote) deploys nothing without a namespace, and says so
+    _, summary, stdout = pipeline_run
     assert summary["deploy"] is True
     assert run_api.state.requests == []
-    assert not list(Path(summary["pipeline_run_dir"]).rglob("deploy-model"))
+    [release] = Path(summary["pipeline_run_dir"]).rglob("deploy-model/release")
+    assert json.loads(release.read_text()) == {
+        "format": 1,
+        "deployed": False,
+        "reason": "deploy_namespace is empty",
+    }
+    assert "nothing deployed: deploy_namespace is empty" in stdout
 
 
 def test_progress_output_shows_steps_and_trials(pipeline_run):

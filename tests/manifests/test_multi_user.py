@@ -27,7 +27,8 @@ PROFILE_LABEL = {"app.kubernetes.io/part-of": "kubeflow-profile"}
 PIPELINE_POD = {"pipelines.kubeflow.org/v2_component": "true"}
 RAY_NS = "kfp-automl"
 PROFILE_NS = "kubeflow-user-example-com"
-CONTROL_PORTS = (6379, 10001, 8265)
+CONTROL_PORTS = (8265,)  # the dashboard/Jobs API, where the tune step submits its search
+RAY_ONLY_PORTS = (6379, 10001)  # GCS and Ray Client: the cluster's own pods only
 DOC = ROOT / "docs" / "guides" / "permissions.md"
 COMPILED = ROOT / "pipelines" / "compiled" / "training.yaml"
 
@@ -136,11 +137,13 @@ def test_no_other_pod_reaches_the_ray_ports(ray, pod, ns, ns_labels):
 def test_profile_pipeline_pods_reach_only_the_control_ports(ray):
     policies, head = ray
     profile = _ns_labels(PROFILE_NS, PROFILE_LABEL)
-    for port in (8080, 52365, 6380, 20000):  # metrics, raylet, other Ray ports
+    for port in (*RAY_ONLY_PORTS, 8080, 52365, 6380, 20000):  # GCS, client, metrics, raylet...
         assert not admitted(policies, head, port, PIPELINE_POD, PROFILE_NS, profile), port
+        assert not admitted(policies, head, port, PIPELINE_POD, RAY_NS, _ns_labels(RAY_NS)), port
     # the evaluator itself: the cluster's own pods reach any port, monitoring the metrics
     ray_pod = {"ray.io/cluster": head["ray.io/cluster"]}
-    assert admitted(policies, head, 20000, ray_pod, RAY_NS, _ns_labels(RAY_NS))
+    for port in (*RAY_ONLY_PORTS, 20000):
+        assert admitted(policies, head, port, ray_pod, RAY_NS, _ns_labels(RAY_NS)), port
     monitoring = _ns_labels("monitoring")
     assert admitted(policies, head, 8080, {"app": "prometheus"}, "monitoring", monitoring)
     assert not admitted(policies, head, 6379, {"app": "prometheus"}, "monitoring", monitoring)
@@ -246,5 +249,6 @@ def test_the_pages_secret_commands_create_what_the_pipeline_reads():
 def test_the_page_gives_the_ray_address_of_the_shared_cluster():
     cluster = one(render("tuning"), "RayCluster")
     service = f"{cluster['metadata']['name']}-head-svc"  # KubeRay's name for the head Service
-    address = f"ray://{service}.{cluster['metadata']['namespace']}.svc.cluster.local:10001"
+    address = f"http://{service}.{cluster['metadata']['namespace']}.svc.cluster.local:8265"
     assert address in DOC.read_text()
+    assert "ray://" not in DOC.read_text()  # Ray Client is refused by the tune step

@@ -165,6 +165,17 @@ def test_ray_cluster_autoscales_with_token_auth_and_no_external_service():
         assert values["RAY_AUTH_MODE"]["value"] == "token"
         ref = values["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "automl-ray-auth", "key": "auth_token"}
+    # The search's driver and trials reach the object store with the storage Secret of the
+    # cluster's namespace (optional), as the pipeline's steps do: no credentials in a job.
+    for where, pod, _ in pod_specs(cluster):
+        for c in pod["containers"]:
+            if c["name"] != "autoscaler":
+                refs = [e["secretRef"] for e in c.get("envFrom", [])]
+                assert refs == [{"name": "kfp-automl-storage", "optional": True}], where
+    # The head's Service ports are its container's ports: the Jobs API, no Ray Client.
+    (_, head, _), *_ = pod_specs(cluster)
+    ports = {p["containerPort"] for p in head["containers"][0]["ports"]}
+    assert 8265 in ports and 10001 not in ports
     # Probes are HTTP GETs of Ray's public health endpoints: the image has no wget for
     # KubeRay's default exec probes.
     for where, pod, _ in pod_specs(cluster):
@@ -332,7 +343,7 @@ def test_ray_ports_are_reachable_only_from_pipeline_pods():
     pipeline_pods = {"matchLabels": {"pipelines.kubeflow.org/v2_component": "true"}}
     policies = _policies_for(objects, {"ray.io/cluster": "automl-ray", "ray.io/node-type": "head"})
     assert any(not p["spec"].get("ingress") and not p["spec"].get("egress") for p in policies)
-    control = {6379, 10001, 8265}
+    control = {8265}  # the Jobs API only: no GCS (6379) or Ray Client (10001) from outside
     for p in policies:
         for rule in p["spec"].get("ingress", []):
             ports = {port["port"] for port in rule.get("ports", [])}

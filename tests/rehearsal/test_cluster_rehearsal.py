@@ -210,14 +210,40 @@ def _drift_alert(model: str) -> dict:
     }
 
 
-def test_a_drift_alert_starts_a_run_that_is_gated_and_deployed(retraining, tmp_path):
+@pytest.fixture(scope="module")
+def kube():
+    """The recording stand-in Kubernetes API server the deploy pods talk to."""
+    with StandInApiServer() as api:
+        yield api
+
+
+def _served(api) -> str:
+    """The version label of the last Deployment applied (what the cluster serves)."""
+    applied = [
+        r.body for r in api.state.calls()
+        if r.method == "PATCH" and r.path.endswith("/deployments/automl-serving")
+    ]  # fmt: skip
+    return applied[-1]["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/version"]
+
+
+def _champion(backend) -> str:
+    doc = json.loads(
+        backend.s3.get_object(Bucket=BUCKET, Key="kfp-automl-registry/team-a/churn-rehearsal.json")[
+            "Body"
+        ].read()
+    )
+    return json.dumps(doc["champion"])
+
+
+def test_a_drift_alert_starts_a_run_that_is_gated_and_deployed(retraining, kube, tmp_path):
     """Alertmanager -> the retrain trigger -> KFP's API (the stand-in records the run) -> the
     recorded run on the rehearsal -> gated against the champion -> rolled out to the API server."""
     backend, (_, _, third) = retraining
     params = {k: v for k, v in QUICK.items() if k not in ("data", "target", "model_name")}
     params["min_improvement"] = -1.0  # any challenger may replace the champion here
     flags = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items()]
-    with KfpStandIn() as kfp, StandInApiServer() as api:
+    api = kube
+    with KfpStandIn() as kfp:
         port = free_port()
         proc = subprocess.Popen(
             [*CLI, "retrain-trigger", "--port", str(port), "--kfp-host", kfp.url,
@@ -251,19 +277,46 @@ def test_a_drift_alert_starts_a_run_that_is_gated_and_deployed(retraining, tmp_p
         assert decision["deploy"] is True and "no champion" not in decision["reason"]
         version = result["package-model"].artifacts["bento"].metadata["bento_tag"].split(":")[1]
         assert result["deploy-model"].state == "succeeded"
-        applied = [
-            r.body for r in api.state.calls()
-            if r.method == "PATCH" and r.path.endswith("/deployments/automl-serving")
-        ]  # fmt: skip
-        labels = applied[-1]["spec"]["template"]["metadata"]["labels"]
-        assert labels["app.kubernetes.io/version"] == version
-        doc = json.loads(
-            backend.s3.get_object(
-                Bucket=BUCKET, Key="kfp-automl-registry/team-a/churn-rehearsal.json"
-            )["Body"].read()
-        )
-        assert version in json.dumps(doc["champion"])
+        assert _served(api) == version
+        assert version in _champion(backend)  # promoted after the rollout
         assert third.run_id != result.run_id
+
+
+def test_a_deploy_that_never_becomes_ready_leaves_registry_and_cluster_agreeing(
+    retraining, kube, tmp_path
+):
+    """The new version passes the gate but its pods never become ready: the deploy step (and its
+    retry) rolls the Deployment back, promote never runs, and the registry's champion is the
+    version the cluster serves."""
+    backend, _ = retraining
+    served = _served(kube)
+    assert served in _champion(backend)
+    kube.state.rollout = {served: "ready"}
+    kube.state.default_rollout = "never"
+    backend.kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", kube.host)
+    try:
+        result = backend.run(
+            {
+                **QUICK,
+                "min_improvement": -1.0,
+                "deploy_namespace": "ml-serving",
+                "deploy_manifests": str(DEPLOY_FIXTURE),
+                "deploy_timeout_s": 5,
+            }
+        )
+    finally:
+        backend.kubeconfig = None
+        kube.state.default_rollout = "ready"
+    assert result.state == "failed", result.explain()
+    assert _decision(backend, result)["deploy"] is True
+    new = result["package-model"].artifacts["bento"].metadata["bento_tag"].split(":")[1]
+    assert new != served
+    deploy = result["deploy-model"]
+    assert deploy.state == "failed" and deploy.attempts == 2  # retried by its policy
+    assert "rolled back" in deploy.log()
+    assert result["promote-model"].state == "not run"
+    assert _served(kube) == served  # rolled back
+    assert served in _champion(backend) and new not in _champion(backend)
 
 
 def test_a_killed_search_is_retried_and_resumes_without_repeating_finished_trials(

@@ -204,6 +204,19 @@ def test_release_annotation_round_trip_and_refusal():
         Release.decode("bm90IGd6aXA=", "prod")
 
 
+def test_a_release_carries_what_it_rolls_back_to_one_level_deep():
+    objects = [{"kind": "Deployment", "metadata": {"name": "automl-serving"}, "spec": {}}]
+    v1 = Release("v1", "s3://b/1.bento", "prod", "automl-serving", objects)
+    v2 = Release("v2", "s3://b/2.bento", "prod", "automl-serving", objects, previous=v1)
+    back = Release.decode(v2.encode(), "prod")
+    assert back == v2 and back.previous == v1
+    v3 = Release("v3", "s3://b/3.bento", "prod", "automl-serving", objects, previous=back)
+    # the record keeps one level: v3's previous is v2 without v2's own previous
+    assert Release.decode(v3.encode(), "prod").previous == Release(
+        "v2", "s3://b/2.bento", "prod", "automl-serving", objects
+    )
+
+
 def test_deploy_outcome_round_trip(tmp_path):
     done = DeployOutcome(True, version="v2", namespace="prod", name="s", applied=("Deployment/s",))
     done.write(tmp_path / "r.json")

@@ -46,6 +46,18 @@ def test_rollback_returns_to_the_previous_champion(tmp_path):
         reg.rollback("m")
 
 
+def test_rollback_after_a_repeated_promotion_returns_to_the_champion_it_replaced(tmp_path):
+    """A promote step retried after its write landed promotes the champion again; rollback
+    still goes back to the version before it, not to the champion itself."""
+    reg = _registry(tmp_path)
+    reg.promote("m", "v1")
+    reg.promote("m", "v2")
+    reg.promote("m", "v2")  # the retried step
+    entry = reg.rollback("m")
+    assert (entry["version"], entry["previous"]) == ("v1", "v2")
+    assert reg.champion("m")["version"] == "v1"
+
+
 def test_errors_name_the_problem(tmp_path):
     reg = _registry(tmp_path)
     with pytest.raises(UserError, match="no champion"):

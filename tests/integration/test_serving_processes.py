@@ -58,7 +58,7 @@ def test_two_workers_share_one_set_of_correct_metrics(pipeline_run, small_churn_
 def test_sigterm_lets_the_request_in_flight_finish(pipeline_run, small_churn_csv):
     _, summary, _ = pipeline_run
     rows = json_records(pd.read_csv(small_churn_csv).drop(columns=["churn"]))
-    big = rows * 40  # ~16,000 records: long enough to be in flight when SIGTERM arrives
+    big = rows * 120  # ~48,000 records: long enough to be in flight when SIGTERM arrives
     port = free_port()
     serve_cmd = [*CLI, "serve", "--model", summary["bento_tag"], "--port", str(port)]
     # a request this large queues for longer than the default 1 s batch latency (503 by design)
@@ -76,8 +76,8 @@ def test_sigterm_lets_the_request_in_flight_finish(pipeline_run, small_churn_csv
 
         t = threading.Thread(target=post)
         t.start()
-        time.sleep(1.0)
-        assert t.is_alive(), "the request finished before SIGTERM; make it bigger"
+        time.sleep(0.3)
+        assert t.is_alive(), f"the request finished before SIGTERM ({answer}); make it bigger"
         os.kill(proc.pid, signal.SIGTERM)
         t.join(timeout=120)
         assert "error" not in answer, answer.get("error")

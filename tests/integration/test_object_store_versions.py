@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.s3_server import s3_env, s3_server
+from tests.support.s3_server import fresh_bucket, s3_server
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +18,7 @@ def endpoint():
 
 @pytest.fixture
 def bucket(endpoint, monkeypatch, request):
-    import botocore.session
-
-    for key, value in s3_env(endpoint).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    client = botocore.session.get_session().create_client("s3", region_name="us-east-1")
-    name = "v-" + request.node.name.replace("_", "-")[:40].lower()
-    client.create_bucket(Bucket=name)
-    return name, client
+    return fresh_bucket(endpoint, monkeypatch, "v-", request.node.name)
 
 
 @pytest.mark.parametrize("scheme", ["s3", "minio"])

@@ -20,7 +20,7 @@ import pytest
 
 from kfp_automl.errors import UserError
 from kfp_automl.registry.registry import Registry
-from tests.support.s3_server import conditionless_proxy, s3_env, s3_server
+from tests.support.s3_server import conditionless_proxy, fresh_bucket, s3_env, s3_server
 from tests.support.servers import CLI, free_port
 
 
@@ -33,16 +33,7 @@ def endpoint():
 @pytest.fixture
 def s3(endpoint, monkeypatch, request):
     """A fresh bucket on the server, the AWS environment set: (bucket name, botocore client)."""
-    import botocore.session
-
-    for key, value in s3_env(endpoint).items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    monkeypatch.delenv("KFP_AUTOML_REGISTRY", raising=False)
-    client = botocore.session.get_session().create_client("s3", region_name="us-east-1")
-    bucket = "reg-" + request.node.name.replace("_", "-")[:40].lower()
-    client.create_bucket(Bucket=bucket)
-    return bucket, client
+    return fresh_bucket(endpoint, monkeypatch, "reg-", request.node.name)
 
 
 def _raw(client, bucket: str, key: str) -> tuple[dict, str]:

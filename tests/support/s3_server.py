@@ -117,5 +117,20 @@ def s3_env(endpoint: str) -> dict[str, str]:
     }
 
 
+def fresh_bucket(endpoint: str, monkeypatch, prefix: str, test_name: str):
+    """A new bucket named after the test, the AWS environment of `endpoint` set for the test
+    (no AWS_ENDPOINT_URL_S3, no $KFP_AUTOML_REGISTRY): (bucket name, botocore client)."""
+    import botocore.session
+
+    for key, value in s3_env(endpoint).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("KFP_AUTOML_REGISTRY", raising=False)
+    client = botocore.session.get_session().create_client("s3", region_name="us-east-1")
+    name = prefix + test_name.replace("_", "-")[:40].lower()
+    client.create_bucket(Bucket=name)
+    return name, client
+
+
 if __name__ == "__main__":
     main()

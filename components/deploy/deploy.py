@@ -2,9 +2,11 @@
 
 Plain logic (no kfp import): the component (`component.py`) and `kfp-automl deploy` call `deploy`.
 Every applied Deployment carries the release it belongs to (the annotation
-`kfp-automl.io/release`: the rendered objects, version and Bento URL, and the release it rolls
-back to), so when a new version is not ready within the timeout the objects of the version that
-was live before are applied again. A rerun of the same deploy (KFP's retry after an attempt that
+`kfp-automl.io/release`: the rendered objects, version, Bento URL and archive digest, and the
+release it rolls back to), so when a new version is not ready within the timeout the objects of
+the version that was live before are applied again. That record is read back through
+render.decode_release, which checks it like a new render: a record that fails is refused before
+anything is applied. A rerun of the same deploy (KFP's retry after an attempt that
 applied the new version and then died) rolls back to what was live before the first attempt,
 never to the half-finished new version.
 """
@@ -20,6 +22,7 @@ from typing import Any, NoReturn
 from kfp_automl.components.deploy.kube import ApiProblem, Cluster
 from kfp_automl.components.deploy.render import (
     DEFAULT_NAME,
+    decode_release,
     parse_manifests,
     render,
     with_record,
@@ -108,21 +111,24 @@ def wait_rollout(
         time.sleep(poll_s)
 
 
-def live_release(live: dict[str, Any] | None, namespace: str) -> Release | None:
-    """The release recorded on the live Deployment, or None (none live, or not deployed by us)."""
+def live_release(
+    live: dict[str, Any] | None, namespace: str, name: str = DEFAULT_NAME
+) -> Release | None:
+    """The release recorded on the live Deployment, or None (none live, or not deployed by us).
+
+    A record that is there but does not pass `decode_release` (checked like a new render) is a
+    UserError: it was not written by this step, and nothing of it may be applied.
+    """
     if live is None:
         return None
     value = ((live.get("metadata") or {}).get("annotations") or {}).get(RELEASE_ANNOTATION)
     if not value:
         return None
-    try:
-        return Release.decode(value, namespace)
-    except ValueError:
-        return None
+    return decode_release(value, namespace, name)
 
 
 def rollback_target(
-    live: dict[str, Any] | None, version: str, namespace: str
+    live: dict[str, Any] | None, version: str, namespace: str, name: str = DEFAULT_NAME
 ) -> tuple[Release | None, str]:
     """What a failed deploy of `version` re-applies, and one phrase saying what is live.
 
@@ -131,7 +137,7 @@ def rollback_target(
     rerun after an attempt applied it and died): the release that was live before that
     attempt, which its record carries; None when there was none.
     """
-    current = live_release(live, namespace)
+    current = live_release(live, namespace, name)
     if live is None or current is None:
         return None, "no recorded version live"
     if current.version != version:
@@ -160,10 +166,14 @@ def check(
     namespace: str,
     name: str = DEFAULT_NAME,
     source: str = "manifests",
+    *,
+    bento_sha256: str,
 ) -> list[dict[str, Any]]:
     """The objects `deploy` would apply; every input problem is a UserError before any API call."""
     objects = parse_manifests(manifests, source)
-    return with_record(render(objects, bento_url, version, namespace, name))
+    return with_record(
+        render(objects, bento_url, version, namespace, name, bento_sha256=bento_sha256)
+    )
 
 
 def deploy(
@@ -175,19 +185,36 @@ def deploy(
     name: str = DEFAULT_NAME,
     timeout_s: float = 300,
     poll_s: float = 2.0,
+    *,
+    bento_sha256: str,
 ) -> DeployOutcome:
-    """Apply `version` and wait for it; on failure re-apply the previous release and raise.
+    """Apply `version` (the archive at `bento_url` with SHA-256 `bento_sha256`) and wait for
+    it; on failure re-apply the previous release and raise.
 
     `manifests` is the rendered multi-document YAML. Raises UserError for input that breaks the
-    contract or an API call the server refuses, DeployError when the rollout does not finish.
+    contract, a live release record that does not pass the checks of a new render (nothing is
+    applied then) or an API call the server refuses, DeployError when the rollout does not
+    finish.
     """
     started = time.monotonic()
-    release = render(parse_manifests(manifests), bento_url, version, namespace, name)
+    release = render(
+        parse_manifests(manifests), bento_url, version, namespace, name, bento_sha256=bento_sha256
+    )
     target = f"{namespace}/{name}"
     try:
-        before, was = rollback_target(cluster.get_deployment(namespace, name), version, namespace)
+        live = cluster.get_deployment(namespace, name)
     except ApiProblem as exc:
         raise UserError(f"deploy to {target}: {exc}") from None
+    try:
+        before, was = rollback_target(live, version, namespace, name)
+    except UserError as exc:
+        raise UserError(
+            f"deploy to {target}: the {RELEASE_ANNOTATION} record on the live Deployment is "
+            f"refused, so nothing was applied: {exc}. This step did not write that record: find "
+            "out who changed it, then remove it "
+            f"(`kubectl -n {namespace} annotate deployment/{name} {RELEASE_ANNOTATION}-`) to "
+            "deploy without a version to roll back to"
+        ) from None
     if before is not None:
         release = replace(release, previous=replace(before, previous=None))
     say(STEP, f"deploying version {version} to {target} ({was})")
@@ -216,6 +243,7 @@ def deploy(
             previous_version=before.version if before else None,
             rollout=why,
             elapsed_s=round(time.monotonic() - started, 1),
+            bento_sha256=release.bento_sha256,
         )
     failed = f"deploy of version {version} to {target} failed: {why}"
     if before is None:
@@ -271,9 +299,16 @@ def run(
     tag = str(bento_metadata.get("bento_tag", ""))
     if ":" not in tag:
         raise UserError(f"the Bento artifact has no bento_tag name:version (got {tag!r})")
+    digest = str(bento_metadata.get("bento_sha256", ""))
+    if not digest:
+        raise UserError(
+            f"the Bento artifact of {tag} records no bento_sha256 (packaged by an earlier "
+            "kfp-automl): nothing is deployed without the digest the serving pod checks"
+        )
     text = read_manifests(manifests)
     version = tag.split(":", 1)[1]
-    check(text, bento_uri, version, namespace, name, manifests or DEFAULT_MANIFESTS)
+    source = manifests or DEFAULT_MANIFESTS
+    check(text, bento_uri, version, namespace, name, source, bento_sha256=digest)
     if cluster_factory is None:
         from kfp_automl.components.deploy.kube import api_client
 
@@ -285,7 +320,9 @@ def run(
     except ApiProblem as exc:
         raise UserError(f"deploy to {namespace}/{name}: {exc}") from None
     try:
-        outcome = deploy(cluster, text, bento_uri, version, namespace, name, timeout_s)
+        outcome = deploy(
+            cluster, text, bento_uri, version, namespace, name, timeout_s, bento_sha256=digest
+        )
     finally:
         cluster.close()
     outcome.write(release_path)

@@ -4,11 +4,13 @@ Both models score the same holdout rows. The challenger must beat the champion
 by at least `min_improvement` on the primary metric, and a paired bootstrap over
 those rows must show the gain is not noise (the share of resamples in which the
 challenger is not better by the margin stays under `alpha`). No champion yet
-means deploy; a champion whose schema differs from the new data means refuse.
+means deploy; a champion whose schema differs from the new data means refuse, and so does a
+champion whose archive the registry records no digest for (it is not imported unchecked).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -128,6 +130,21 @@ def decide(
     )
 
 
+def unverified_champion(decision: GateDecision, champion: str, why: str) -> GateDecision:
+    """Keep a champion whose archive cannot be checked (no digest recorded): no comparison is
+    possible, so nothing replaces it automatically."""
+    return replace(
+        decision,
+        deploy=False,
+        reason=(
+            f"the champion {champion} cannot be compared: {why}; the gate refuses (promote by "
+            "hand with `kfp-automl promote` if the new model should replace it)"
+        ),
+        champion_version=champion.split(":", 1)[1],
+        problems=(why,),
+    )
+
+
 def run(
     *,
     model_dir: str,
@@ -144,16 +161,20 @@ def run(
     """Load the challenger (hash-checked) and the registry's champion, decide, write the decision."""
     from kfp_automl.progress import say
     from kfp_automl.registry.registry import Registry, model_name_for
-    from kfp_automl.registry.store import load_registered_model
+    from kfp_automl.registry.store import UnverifiedArchive, load_registered_model
     from kfp_automl.runtime.model_file import load_model
 
     schema = Schema.read(schema_path)
     name = model_name or model_name_for(schema.target)
     entry = Registry(registry_root or None).champion(name)
     champion = None
+    unverified = ""
     if entry is not None:
-        model, champ_schema, _ = load_registered_model(name, entry)
-        champion = (model, champ_schema, entry["version"])
+        try:
+            model, champ_schema, _ = load_registered_model(name, entry)
+            champion = (model, champ_schema, entry["version"])
+        except UnverifiedArchive as exc:
+            unverified = str(exc)
     decision = decide(
         load_model(model_dir, sha256),
         pd.read_parquet(test_path),
@@ -163,6 +184,8 @@ def run(
         min_improvement,
         n_bootstrap,
     )
+    if unverified and entry is not None:
+        decision = unverified_champion(decision, f"{name}:{entry['version']}", unverified)
     decision.write(decision_path)
     say("gate", f"{'deploy' if decision.deploy else 'keep the champion'}: {decision.reason}")
     return decision

@@ -28,7 +28,8 @@ def package_model(
             prediction-drift reference.
         metrics: Holdout metrics from evaluate, recorded in the registry.
         report: The evaluation report, recorded in the registry.
-        bento: The exported Bento archive; metadata carries bento_tag and model_tag.
+        bento: The exported Bento archive; metadata carries bento_tag, model_tag and the
+            archive's bento_sha256 (also recorded in the registry).
         model_name: BentoML model and Bento name; empty derives automl-<target>.
         registry_root: Registry folder or s3://, minio://, gs:// bucket/prefix; empty: on a
             cluster, kfp-automl-registry/<namespace> in the artifact store's bucket (shared by
@@ -58,4 +59,11 @@ def package_model(
             registry_root=registry_root,
             bento_uri=bento.uri,
         )
-        bento.metadata.update({"bento_tag": packaged.bento_tag, "model_tag": packaged.model_tag})
+        bento.metadata.update(
+            {
+                "bento_tag": packaged.bento_tag,
+                "model_tag": packaged.model_tag,
+                # the deploy step sets it on the serving pod, whose init container checks it
+                "bento_sha256": packaged.sha256,
+            }
+        )

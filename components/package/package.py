@@ -21,7 +21,7 @@ from kfp_automl.contracts.profile import Bins, Profile
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.files import write_json
 from kfp_automl.registry.registry import model_name_for
-from kfp_automl.runtime.model_file import MODEL_FILE, load_model
+from kfp_automl.runtime.model_file import MODEL_FILE, load_model, sha256_file
 from kfp_automl.runtime.packages import RECORD_KEY
 from kfp_automl.serving.files import (
     EVALUATION_FILE,
@@ -36,6 +36,7 @@ class Packaged:
     model_tag: str
     bento_tag: str
     archive: Path
+    sha256: str  # of the archive: recorded in the registry and the release, checked on import
 
 
 def package(
@@ -105,8 +106,9 @@ def package(
     archive_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=archive_path.parent, prefix=".export-") as tmp:
         written = bentoml.export_bento(bento.tag, str(Path(tmp) / "bento.bento"))
+        digest = sha256_file(written)
         os.replace(written, archive_path)
-    return Packaged(str(stored.tag), str(bento.tag), archive_path)
+    return Packaged(str(stored.tag), str(bento.tag), archive_path, digest)
 
 
 def repackage(ref: str, archive_path: str | Path, name: str = "") -> Packaged:
@@ -170,9 +172,10 @@ def run(
 ) -> Packaged:
     """Package the tuned model (hash from `model_info`) into a Bento archive at `archive_path`.
 
-    The new version is registered as a challenger with its metrics, its report, and where its
+    The new version is registered as a challenger with its metrics, its report, where its
     archive lives (`bento_uri`, the artifact's URI under the pipeline root; default the archive
-    path), so a gate in another pod can fetch it when it is the champion.
+    path) and the archive's SHA-256 (`bento_sha256`), so a gate in another pod can fetch it
+    when it is the champion, and anything that imports it can check it is this archive.
     """
     from kfp_automl.progress import say
     from kfp_automl.registry.registry import Registry
@@ -206,6 +209,7 @@ def run(
             },
             "report": report_path,
             "bento_uri": bento_uri or str(archive_path),
+            "bento_sha256": packaged.sha256,
             "data_fingerprint": schema.data_fingerprint,
         },
     )

@@ -1,4 +1,10 @@
-"""Finding packaged models: a Bento tag in the local BentoML store, or a .bento archive."""
+"""Finding packaged models: a Bento tag in the local BentoML store, or a .bento archive.
+
+An archive is imported only after the checks of kfp_automl/registry/archive.py: its SHA-256
+against `--sha256` when given, else against the `bento_sha256` the registry records for its
+Bento version (a warning when the registry has none: an archive this project never
+registered, or one registered before digests were recorded), then its members.
+"""
 
 from __future__ import annotations
 
@@ -20,24 +26,59 @@ class PackagedModel:
 
 
 def _archive_tag(path: Path) -> str:
-    """name:version of the Bento inside a .bento archive, from its bento.yaml."""
-    import tarfile
+    """name:version of the Bento inside a .bento archive, from its bento.yaml (after the
+    archive checks of kfp_automl/registry/archive.py; no digest is checked here)."""
+    from kfp_automl.registry.archive import verify_archive
 
-    import yaml
-
-    try:
-        with tarfile.open(path) as tar:
-            member = next(m for m in tar.getmembers() if m.name.lstrip("./") == "bento.yaml")
-            info = yaml.safe_load(tar.extractfile(member))
-        return f"{info['name']}:{info['version']}"
-    except tarfile.TarError:
-        raise UserError(f"{path} is not a Bento archive (not a readable tar file)") from None
-    except (StopIteration, TypeError, KeyError, yaml.YAMLError):
-        raise UserError(f"{path} is not a Bento archive (no valid bento.yaml inside)") from None
+    return verify_archive(path, None).tag
 
 
-def resolve_bento(ref: str):
-    """Return the Bento for `ref`: a tag in the store, or an archive (imported into the store once)."""
+def _registered_digest(tag: str) -> tuple[str | None, str]:
+    """(the archive digest the registry records for Bento `tag`, where) - None when the
+    registry ($KFP_AUTOML_REGISTRY, else beside the BentoML store) has none for it."""
+    from kfp_automl.registry.registry import Registry
+
+    name, version = tag.split(":", 1)
+    registry = Registry()
+    entry = next(
+        (
+            v
+            for v in registry.versions(name)
+            if v.get("bento_tag") == tag or (v["version"] == version and not v.get("bento_tag"))
+        ),
+        None,
+    )
+    digest = (entry or {}).get("bento_sha256")
+    return (str(digest) if digest else None), f"the registry at {registry.root}"
+
+
+def verify_local_archive(path: Path, sha256: str = "", shown: str = ""):
+    """The archive checks for a local .bento file, with its digest checked against `sha256`,
+    else against the registry's record of its version; a warning when neither has one."""
+    import sys
+
+    from kfp_automl.registry.archive import check_digest, verify_archive
+    from kfp_automl.runtime.model_file import parse_sha256
+
+    shown = shown or str(path)
+    if sha256:
+        return verify_archive(path, parse_sha256(sha256), shown, recorded="--sha256")
+    info = verify_archive(path, None, shown)
+    recorded, where = _registered_digest(info.tag)
+    if recorded is None:
+        print(
+            f"warning: {shown}: no --sha256 given and {where} records no digest for Bento "
+            f"{info.tag}; the archive is not checked against a digest recorded outside it",
+            file=sys.stderr,
+        )
+    else:
+        check_digest(info.sha256, recorded, shown, where)
+    return info
+
+
+def resolve_bento(ref: str, sha256: str = ""):
+    """Return the Bento for `ref`: a tag in the store, or an archive (imported into the store
+    once, after its digest and members are checked: `verify_local_archive`)."""
     import bentoml
     from bentoml.exceptions import BentoMLException, NotFound
 
@@ -45,15 +86,18 @@ def resolve_bento(ref: str):
     if ref.endswith(".bento") or path.is_file():
         if not path.is_file():
             raise UserError(f"Bento archive not found: {ref}")
-        tag = _archive_tag(path)
+        info = verify_local_archive(path, sha256, ref)
         try:
-            return bentoml.get(tag)
+            return bentoml.get(info.tag)
         except NotFound:
             pass
         try:
-            return bentoml.import_bento(str(path))
+            # an absolute path: BentoML reads a relative one from the root folder
+            return bentoml.import_bento(str(path.resolve()), input_format=info.compression)
         except BentoMLException as exc:
             raise UserError(f"cannot import Bento archive {ref}: {exc}") from None
+    if sha256:
+        raise UserError(f"--sha256 goes with a .bento archive; {ref!r} is a tag in the store")
     try:
         return bentoml.get(ref)
     except (NotFound, BentoMLException, ValueError):
@@ -76,11 +120,11 @@ def check_servable(bento) -> None:
         )
 
 
-def load_packaged_model(ref: str) -> PackagedModel:
-    """The fitted pipeline and schema inside a Bento, loaded only after the hash check."""
+def load_packaged_model(ref: str, sha256: str = "") -> PackagedModel:
+    """The fitted pipeline and schema inside a Bento, loaded only after the hash checks."""
     from kfp_automl.registry.store import load_stored_model
 
-    bento = resolve_bento(ref)
+    bento = resolve_bento(ref, sha256)
     model_tag = (bento.info.args or {}).get("model_tag")
     if not model_tag:
         raise UserError(

@@ -1,8 +1,12 @@
 """`kfp-automl deploy`: roll a Bento out to the serving Deployment of a cluster (or print it).
 
-`--bento` deploys one archive; `--champion NAME` deploys the registry's champion of NAME (the
-archive URL and Bento version its registry entry records), which is how the served version is
-brought back to the champion after `kfp-automl promote` or `rollback` changed the registry.
+`--bento` deploys one archive (`--sha256` gives its digest; a local file's is read from it);
+`--champion NAME` deploys the registry's champion of NAME (the archive URL, Bento version and
+archive digest its registry entry records), which is how the served version is brought back to
+the champion after `kfp-automl promote` or `rollback` changed the registry. The digest goes
+into the release and the serving pod's BENTO_SHA256, which its init container checks; a
+champion registered before digests were recorded is refused (deploy it with --bento and the
+--sha256 of an archive you checked).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import click
 
 from kfp_automl.components.deploy.render import DEFAULT_NAME
 from kfp_automl.errors import UserError
+from kfp_automl.runtime.model_file import parse_sha256
 
 
 def champion_hint(name: str, registry: str) -> str:
@@ -26,8 +31,9 @@ def champion_hint(name: str, registry: str) -> str:
     )
 
 
-def _champion(name: str, registry: str, dry_run: bool) -> tuple[str, str, str]:
-    """(URL the pod fetches, Bento version, NAME:VERSION) of the registry's champion of `name`."""
+def _champion(name: str, registry: str, dry_run: bool) -> tuple[str, str, str, str]:
+    """(URL the pod fetches, Bento version, archive sha256, NAME:VERSION) of the registry's
+    champion of `name`."""
     from kfp_automl.registry.registry import Registry
 
     reg = Registry(registry or None)
@@ -48,8 +54,16 @@ def _champion(name: str, registry: str, dry_run: bool) -> tuple[str, str, str]:
             "release); deploy its archive with --bento URL --version VERSION"
         )
     version = tag.split(":", 1)[1]
+    recorded = str(champ.get("bento_sha256") or "")
+    if not recorded:
+        raise UserError(
+            f"--champion: the registry records no archive sha256 for {ref} (registered before "
+            "kfp-automl recorded digests), so the serving pod could not check it; deploy it with "
+            f"--bento {url} --version {version} --sha256 HEX, the digest of an archive you checked"
+        )
+    digest = parse_sha256(recorded, f"the registry's sha256 for {ref}")
     if "://" in url and not url.startswith("file://"):
-        return url, version, ref
+        return url, version, digest, ref
     path = Path(url.removeprefix("file://"))
     if not dry_run:
         raise UserError(
@@ -59,33 +73,41 @@ def _champion(name: str, registry: str, dry_run: bool) -> tuple[str, str, str]:
         )
     if not path.is_file():
         raise UserError(f"--champion: the archive of {ref} is not found: {url}")
-    from kfp_automl.bentos.lookup import _archive_tag
+    from kfp_automl.registry.archive import verify_archive
 
-    if (found := _archive_tag(path)) != tag:
-        raise UserError(f"--champion: {url} holds Bento {found}, the registry records {tag}")
-    return path.resolve().as_uri(), version, ref
+    info = verify_archive(path, digest, url, recorded="the registry's bento_sha256")
+    if info.tag != tag:
+        raise UserError(f"--champion: {url} holds Bento {info.tag}, the registry records {tag}")
+    return path.resolve().as_uri(), version, digest, ref
 
 
-def _bento(ref: str, version: str, dry_run: bool) -> tuple[str, str]:
-    """(URL the pod fetches, version) for an archive path or URL."""
+def _bento(ref: str, version: str, sha256: str, dry_run: bool) -> tuple[str, str, str]:
+    """(URL the pod fetches, version, archive sha256) for an archive path or URL."""
     if "://" in ref and not ref.startswith("file://"):
         if not version:
             raise UserError(f"--version is required when --bento is a URL ({ref})")
-        return ref, version
-    from kfp_automl.bentos.lookup import _archive_tag
+        if not sha256:
+            raise UserError(
+                f"--sha256 is required when --bento is a URL ({ref}): the serving pod refuses "
+                "an archive with another digest (the registry's bento_sha256, or `sha256sum` "
+                "of the archive you checked)"
+            )
+        return ref, version, parse_sha256(sha256)
+    from kfp_automl.registry.archive import verify_archive
 
     path = Path(ref.removeprefix("file://"))
     if not path.is_file():
         raise UserError(f"--bento: Bento archive not found: {ref}")
-    tag_version = _archive_tag(path).split(":", 1)[1]
+    info = verify_archive(path, parse_sha256(sha256) if sha256 else None, ref, recorded="--sha256")
+    tag_version = info.tag.split(":", 1)[1]
     if version and version != tag_version:
         raise UserError(f"--version {version!r} differs from the archive's version {tag_version!r}")
     if not dry_run:
         raise UserError(
             f"--bento {ref} is a local file the cluster cannot fetch: upload it and pass its URL "
-            "(s3://, gs://, https://, ...) with --version, or use --dry-run"
+            "(s3://, gs://, https://, ...) with --version and --sha256, or use --dry-run"
         )
-    return path.resolve().as_uri(), tag_version
+    return path.resolve().as_uri(), tag_version, info.sha256
 
 
 @click.command(name="deploy")
@@ -122,6 +144,13 @@ def _bento(ref: str, version: str, dry_run: bool) -> tuple[str, str]:
     "from the registry with --champion.",
 )
 @click.option(
+    "--sha256",
+    "sha256",
+    default="",
+    help="The archive's SHA-256 (the registry's bento_sha256); required when --bento is a URL, "
+    "read from the file when it is a path, from the registry with --champion.",
+)
+@click.option(
     "--timeout",
     type=click.IntRange(min=1),
     default=300,
@@ -133,7 +162,17 @@ def _bento(ref: str, version: str, dry_run: bool) -> tuple[str, str]:
     "--dry-run", is_flag=True, help="Print the rendered objects as YAML; contact no cluster."
 )
 def deploy_cmd(
-    bento, champion, registry, manifests, namespace, name, version, timeout, context, dry_run
+    bento,
+    champion,
+    registry,
+    manifests,
+    namespace,
+    name,
+    version,
+    sha256,
+    timeout,
+    context,
+    dry_run,
 ):
     """Apply the serving manifests for a Bento (server-side apply) and roll back if not ready.
 
@@ -148,15 +187,18 @@ def deploy_cmd(
         raise UserError("give the Bento to deploy: --bento ARCHIVE or --champion NAME (one)")
     if champion and version:
         raise UserError("--version comes from the registry with --champion; leave it out")
+    if champion and sha256:
+        raise UserError("--sha256 comes from the registry with --champion; leave it out")
     if registry and not champion:
         raise UserError("--registry goes with --champion (where the champion is read)")
     ref = ""
     if champion:
-        url, version, ref = _champion(champion, registry, dry_run)
+        url, version, digest, ref = _champion(champion, registry, dry_run)
     else:
-        url, version = _bento(bento, version, dry_run)
+        url, version, digest = _bento(bento, version, sha256, dry_run)
     text = read_manifests(manifests)
-    objects = check(text, url, version, namespace, name, manifests)  # before any API call
+    # before any API call
+    objects = check(text, url, version, namespace, name, manifests, bento_sha256=digest)
     if dry_run:
         click.echo(to_yaml(objects), nl=False)
         return
@@ -170,7 +212,7 @@ def deploy_cmd(
     except ApiProblem as exc:
         raise UserError(f"deploy to {namespace}/{name}: {exc}") from None
     try:
-        outcome = deploy(cluster, text, url, version, namespace, name, timeout)
+        outcome = deploy(cluster, text, url, version, namespace, name, timeout, bento_sha256=digest)
     except DeployError as exc:
         if ref:
             raise DeployError(f"{exc}; {ref} stays the registry's champion, not served") from None

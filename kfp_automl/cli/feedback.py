@@ -51,9 +51,11 @@ def prediction_log_options(f):
         click.option(
             "--log-max-total-mb",
             type=click.FloatRange(min=0.01),
-            default=1024.0,
+            default=512.0,
             show_default=True,
-            help="Delete the oldest rotated log files beyond this total.",
+            help="Everything in --log-dir (log files and the label store) stays within this: "
+            "the store's oldest predictions go beyond half of it, then the oldest rotated files. "
+            "Keep it and one file per worker below the volume's size (AUTOML_LOG_VOLUME_MB).",
         ),
         click.option(
             "--label-ttl-hours",
@@ -61,6 +63,21 @@ def prediction_log_options(f):
             default=168.0,
             show_default=True,
             help="Forget unlabelled predictions after this long (counted as expired).",
+        ),
+        click.option(
+            "--feedback-auth",
+            type=click.Choice(["token", "none"]),
+            default="token",
+            show_default=True,
+            help="Who may send labels to POST /feedback: callers with a bearer token from "
+            "--feedback-tokens, or none (anyone who can reach the server).",
+        ),
+        click.option(
+            "--feedback-tokens",
+            default="",
+            help="A directory with one file per caller (the file's name is the caller's, each "
+            "line one of its tokens), as a mounted Kubernetes Secret gives; or one such file. "
+            "Read again every 10 s, so tokens rotate without a restart.",
         ),
         click.option(
             "--quality-window",
@@ -95,16 +112,60 @@ def prediction_log_settings(bento: Any, **log: Any) -> dict[str, str]:
         "AUTOML_LOG_MAX_TOTAL_MB": ("log_max_total_mb", repr(log["log_max_total_mb"])),
         "AUTOML_LABEL_TTL_S": ("label_ttl_hours", repr(log["label_ttl_hours"] * 3600)),
         "AUTOML_QUALITY_WINDOW": ("quality_window", str(log["quality_window"])),
+        "AUTOML_FEEDBACK_AUTH": ("feedback_auth", log["feedback_auth"]),
+        "AUTOML_FEEDBACK_TOKENS": ("feedback_tokens", _absolute(log["feedback_tokens"])),
     }
     # As for serve's other flags: one left at its default does not override a variable already
     # set (a pod's environment).
     ctx = click.get_current_context(silent=True)
     default = click.core.ParameterSource.DEFAULT
-    return {
+    out = {
         key: value
         for key, (flag, value) in settings.items()
         if not (key in os.environ and ctx is not None and ctx.get_parameter_source(flag) is default)
     }
+    effective = {**{k: v for k, v in os.environ.items() if k in settings}, **out}
+    if effective["AUTOML_LOG_PREDICTIONS"] != "off":
+        _check_feedback_auth(effective["AUTOML_FEEDBACK_AUTH"], effective["AUTOML_FEEDBACK_TOKENS"])
+    return out
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve()) if path else ""
+
+
+def _check_feedback_auth(auth: str, tokens: str) -> None:
+    """Refuse to serve labels without a way to check who sends them; say so when unchecked."""
+    from kfp_automl.serving.callers import TokenError, read_tokens
+
+    if auth == "none":
+        click.echo(
+            "warning: --feedback-auth none: anyone who can reach the server can label "
+            "predictions on POST /feedback",
+            err=True,
+        )
+        return
+    if auth != "token":
+        raise UserError(f"AUTOML_FEEDBACK_AUTH {auth!r}: use token or none")
+    if not tokens:
+        raise UserError(
+            "logged predictions take labels only from callers with a token: pass "
+            "--feedback-tokens DIR (one file per caller holding its token, e.g. a mounted "
+            "Secret), or --feedback-auth none to take labels from anyone"
+        )
+    try:
+        found, problems = read_tokens(tokens)
+    except TokenError as exc:
+        raise UserError(f"--feedback-tokens: {exc}") from None
+    if problems:
+        raise UserError(f"--feedback-tokens {tokens}: {problems[0]}")
+    if not found:
+        raise UserError(
+            f"--feedback-tokens {tokens}: no tokens in it (one file per caller, each line a "
+            "token of at least 16 characters, e.g. from `openssl rand -hex 32`)"
+        )
+    names = sorted(set(found.values()))
+    click.echo(f"POST /feedback takes labels from {len(names)} caller(s): {', '.join(names)}")
 
 
 def _model_features(bento: Any) -> list[str]:
@@ -137,7 +198,13 @@ def _model_features(bento: Any) -> list[str]:
     default="",
     help="The original training table: write it with the feedback rows appended.",
 )
-def export_feedback(log_dir, since, model, output, append_to):
+@click.option(
+    "--raw-csv",
+    is_flag=True,
+    help="Write CSV/TSV cells as they are: by default a cell starting with = + - @ tab or CR "
+    "(a spreadsheet formula) gets a leading single quote.",
+)
+def export_feedback(log_dir, since, model, output, append_to, raw_csv):
     """Turn logged predictions and their labels into a training table.
 
     The table has the model's feature columns and the target column named as in
@@ -156,7 +223,7 @@ def export_feedback(log_dir, since, model, output, append_to):
             + f" ({fresh.predictions} predictions without labels); send labels to POST /feedback"
         )
     table = ft.append_to(append_to, fresh) if append_to else fresh.table
-    write_table(table, output)
+    write_table(table, output, raw_csv=raw_csv)
     click.echo(
         f"wrote {len(table)} rows to {output}: {fresh.labelled} labelled predictions "
         f"(of {fresh.predictions} logged)" + (f" appended to {append_to}" if append_to else "")

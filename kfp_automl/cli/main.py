@@ -36,7 +36,19 @@ def cli() -> None:
     required=True,
     help="Where to write the input columns plus prediction (and proba_<class>).",
 )
-def predict(model, data, output):
+@click.option(
+    "--sha256",
+    "sha256",
+    default="",
+    help="With a .bento archive: its SHA-256 as recorded (default: the registry's record).",
+)
+@click.option(
+    "--raw-csv",
+    is_flag=True,
+    help="Write CSV/TSV cells as they are: by default a cell starting with = + - @ tab or CR "
+    "(a spreadsheet formula) gets a leading single quote.",
+)
+def predict(model, data, output, sha256, raw_csv):
     """Score a table with a packaged model (batch)."""
     from kfp_automl.bentos.lookup import load_packaged_model
     from kfp_automl.bentos.scoring import score_table
@@ -44,10 +56,93 @@ def predict(model, data, output):
 
     table_format(output)  # a bad output name fails before any work
     df = read_table(data)
-    packaged = load_packaged_model(model)
+    packaged = load_packaged_model(model, sha256)
     result = score_table(df, packaged)
-    write_table(result, output)
+    write_table(result, output, raw_csv=raw_csv)
     click.echo(f"wrote {len(result)} predictions to {output} (model {packaged.model_tag})")
+
+
+def _server_limit_options(f):
+    """`serve`'s limits for slow and greedy clients (kfp_automl/serving/http_limits.py)."""
+    from kfp_automl.serving.limits import ServerLimits
+
+    seconds = click.FloatRange(min=0.1)
+    options = [
+        click.option(
+            "--header-timeout",
+            type=seconds,
+            default=ServerLimits.header_timeout_s,
+            show_default=True,
+            help="Seconds a client has to send a request's headers; then 408 and the close.",
+        ),
+        click.option(
+            "--body-idle-timeout",
+            type=seconds,
+            default=ServerLimits.body_idle_timeout_s,
+            show_default=True,
+            help="Seconds a request body may pause between bytes; then 408 and the close.",
+        ),
+        click.option(
+            "--body-timeout",
+            type=seconds,
+            default=ServerLimits.body_timeout_s,
+            show_default=True,
+            help="Seconds a client has to send a whole request body after its headers.",
+        ),
+        click.option(
+            "--max-connections",
+            type=click.IntRange(min=1),
+            default=ServerLimits.max_connections,
+            show_default=True,
+            help="Open connections per worker; requests on more get 503 (health and metrics "
+            "excepted).",
+        ),
+        click.option(
+            "--keep-alive",
+            type=seconds,
+            default=ServerLimits.keep_alive_s,
+            show_default=True,
+            help="Seconds an idle connection stays open between requests; keep it above the "
+            "idle timeout of a proxy in front.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+_LIMIT_VARIABLES = {
+    "AUTOML_HEADER_TIMEOUT_S": ("header_timeout_s", float),
+    "AUTOML_BODY_IDLE_TIMEOUT_S": ("body_idle_timeout_s", float),
+    "AUTOML_BODY_TIMEOUT_S": ("body_timeout_s", float),
+    "AUTOML_MAX_CONNECTIONS": ("max_connections", int),
+    "AUTOML_KEEP_ALIVE_S": ("keep_alive_s", float),
+}
+
+
+def _env_int(environ: dict[str, str], key: str) -> int:
+    try:
+        return int(environ[key])
+    except ValueError:
+        raise UserError(f"{key}={environ[key]!r} is not a whole number") from None
+
+
+def _check_server_limits(environ: dict[str, str]) -> None:
+    """The limits the workers will read, checked here: a bad one would fail every worker."""
+    from kfp_automl.serving.limits import ServerLimits
+
+    values: dict[str, float | int] = {}
+    for key, (field, kind) in _LIMIT_VARIABLES.items():
+        if key in environ:
+            try:
+                values[field] = kind(environ[key])
+            except ValueError:
+                what = "whole number" if kind is int else "number"
+                raise UserError(f"{key}={environ[key]!r} is not a {what}") from None
+    try:
+        ServerLimits(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise UserError(f"serving limits: {exc}") from None
 
 
 @cli.command()
@@ -85,9 +180,19 @@ def predict(model, data, output):
     help="Records still waiting for their batch after this get 503; raise it for large requests "
     "to a slow model.",
 )
+@click.option(
+    "--sha256",
+    "sha256",
+    envvar="BENTO_SHA256",
+    default="",
+    help="With a .bento archive: its SHA-256 as recorded (default: $BENTO_SHA256, which the "
+    "deploy step sets in the serving pod, else the registry's record).",
+)
+@_server_limit_options
 @prediction_log_options
 def serve(
     model,
+    sha256,
     port,
     host,
     workers,
@@ -95,6 +200,11 @@ def serve(
     no_monitoring,
     max_body_mb,
     max_latency_ms,
+    header_timeout,
+    body_idle_timeout,
+    body_timeout,
+    max_connections,
+    keep_alive,
     **log,
 ):
     """Serve a packaged model over HTTP with BentoML.
@@ -103,9 +213,12 @@ def serve(
     POST /feedback with {"labels": [...]} when predictions are logged.
     """
     from kfp_automl.bentos.lookup import check_servable, resolve_bento
+    from kfp_automl.registry.store import bentoml_home
+    from kfp_automl.serving.startup import PROMETHEUS_DIR, check_model, prepare_prometheus_dir
 
-    bento = resolve_bento(model)
+    bento = resolve_bento(model, sha256)
     check_servable(bento)
+    check_model(bento)  # a model that cannot load: this line, not a worker restart loop
     # read by the service (kfp_automl/serving/service.py, ServiceArgs)
     settings = {
         "AUTOML_WORKERS": str(workers),
@@ -113,6 +226,11 @@ def serve(
         "AUTOML_MONITORING": str(not no_monitoring).lower(),
         "AUTOML_MAX_BODY_BYTES": str(int(max_body_mb * 1024 * 1024)),
         "AUTOML_MAX_LATENCY_MS": str(max_latency_ms),
+        "AUTOML_HEADER_TIMEOUT_S": str(header_timeout),
+        "AUTOML_BODY_IDLE_TIMEOUT_S": str(body_idle_timeout),
+        "AUTOML_BODY_TIMEOUT_S": str(body_timeout),
+        "AUTOML_MAX_CONNECTIONS": str(max_connections),
+        "AUTOML_KEEP_ALIVE_S": str(keep_alive),
         **prediction_log_settings(bento, **log),
     }
     # A flag left at its default does not override the variable already set (a pod's env).
@@ -124,15 +242,23 @@ def serve(
         "AUTOML_MONITORING": "no_monitoring",
         "AUTOML_MAX_BODY_BYTES": "max_body_mb",
         "AUTOML_MAX_LATENCY_MS": "max_latency_ms",
+        "AUTOML_HEADER_TIMEOUT_S": "header_timeout",
+        "AUTOML_BODY_IDLE_TIMEOUT_S": "body_idle_timeout",
+        "AUTOML_BODY_TIMEOUT_S": "body_timeout",
+        "AUTOML_MAX_CONNECTIONS": "max_connections",
+        "AUTOML_KEEP_ALIVE_S": "keep_alive",
     }
     for key, flag in flag_of.items():
         if key in os.environ and ctx.get_parameter_source(flag) is default:
             del settings[key]
+    environ = {**os.environ, **settings}
+    _check_server_limits(environ)
+    prepare_prometheus_dir(bentoml_home() / PROMETHEUS_DIR, _env_int(environ, "AUTOML_WORKERS"))
     bentoml_bin = Path(sys.executable).with_name("bentoml")
     cmd = [str(bentoml_bin), "serve", str(bento.tag), "--host", host, "--port", str(port)]
     click.echo(f"serving {bento.tag} on http://{host}:{port} (POST /predict); Ctrl-C stops it")
     sys.stdout.flush()
-    os.execve(cmd[0], cmd, {**os.environ, **settings})
+    os.execve(cmd[0], cmd, environ)
 
 
 @cli.command()
@@ -198,6 +324,17 @@ def models(name, registry):
             )
 
 
+def _warn_unverified(ref: str, entry: dict) -> None:
+    """A champion registered before archive digests were recorded cannot be checked."""
+    if not entry.get("bento_sha256"):
+        click.echo(
+            f"warning: the registry records no archive sha256 for {ref} (registered before "
+            "kfp-automl recorded digests): the gate will not import it to compare, and "
+            "`deploy --champion` refuses it (deploy it with --bento URL --sha256 HEX)",
+            err=True,
+        )
+
+
 def _split_ref(ref: str, name: str) -> tuple[str, str]:
     if ":" in ref:
         return tuple(ref.split(":", 1))  # type: ignore[return-value]
@@ -227,6 +364,7 @@ def promote(version, name, reason, registry):
     else:
         click.echo(f"{n}:{v} is the champion (before: {entry['previous'] or 'none'})")
     click.echo(champion_hint(n, registry))
+    _warn_unverified(f"{n}:{v}", entry)
 
 
 @cli.command()
@@ -249,6 +387,7 @@ def rollback(name, reason, registry):
     entry = reg.rollback(names[0], reason)
     click.echo(f"{names[0]}:{entry['version']} is the champion again (was: {entry['previous']})")
     click.echo(champion_hint(names[0], registry))
+    _warn_unverified(f"{names[0]}:{entry['version']}", entry)
 
 
 @cli.command(name="compile")

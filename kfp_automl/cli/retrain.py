@@ -46,6 +46,45 @@ TOKEN_ENV = "KFP_AUTOML_TRIGGER_TOKEN"  # the same name as in kfp_automl/retrain
     help="Seconds during which a model or alert that started a run starts no other.",
 )
 @click.option(
+    "--allow-model",
+    "allow_models",
+    multiple=True,
+    metavar="NAME[,NAME...]",
+    help="A model whose alerts may start runs (repeatable, or comma-separated; required). "
+    "An alert for any other model, or without a model label, is refused and counted.",
+)
+@click.option(
+    "--allow-data-prefix",
+    "data_prefixes",
+    multiple=True,
+    metavar="PREFIX[,PREFIX...]",
+    help="A data location an alert's data_url annotation may name, e.g. "
+    "s3://lake/churn/ (repeatable, or comma-separated). Without one the annotation is "
+    "ignored and every run trains on --data; with some, a data_url outside them is refused.",
+)
+@click.option(
+    "--max-runs-per-hour",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Runs started in any hour, over all models (kept in --state-dir across restarts); "
+    "more alerts are refused and counted.",
+)
+@click.option(
+    "--champion-registry",
+    default=None,
+    help="Registry (folder, s3://, minio://, gs:// BUCKET/PREFIX) where the trigger looks "
+    "up a model's champion before a run may deploy (default: --registry-root). Needed "
+    "with --deploy-namespace: a run of a model without a champion never deploys.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a request may take to send its body (408 after that).",
+)
+@click.option(
     "--token-env",
     default=TOKEN_ENV,
     show_default=True,
@@ -55,14 +94,23 @@ def command(**kw):
     """Start training runs on KFP from Alertmanager alerts labelled action=retrain.
 
     POST /alerts (Alertmanager webhook, version 4, bearer token), GET /metrics, GET /healthz.
-    An alert's `data_url` annotation overrides --data for the run it starts.
+    Only alerts of the --allow-model models start runs; an alert's `data_url` annotation
+    overrides --data only under an --allow-data-prefix.
     """
     import tempfile
 
     import uvicorn
 
+    from kfp_automl.retrain import policy
     from kfp_automl.retrain.trigger import TriggerConfig, create_app, read_token
 
+    models = frozenset(policy.split_values(kw.pop("allow_models")))
+    if not models:
+        raise UserError(
+            "give --allow-model NAME for each model whose alerts may start runs "
+            "(e.g. --allow-model automl-churn)"
+        )
+    prefixes = tuple(policy.check_prefix(p) for p in policy.split_values(kw.pop("data_prefixes")))
     token = read_token(kw.pop("token_env"))
     conn = cluster.Connection(
         host=kw.pop("kfp_host"), token_path=kw.pop("kfp_token_file"), ui_url=kw.pop("ui_url")
@@ -74,6 +122,7 @@ def command(**kw):
     compiled = Path(tempfile.mkdtemp(prefix="kfp-automl-trigger-"))
     pipeline, arguments = cluster_cli.prepare(kw, compiled)
     caching = cluster_cli.enable_caching(kw)
+    registry = _champion_registry(kw.pop("champion_registry"), arguments)
     config = TriggerConfig(
         conn=conn,
         token=token,
@@ -85,6 +134,11 @@ def command(**kw):
         namespace=kw["namespace"],
         service_account=kw["service_account"],
         enable_caching=caching,
+        allowed_models=models,
+        data_prefixes=prefixes,
+        max_runs_per_hour=kw["max_runs_per_hour"],
+        registry=registry,
+        body_timeout_s=kw["body_timeout"],
     )
     app = create_app(config)
     logging.basicConfig(
@@ -92,7 +146,27 @@ def command(**kw):
     )
     click.echo(
         f"retrain trigger on http://{host}:{port}/alerts -> {conn.host} "
-        f"(cooldown {kw['cooldown']:g}s, state in {config.state_dir}"
-        f"{', caching off' if caching is False else ''})"
+        f"(models {', '.join(sorted(models))}; cooldown {kw['cooldown']:g}s, at most "
+        f"{kw['max_runs_per_hour']} runs an hour; data_url "
+        f"{'under ' + ', '.join(prefixes) if prefixes else 'ignored'}; state in "
+        f"{config.state_dir}{', caching off' if caching is False else ''})"
     )
+    if registry is not None:
+        click.echo(f"runs deploy only models with a champion in {registry.root}")
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+def _champion_registry(given: str | None, arguments: dict):
+    """The registry the trigger reads champions from: needed when the runs may deploy."""
+    root = given or str(arguments.get("registry_root") or "").strip()
+    if not arguments.get("deploy_namespace"):
+        return None
+    if not root:
+        raise UserError(
+            "--deploy-namespace: the trigger checks that a model has a champion before its "
+            "run may deploy; give --champion-registry (on a cluster: "
+            "<artifact bucket>/kfp-automl-registry/<namespace>) or --registry-root"
+        )
+    from kfp_automl.registry.registry import Registry
+
+    return Registry(root)

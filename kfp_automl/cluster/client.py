@@ -375,6 +375,31 @@ def create_run(
     return Created(run_id, run_name, exp_id, conn.dashboard(f"runs/details/{run_id}"))
 
 
+def find_run(
+    conn: Connection,
+    run_name: str,
+    experiment: str = DEFAULT_EXPERIMENT,
+    namespace: str | None = None,
+) -> Created | None:
+    """The newest run named exactly `run_name` in `experiment`, or None when it has none
+    (a caller that gives each run a unique name learns whether an earlier attempt created it)."""
+    client = connect(conn)
+    predicate = {"operation": "EQUALS", "key": "display_name", "stringValue": run_name}
+    with _kfp_call(conn.where):
+        exp_id = _experiment_id(client, conn, experiment, namespace)
+        found = client.list_runs(
+            experiment_id=exp_id,
+            filter=json.dumps({"predicates": [predicate]}),
+            sort_by="created_at desc",
+            page_size=1,
+        )
+    runs = [r for r in (found.runs or []) if r.display_name == run_name]
+    if not runs:
+        return None
+    run_id = runs[0].run_id
+    return Created(run_id, run_name, exp_id, conn.dashboard(f"runs/details/{run_id}"))
+
+
 KFP_CRON_HELP = (
     "6 fields: second minute hour day-of-month month day-of-week, e.g. '0 0 3 * * *' "
     "(03:00 every day), or @hourly/@daily/@weekly/@monthly/@yearly"

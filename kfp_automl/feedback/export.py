@@ -5,6 +5,10 @@ kfp_automl/serving/prediction_log.py): the model schema files, the JSON Lines
 prediction and label records, and the join store's labels. Labelled
 predictions become rows with the model's feature columns and the target column
 named as in training, so `kfp-automl run --data` takes the table unchanged.
+
+Predictions and labels are joined by (owner, id), as the service joins them: two callers'
+predictions with the same id stay apart (lines written before owners existed read as the
+anonymous owner, as the store's rows of that time do).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from kfp_automl.errors import UserError
-from kfp_automl.serving.prediction_store import read_labels
+from kfp_automl.serving.prediction_store import ANONYMOUS, read_labels
 from kfp_automl.tables.io import read_table
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -84,23 +88,26 @@ def _schemas(directory: Path, model: str) -> list[dict[str, Any]]:
     return schemas
 
 
-def _read_lines(directory: Path) -> tuple[dict[str, dict], dict[str, Any], int]:
-    predictions: dict[str, dict] = {}
-    labels: dict[str, Any] = {}
+Key = tuple[str, str]  # (owner, id)
+
+
+def _read_lines(directory: Path) -> tuple[dict[Key, dict], dict[Key, Any], int]:
+    predictions: dict[Key, dict] = {}
+    labels: dict[Key, Any] = {}
     skipped = 0
     for path in sorted(directory.glob("predictions-*.jsonl")):
         with open(path, encoding="utf-8") as fh:
             for line in fh:
                 try:
                     rec = json.loads(line)
-                    kind, pid = rec["kind"], rec["id"]
-                except (ValueError, KeyError, TypeError):
+                    kind, key = rec["kind"], (str(rec.get("owner") or ANONYMOUS), str(rec["id"]))
+                except (ValueError, KeyError, TypeError, AttributeError):
                     skipped += 1
                     continue
                 if kind == "prediction":
-                    predictions.setdefault(pid, rec)
-                elif kind == "label":
-                    labels.setdefault(pid, rec["label"])
+                    predictions.setdefault(key, rec)
+                elif kind == "label" and "label" in rec:
+                    labels.setdefault(key, rec["label"])
     return predictions, labels, skipped
 
 
@@ -117,18 +124,18 @@ def feedback_table(
     excluded = sorted({c for s in schemas for c in s.get("excluded", [])})
     versions = {(s["model"], s["version"]) for s in schemas}
     predictions, labels, skipped = _read_lines(directory)
-    for pid, (label, _) in read_labels(directory).items():
-        labels.setdefault(pid, label)
+    for key, (label, _) in read_labels(directory).items():
+        labels.setdefault(key, label)
     rows, n_pred = [], 0
-    for pid, rec in predictions.items():
+    for key, rec in predictions.items():
         if (rec.get("model"), rec.get("version")) not in versions:
             continue
         if since is not None and rec.get("ts", 0) < since:
             continue
         n_pred += 1
-        if pid in labels:
+        if key in labels:
             rows.append({**{f["name"]: rec["features"].get(f["name"]) for f in features},
-                         target: labels[pid]})  # fmt: skip
+                         target: labels[key]})  # fmt: skip
     columns = [f["name"] for f in features] + [target]
     table = pd.DataFrame(rows, columns=columns)
     for f in features:

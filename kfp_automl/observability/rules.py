@@ -293,7 +293,8 @@ def _service_alerts(
         {
             "alert": "AutomlHighRejectedRate",
             "expr": _expr(
-                f"sum by (model, version) (rate({n.total(n.REQUESTS_REJECTED)}[{window}]))\n"
+                f"sum by (model, version) (rate({n.total(n.REQUESTS_REJECTED)}"
+                f'{{reason!~"{"|".join(n.CONNECTION_REFUSALS)}"}}[{window}]))\n'
                 "  / on (model, version)\n"
                 + _as_model_version(f"sum by ({by_service}) (rate({requests}[{window}]))")
                 + f"\n  > {rejected_ratio!r}"

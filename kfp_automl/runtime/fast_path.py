@@ -6,7 +6,8 @@ ColumnTransformer's fixed cost per column (pandas selection and validation aroun
 few array operations): about 15 ms for the built-in churn table's 16 columns, whether
 the batch holds 1 record or 400, and once more for every ensemble member. ServingModel
 runs the same fitted objects with less of that: each categorical column's transform is
-remembered value by value, ensemble members whose fitted preprocessing is identical
+remembered value by value (short values only, within a byte budget per model, since
+clients choose the values), ensemble members whose fitted preprocessing is identical
 share one transform per batch, and a forest's trees are called without joblib's
 dispatch per tree. serving_model() checks on probe rows that it answers exactly as
 the model does, and otherwise keeps the model.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import sys
 import threading
 from typing import Any
 
@@ -28,11 +30,33 @@ from kfp_automl.runtime.records import records_to_frame
 
 log = logging.getLogger(__name__)
 
-MEMO_MAX_VALUES = 10_000  # distinct values remembered per categorical column by ServingModel
+# What ServingModel's category memos may hold. A client chooses the values it sends, so the
+# memo is bounded in count per column, in size per value and in bytes per model (a worker
+# serves one model): anything beyond is transformed per batch, with the same answers.
+MEMO_MAX_VALUES = 10_000  # distinct values remembered per categorical column
+MEMO_MAX_VALUE_BYTES = 512  # a larger value (sys.getsizeof; ~460 ASCII characters) is never kept
+MEMO_MAX_BYTES = 16 * 1024 * 1024  # all memos of one ServingModel together: keys, rows, index
+_ENTRY_BYTES = 112  # the index's own cost per remembered value (dict entry and row offset)
 
 
 class _Unsupported(Exception):
     """The model's layout has no faster path here; it is served as it is."""
+
+
+class _MemoBudget:
+    """The bytes the category memos of one ServingModel may hold together (thread-safe)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.used = max_bytes, 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        """Reserve `n` bytes if they fit; False (nothing reserved) if they do not."""
+        with self._lock:
+            if self.used + n > self.max_bytes:
+                return False
+            self.used += n
+            return True
 
 
 class _CategoryMemo:
@@ -40,15 +64,29 @@ class _CategoryMemo:
 
     Cleaning, then one-hot, ordinal or target encoding (and scaling) maps each value
     to its own output row, so a value's row is computed by the fitted transformer
-    itself the first time the value is seen, and reused after that. Up to
-    `max_values` values are remembered; rows for the rest are computed per batch.
+    itself the first time the value is seen, and reused after that. A value is
+    remembered only while the memo holds fewer than `max_values`, the value is at most
+    `max_value_bytes` and the model's `budget` has room for it; rows for the rest are
+    computed per batch.
     """
 
-    def __init__(self, transformer: Any, column: str, max_values: int = MEMO_MAX_VALUES):
-        self.transformer, self.column, self.max_values = transformer, column, max_values
+    def __init__(
+        self,
+        transformer: Any,
+        column: str,
+        budget: _MemoBudget,
+        max_values: int | None = None,
+        max_value_bytes: int | None = None,
+    ):
+        self.transformer, self.column, self.budget = transformer, column, budget
+        self.max_values = MEMO_MAX_VALUES if max_values is None else max_values
+        self.max_value_bytes = MEMO_MAX_VALUE_BYTES if max_value_bytes is None else max_value_bytes
         # (value -> row, rows): replaced as one, so a reader always sees a matching pair
         self._memo: tuple[dict[str | None, int], np.ndarray] = ({}, np.empty((0, 0)))
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._memo[0])
 
     def _compute(self, keys: list[str | None]) -> np.ndarray:
         values = np.array([np.nan if k is None else k for k in keys], dtype=object)
@@ -73,13 +111,30 @@ class _CategoryMemo:
             return rows[positions]
         new = list(dict.fromkeys(k for k, i in zip(keys, positions, strict=True) if i < 0))
         block = self._compute(new)
-        table = np.vstack([rows, block]) if index else block
-        where = {k: len(index) + j for j, k in enumerate(new)}
-        positions = [i if i >= 0 else where[k] for k, i in zip(keys, positions, strict=True)]
+        fresh = {k: j for j, k in enumerate(new)}
+        if index:  # remembered rows and new ones, without copying the whole memo
+            out = np.empty((len(keys), block.shape[1]), np.result_type(rows, block))
+            known = np.array([i >= 0 for i in positions])
+            out[known] = rows[[i for i in positions if i >= 0]]
+            out[~known] = block[[fresh[k] for k, i in zip(keys, positions, strict=True) if i < 0]]
+        else:
+            out = block[[fresh[k] for k in keys]]
+        self._remember(memo, new, block)
+        return out
+
+    def _remember(self, memo, new: list[str | None], block: np.ndarray) -> None:
+        """Add the values that may be kept (and their rows) to the memo, as one new pair."""
+        index, rows = memo
+        keep = [j for j, k in enumerate(new) if sys.getsizeof(k) <= self.max_value_bytes]
+        if not keep or len(index) + len(keep) > self.max_values:
+            return
+        kept = block if len(keep) == len(new) else block[keep]
+        cost = kept.nbytes + sum(sys.getsizeof(new[j]) + _ENTRY_BYTES for j in keep)
         with self._lock:
-            if self._memo is memo and len(index) + len(where) <= self.max_values:
-                self._memo = ({**index, **where}, table)
-        return table[positions]
+            if self._memo is not memo or not self.budget.take(cost):
+                return
+            added = {new[j]: len(index) + n for n, j in enumerate(keep)}
+            self._memo = ({**index, **added}, np.vstack([rows, kept]) if index else kept)
 
 
 class _Block:
@@ -95,7 +150,7 @@ class _Block:
 class _Preprocessor:
     """A fitted ColumnTransformer's transform, column block by column block, as it does it."""
 
-    def __init__(self, ct: Any, roles: dict[str, str]):
+    def __init__(self, ct: Any, roles: dict[str, str], budget: _MemoBudget):
         if getattr(ct, "_sklearn_output_config", {}).get("transform") not in (None, "default"):
             raise _Unsupported("the ColumnTransformer outputs a frame")
         self.blocks: list[_CategoryMemo | _Block] = []
@@ -109,7 +164,7 @@ class _Preprocessor:
             if not columns:
                 continue  # ColumnTransformer skips an empty selection
             if len(columns) == 1 and roles.get(columns[0]) == "categorical":
-                self.blocks.append(_CategoryMemo(transformer, columns[0]))
+                self.blocks.append(_CategoryMemo(transformer, columns[0], budget))
             else:
                 self.blocks.append(_Block(transformer, columns))
         if not self.blocks:
@@ -164,7 +219,13 @@ def _final(estimator: Any) -> Any:
 class _Member:
     """One fitted Pipeline: a shared preprocessor, its further steps, the final estimator."""
 
-    def __init__(self, pipeline: Any, roles: dict[str, str], shared: dict[bytes, _Preprocessor]):
+    def __init__(
+        self,
+        pipeline: Any,
+        roles: dict[str, str],
+        shared: dict[bytes, _Preprocessor],
+        budget: _MemoBudget,
+    ):
         from sklearn.compose import ColumnTransformer
         from sklearn.pipeline import Pipeline
 
@@ -176,7 +237,7 @@ class _Member:
         # members fitted on the same rows with the same settings have identical preprocessing
         key = hashlib.sha256(pickle.dumps(ct)).digest()
         if key not in shared:
-            shared[key] = _Preprocessor(ct, roles)
+            shared[key] = _Preprocessor(ct, roles, budget)
         self.preprocessor = shared[key]
         steps = [s for _, s in pipeline.steps[1:] if s is not None and s != "passthrough"]
         if not steps or steps[-1] is not pipeline.steps[-1][1]:
@@ -197,15 +258,18 @@ class ServingModel:
     """The fitted model, answering as it does with less fixed cost per batch (see above).
 
     Wraps a Pipeline or a VotingClassifier/VotingRegressor of Pipelines; the
-    ensemble's weighted average is computed as sklearn computes it.
+    ensemble's weighted average is computed as sklearn computes it. `memo_max_bytes`:
+    what its category memos may hold together (default MEMO_MAX_BYTES).
     """
 
-    def __init__(self, model: Any, schema: Schema):
+    def __init__(self, model: Any, schema: Schema, memo_max_bytes: int | None = None):
         from sklearn.ensemble import VotingClassifier, VotingRegressor
 
         roles = {f.name: f.role for f in schema.features}
         shared: dict[bytes, _Preprocessor] = {}
         self.model = model
+        # one budget for every memo: a worker serves one model, so this bounds the worker
+        self.budget = _MemoBudget(MEMO_MAX_BYTES if memo_max_bytes is None else memo_max_bytes)
         if isinstance(model, VotingClassifier | VotingRegressor):
             if isinstance(model, VotingClassifier) and model.voting != "soft":
                 raise _Unsupported("hard voting")
@@ -215,10 +279,10 @@ class ServingModel:
                 if model.weights is None
                 else [w for est, w in zip(names, model.weights, strict=True) if est != "drop"]
             )
-            self.members = [_Member(est, roles, shared) for est in model.estimators_]
+            self.members = [_Member(est, roles, shared, self.budget) for est in model.estimators_]
             self.ensemble = True
         else:
-            self.members = [_Member(model, roles, shared)]
+            self.members = [_Member(model, roles, shared, self.budget)]
             self.weights, self.ensemble = None, False
         self.is_classifier = hasattr(model, "predict_proba")
         if self.is_classifier:

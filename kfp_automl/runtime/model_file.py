@@ -4,7 +4,9 @@ A fitted model is one scikit-learn estimator (a Pipeline of preprocessing and mo
 soft-voting ensemble of such pipelines) stored with joblib as `model.joblib`. Its SHA-256
 travels outside the file (the tune step's artifact metadata, the BentoML model's metadata,
 the registry); `load_model` refuses a file whose digest differs, so nothing but our own
-output is ever unpickled.
+output is ever unpickled. Inside a .bento archive that digest travels with the archive, so the
+archive itself is checked first against the `bento_sha256` the registry and the release
+record (kfp_automl/registry/archive.py); `parse_sha256` reads such a digest from a flag.
 
 Models written before the project moved under the `kfp_automl` namespace (release 0.1)
 reference their transformers as `components.common.preprocess.<Class>`; `LEGACY_MODULES`
@@ -15,14 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import joblib
 
+from kfp_automl.errors import UserError
 from kfp_automl.files import atomic_path
 
 MODEL_FILE = "model.joblib"
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 # module paths pickled by earlier releases -> where those classes live now
 LEGACY_MODULES = {"components.common.preprocess": "kfp_automl.runtime.transformers"}
@@ -30,6 +35,18 @@ LEGACY_MODULES = {"components.common.preprocess": "kfp_automl.runtime.transforme
 
 class ModelIntegrityError(RuntimeError):
     """The model file is not the one this project wrote."""
+
+
+def parse_sha256(value: str, what: str = "--sha256") -> str:
+    """`value` as 64 lower-case hex digits (an optional `sha256:` prefix and case are accepted);
+    a UserError naming `what` otherwise."""
+    text = value.strip()
+    digest = text.lower().removeprefix("sha256:")
+    if not text:
+        raise UserError(f"{what} is empty: give the archive's sha256 (64 hex digits)")
+    if not SHA256_PATTERN.fullmatch(digest):
+        raise UserError(f"{what} {text[:80]!r} is not a sha256 digest (64 hex digits)")
+    return digest
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -17,6 +17,9 @@ PREDICTION = "__prediction__"  # the pseudo-feature whose bins are the model's p
 # ---- series of serving/monitoring.py (every scored batch) ----------------------------------
 RECORDS = "automl_records"  # counter: records scored
 REQUESTS_REJECTED = "automl_requests_rejected"  # counter by reason: requests refused for bad input
+# reasons of REQUESTS_REJECTED that the HTTP protocol counts on any path (slow clients, the
+# connection limit): not bad input to /predict, so the rejected-share alert leaves them out
+CONNECTION_REFUSALS = ("header_timeout", "body_timeout", "too_many_connections")
 FEATURE_BIN = "automl_feature_bin"  # counter by feature, bin: records per reference bin
 FEATURE_MISSING = "automl_feature_missing"  # counter by feature
 FEATURE_OUT_OF_RANGE = "automl_feature_out_of_range"  # counter by feature: beyond training range
@@ -35,6 +38,7 @@ LOG_DROPPED = "automl_prediction_log_dropped"  # counter by reason
 LOG_ERRORS = "automl_prediction_log_errors"  # counter by part
 LOG_HEALTHY = "automl_prediction_log_healthy"  # gauge by part
 FEEDBACK_LABELS = "automl_feedback_labels"  # counter by outcome
+FEEDBACK_REJECTED = "automl_feedback_rejected"  # counter by reason: /feedback refused whole
 PREDICTIONS_EXPIRED = "automl_predictions_expired"  # counter: unlabelled, past their TTL
 LABEL_DELAY_SECONDS = "automl_label_delay_seconds"  # histogram: prediction to label
 LIVE_METRIC = "automl_live_metric"  # gauge by metric: over the newest labels

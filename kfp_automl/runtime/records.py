@@ -2,21 +2,38 @@
 
 `kfp-automl predict` (a table) and the service (JSON records) use the same functions, so
 batch and online scoring cannot transform data differently.
+
+A /predict request is checked here too: its framing headers (check_framing), its body
+(parse_request, one parse with kfp_automl.runtime.jsonbody) and its records
+(check_records, which returns the canonical records: the model's fields and the id, with
+the values that were checked). The service scores exactly those canonical records
+(canonical_body), so nothing the checks did not see can reach the model or the log.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from kfp_automl.contracts.schema import Schema
+from kfp_automl.contracts.schema import Feature, Schema
+from kfp_automl.runtime.jsonbody import JsonBodyError, loads
 
 MAX_ID_LENGTH = 128
+MAX_RECORDS = 100_000  # records in one /predict request
+MAX_TEXT_CHARS = 32_768  # characters of a value of a free-text feature
+MAX_VALUE_CHARS = 1_024  # characters of a value of any other non-numeric feature
+_SHOWN_CHARS = 80  # of a value or field name quoted in an error message
+# the headers that say how a body is framed and what it is; each may appear once
+FRAMING_HEADERS = (b"content-type", b"content-length", b"transfer-encoding")
+# the key of the answer item of a record the model failed on (score_in_parts)
+UNSCORED = "__unscored__"
+log = logging.getLogger(__name__)
 
 
 class RecordError(ValueError):
@@ -25,6 +42,8 @@ class RecordError(ValueError):
     def __init__(
         self, index: int | None, field: str | None, problem: str, reason: str = "wrong_type"
     ):
+        if field is not None and len(field) > _SHOWN_CHARS:  # a client's field name can be huge
+            field = field[:_SHOWN_CHARS] + "..."
         self.index, self.field, self.problem, self.reason = index, field, problem, reason
         where = []
         if index is not None:
@@ -99,9 +118,19 @@ def coerce_frame(df: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     return pd.DataFrame(model_columns(checked, schema), index=df.index)
 
 
+def _shown(value: Any) -> str:
+    """`value` as an error message quotes it: its repr, cut short."""
+    if isinstance(value, list | dict):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return "a very large integer"
+    text = repr(value[: _SHOWN_CHARS + 1] if isinstance(value, str) else value)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+
+
 def _check_number(i: int, name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RecordError(i, name, f"expected a number or null, got {value!r}")
+        raise RecordError(i, name, f"expected a number or null, got {_shown(value)}")
     try:
         number = float(value)
     except OverflowError:  # an integer too large for a float
@@ -109,6 +138,34 @@ def _check_number(i: int, name: str, value: Any) -> float:
     if not math.isfinite(number):
         raise RecordError(i, name, "expected a finite number", "non_finite")
     return number
+
+
+def _check_text(i: int, f: Feature, value: Any) -> None:
+    """A value of a non-numeric feature: a string (or a JSON number or boolean, read as its
+    text) of bounded length that is valid Unicode."""
+    if isinstance(value, str):
+        limit = MAX_TEXT_CHARS if f.role == "text" else MAX_VALUE_CHARS
+        if len(value) > limit:
+            raise RecordError(
+                i, f.name, f"a value is at most {limit} characters, got {len(value)}", "too_long"
+            )
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+                raise RecordError(
+                    i, f.name, "the text is not valid Unicode (a lone surrogate)", "bad_json"
+                ) from None
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int):
+        if value.bit_length() > 3 * MAX_VALUE_CHARS:  # over ~900 digits: never a category
+            raise RecordError(i, f.name, "an integer this large is not a category", "too_long")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise RecordError(i, f.name, "expected a finite number", "non_finite")
+    else:
+        raise RecordError(i, f.name, f"expected a string or null, got {type(value).__name__}")
 
 
 def check_id(value: Any) -> str | None:
@@ -121,27 +178,76 @@ def check_id(value: Any) -> str | None:
     return None
 
 
+def check_framing(headers: list[tuple[bytes, bytes]]) -> None:
+    """Raise a RecordError unless a request's headers frame one JSON body unambiguously.
+
+    Each of Content-Type, Content-Length and Transfer-Encoding appears at most once, and
+    not Content-Length with Transfer-Encoding (reason bad_framing: parsers disagree about
+    which one counts); the content type is application/json, in UTF-8 if a charset is
+    given, and the body is not compressed (reason unsupported_media_type).
+    """
+    seen: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        key = name.lower()
+        if key in FRAMING_HEADERS or key == b"content-encoding":
+            seen.setdefault(key, []).append(value)
+    for key in FRAMING_HEADERS:
+        if len(seen.get(key, ())) > 1:
+            problem = f"{len(seen[key])} {key.decode()} headers: send exactly one"
+            raise RecordError(None, None, problem, "bad_framing")
+    if b"content-length" in seen and b"transfer-encoding" in seen:
+        problem = "content-length and transfer-encoding together: send one of them"
+        raise RecordError(None, None, problem, "bad_framing")
+    media, *params = seen.get(b"content-type", [b""])[0].decode("latin-1").split(";")
+    if media.strip().lower() != "application/json":
+        problem = "send the body as application/json"
+        raise RecordError(None, None, problem, "unsupported_media_type")
+    for param in params:
+        pname, _, pvalue = param.partition("=")
+        charset = pvalue.strip().strip('"').lower()
+        if pname.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            problem = "send the body in UTF-8 (charset=utf-8)"
+            raise RecordError(None, None, problem, "unsupported_media_type")
+    for coding in b",".join(seen.get(b"content-encoding", [])).split(b","):
+        if coding.strip().lower() not in (b"", b"identity"):
+            problem = f"content-encoding {_shown(coding.strip().decode('latin-1'))} is not "
+            problem += "accepted: send the body uncompressed"
+            raise RecordError(None, None, problem, "unsupported_media_type")
+
+
 def parse_request(body: bytes) -> list[Any]:
-    """The `records` list of a /predict request body, or a RecordError (reason bad_json)."""
+    """The `records` list of a /predict request body, or a RecordError.
+
+    The body is parsed once, by kfp_automl.runtime.jsonbody (bounded nesting, no duplicate
+    keys, no NaN, UTF-8 only): reason bad_json; over MAX_RECORDS records: too_large.
+    """
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RecordError(None, None, f"the body is not valid JSON: {exc}", "bad_json") from None
+        payload = loads(body)
+    except JsonBodyError as exc:
+        raise RecordError(None, None, str(exc), "bad_json") from None
     if not isinstance(payload, dict) or "records" not in payload:
         raise RecordError(None, "records", 'expected an object {"records": [...]}', "bad_json")
     records = payload["records"]
     if not isinstance(records, list):
         raise RecordError(None, "records", "expected a list of records", "bad_json")
+    if len(records) > MAX_RECORDS:
+        problem = f"{len(records)} records: send at most {MAX_RECORDS} per request"
+        raise RecordError(None, "records", problem, "too_large")
     return records
 
 
 def _columns(
-    records: list[Any], schema: Schema, unknown_fields: str, id_field: str | None = None
+    records: list[Any],
+    schema: Schema,
+    unknown_fields: str,
+    id_field: str | None = None,
+    canonical: list[dict[str, Any]] | None = None,
 ) -> dict[str, list]:
     """Check every record against the schema and gather its values column by column.
 
     With `id_field`, a record may carry its own prediction id in that field (checked,
-    unique within the request); it is not a feature.
+    unique within the request); it is not a feature. With `canonical`, each record's
+    checked values (its features, and its id when it has one) are appended to it as a dict.
     """
     if not records:
         raise RecordError(None, None, "'records' is empty: send at least one record", "empty")
@@ -173,10 +279,14 @@ def _columns(
                 continue
             if f.numeric:
                 columns[name][i] = _check_number(i, name, value)
-            elif isinstance(value, str | int | float | bool):
-                columns[name][i] = value
             else:
-                raise RecordError(i, name, f"expected a string or null, got {type(value).__name__}")
+                _check_text(i, f, value)
+                columns[name][i] = value
+        if canonical is not None:
+            kept = {f.name: rec[f.name] for f in features}
+            if id_field and rec.get(id_field) is not None:
+                kept[id_field] = rec[id_field]
+            canonical.append(kept)
     return columns
 
 
@@ -198,9 +308,18 @@ def check_records(
     schema: Schema,
     unknown_fields: str = "ignore",
     id_field: str | None = None,
-) -> None:
-    """Raise a RecordError naming the first record and field the model cannot take."""
-    _columns(records, schema, unknown_fields, id_field)
+) -> list[dict[str, Any]]:
+    """The canonical records: each record's features (and its id in `id_field`, when it has
+    one) with the values that were checked, and nothing else. Raises a RecordError naming
+    the first record and field the model cannot take."""
+    canonical: list[dict[str, Any]] = []
+    _columns(records, schema, unknown_fields, id_field, canonical)
+    return canonical
+
+
+def canonical_body(records: list[dict[str, Any]]) -> bytes:
+    """The /predict body of canonical records (check_records) that the model is handed."""
+    return json.dumps({"records": records}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def records_to_columns(
@@ -249,3 +368,39 @@ def prediction_records(result: pd.DataFrame) -> list[dict[str, Any]]:
         {"prediction": p, "probabilities": dict(zip(classes, row, strict=True))}
         for p, row in zip(preds, rows, strict=True)
     ]
+
+
+def score_in_parts(
+    records: list[dict[str, Any]], score: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """`score(records)`; should it raise, each half is scored on its own, and so on down to
+    single records: the others get their answers, and a record the model fails on alone
+    gets the item {UNSCORED: True}. The first failure is logged."""
+    try:
+        return score(records)
+    except Exception:
+        log.exception("the model failed on a batch of %d checked records", len(records))
+    return _halves(records, score)
+
+
+def _halves(records: list[dict[str, Any]], score) -> list[dict[str, Any]]:
+    if len(records) <= 1:
+        return [{UNSCORED: True} for _ in records]
+    answers: list[dict[str, Any]] = []
+    for part in (records[: len(records) // 2], records[len(records) // 2 :]):
+        try:
+            answers += score(part)
+        except Exception:
+            answers += _halves(part, score)
+    return answers
+
+
+def unscored_index(answer_body: bytes) -> int | None:
+    """The index of the first item of a JSON list of answers that is not scored, if any."""
+    if UNSCORED.encode() not in answer_body:  # the usual case, found without parsing
+        return None
+    items = json.loads(answer_body)
+    for i, item in enumerate(items if isinstance(items, list) else []):
+        if isinstance(item, dict) and UNSCORED in item and "prediction" not in item:
+            return i
+    return None

@@ -77,7 +77,9 @@ def category_strings(values) -> pd.Series:
     out = s.astype(object)
     mask = s.isna().to_numpy()
     if not pd.api.types.is_string_dtype(s) or s.dtype == object:
+        # object again: pandas makes the map of an all-missing column float
         out = out.map(lambda v: v if isinstance(v, str) else str(v), na_action="ignore")
+        out = out.astype(object)
     out[mask] = np.nan
     return out
 
@@ -118,7 +120,10 @@ def datetime_values(values) -> pd.Series:
             retry = parsed.isna() & text.notna()
     if retry.any():  # mixed layouts: value by value
         parsed[retry] = pd.to_datetime(text[retry], errors="coerce", utc=True, format="mixed")
-    return parsed.dt.tz_localize(None).astype("datetime64[ns]")
+    parsed = parsed.dt.tz_localize(None)
+    # a date nanosecond timestamps cannot hold (e.g. year -1 or 99999) is as good as unparseable
+    parsed = parsed.where((parsed >= pd.Timestamp.min) & (parsed <= pd.Timestamp.max))
+    return parsed.astype("datetime64[ns]")
 
 
 def _frame(X) -> pd.DataFrame:

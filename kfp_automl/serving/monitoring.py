@@ -40,6 +40,10 @@ REJECT_REASONS = (
     "unsupported_media_type",
     "bad_json",
     "bad_id",
+    "bad_framing",
+    "too_long",
+    # refused by the HTTP protocol (http_limits.py) on any path, before the service reads it
+    *names.CONNECTION_REFUSALS,
 )
 
 

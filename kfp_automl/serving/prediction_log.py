@@ -10,22 +10,37 @@ keep being served.
 Log directory layout:
 
     model-<model>-<version>.json                  the schema of the logged records
-    predictions-<start ns>-<pid>.active.jsonl     being written by process <pid>
+    predictions-<start ns>-<pid>.active.jsonl     being written by process <pid> (which holds
+                                                  a lock on it while it lives)
     predictions-<start ns>-<pid>.jsonl            rotated (closed) files
     feedback.db (+ -wal, -shm)                    the join store (SQLite, WAL mode)
 
-Lines are {"kind": "prediction", "id", "ts", "model", "version", "features",
-"prediction", "probabilities"} and {"kind": "label", "id", "ts", "label",
+Lines are {"kind": "prediction", "id", "owner", "ts", "model", "version", "features",
+"prediction", "probabilities"} and {"kind": "label", "id", "owner", "by", "ts", "label",
 "model", "version"}; `kfp-automl export-feedback` joins them into a table.
+
+Owners: a prediction belongs to the caller whose feedback token its /predict request
+carried (the service puts the name in CALLER_FIELD of each record); without one, to OPEN
+when the server made its id (128 random bits: whoever holds the id may label it), or to
+ANONYMOUS when the record sent its own id (then only `--feedback-auth none` labels it).
+
+Disk: everything in the directory (log files, active ones too, and the store) is kept
+within `max_total_bytes`. The store may use `store_share` of it; beyond that its oldest
+predictions are pruned (counted as dropped, reason store_full). Then the oldest rotated
+files are deleted. At start-up, and whenever the limit is enforced, the active files of
+workers that died (no lock on them) are adopted: cut after their last whole line and
+closed, so they count and rotate like any other.
 """
 
 from __future__ import annotations
 
 import collections
+import fcntl
 import json
 import logging
 import os
 import random
+import shutil
 import sqlite3
 import threading
 import time
@@ -35,7 +50,12 @@ from typing import Any, BinaryIO
 
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.records import check_id
-from kfp_automl.serving.prediction_store import PredictionStore
+from kfp_automl.serving.prediction_store import (
+    ANONYMOUS,
+    OPEN,
+    PredictionStore,
+    store_bytes,
+)
 from kfp_automl.serving.quality import QualityMetrics, check_label, live_metrics
 
 log = logging.getLogger("kfp_automl.prediction_log")
@@ -43,6 +63,37 @@ MODES = ("off", "sampled", "on")
 ACTIVE_SUFFIX = ".active.jsonl"
 WARN_EVERY_S = 60.0
 STORE_RETRY_S = 5.0
+MIB = 1024 * 1024
+# the key under which the service hands a record's caller to the log (never a feature name)
+CALLER_FIELD = "\x00caller"
+VOLUME_MARGIN = 0.9  # the log's worst case must fit in this share of its volume
+
+
+class RandomIds:
+    """Prediction ids of 128 random bits (32 hex digits) from os.urandom.
+
+    The bytes are drawn `batch` ids at a time, so an id costs a slice, not a system call;
+    a forked child draws its own (os.register_at_fork), so two workers never share ids.
+    """
+
+    def __init__(self, batch: int = 256):
+        self._batch, self._lock = batch, threading.Lock()
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._hex, self._next = "", 0
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._next >= len(self._hex):
+                self._hex, self._next = os.urandom(16 * self._batch).hex(), 0
+            start = self._next
+            self._next += 32
+        return self._hex[start : start + 32]
+
+
+new_id = RandomIds()
 
 
 @dataclass
@@ -53,8 +104,12 @@ class LogSettings:
     directory: str = ""
     sample_rate: float = 0.1  # share of records logged with mode "sampled"
     exclude: tuple[str, ...] = ()  # feature columns never written to the log (PII)
-    max_file_bytes: int = 64 * 1024 * 1024
-    max_total_bytes: int = 1024 * 1024 * 1024
+    max_file_bytes: int = 64 * MIB
+    max_total_bytes: int = 512 * MIB  # log files and the store together
+    store_share: float = 0.5  # of max_total_bytes the join store may use
+    volume_bytes: int = 0  # the size limit of the volume (an emptyDir's sizeLimit); 0: unknown
+    workers: int = 1  # processes writing the directory (each has one active file)
+    id_field: str | None = None  # the records' own id field (else every id is server-made)
     flush_interval_s: float = 0.25
     max_buffered: int = 100_000  # records waiting for the writer; more are dropped and counted
     label_ttl_s: float = 7 * 86400.0
@@ -71,6 +126,44 @@ class LogSettings:
             raise ValueError(f"the log sample rate must be in (0, 1], got {self.sample_rate}")
         if self.quality_window < 1 or self.label_ttl_s <= 0:
             raise ValueError("the quality window and the label TTL must be positive")
+        if not 0 < self.store_share < 1:
+            raise ValueError(f"the store's share must be in (0, 1), got {self.store_share}")
+
+
+def disk_warnings(settings: LogSettings) -> list[str]:
+    """Why the log's disk limit may not hold on this machine: the worst case (the total plus
+    one active file per worker) against the volume's size limit and the free space."""
+    need = settings.max_total_bytes + settings.workers * settings.max_file_bytes
+    worst = (
+        f"the prediction log may take {need / MIB:.0f} MiB (--log-max-total-mb "
+        f"{settings.max_total_bytes / MIB:.0f} plus one {settings.max_file_bytes / MIB:.0f} MiB "
+        f"file per worker, {settings.workers})"
+    )
+    out = []
+    volume = settings.volume_bytes
+    if volume and need > volume * VOLUME_MARGIN:
+        fits = volume * VOLUME_MARGIN - settings.workers * settings.max_file_bytes
+        out.append(
+            f"{worst} but its volume holds {volume / MIB:.0f} MiB (AUTOML_LOG_VOLUME_MB): lower "
+            f"--log-max-total-mb to at most {max(0.0, fits) / MIB:.0f}, or the pod is evicted "
+            "when the volume fills"
+        )
+    directory = Path(settings.directory)
+    existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if existing is not None:
+        try:
+            free = shutil.disk_usage(existing).free
+            used = store_bytes(directory) + sum(
+                p.stat().st_size for p in directory.glob("predictions-*.jsonl")
+            )
+        except OSError:
+            return out
+        if need > free + used:
+            out.append(
+                f"{worst} but the file system of {directory} has {free / MIB:.0f} MiB free: "
+                "lower --log-max-total-mb or free space"
+            )
+    return out
 
 
 class PredictionLog:
@@ -113,9 +206,14 @@ class PredictionLog:
         self._quality_dirty, self._quality_at = True, 0.0
         self._expired_at = time.monotonic()
         self._ok = {"log_file": True, "store": True}
+        self._owners: dict[str, str] = {}
         self.metrics.healthy.set(1)
+        for warning in disk_warnings(settings):
+            log.warning("prediction log: %s", warning)
         self._open_store()
         self._write_schema()
+        with self._lock:
+            self._enforce_total()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -151,6 +249,8 @@ class PredictionLog:
                 if now - self._expired_at >= self.settings.expire_interval_s:
                     self._expired_at = now
                     self.expire()
+                    with self._lock:
+                        self._enforce_total()
                 if (
                     self._quality_dirty
                     and now - self._quality_at >= self.settings.quality_interval_s
@@ -174,9 +274,16 @@ class PredictionLog:
                 return 0
             parts, rows = [], []
             dumps, head, keep = json.dumps, self._head, self._keep
+            own_id, owners = self.settings.id_field, self._owners
             for ts, ids, records, answers in batches:
                 ts_text = f',"ts":{ts!r},"features":'
                 for pid, rec, ans in zip(ids, records, answers, strict=True):
+                    owner = rec.get(CALLER_FIELD)
+                    if owner is None:
+                        owner = ANONYMOUS if own_id and rec.get(own_id) is not None else OPEN
+                    owner_text = owners.get(owner)
+                    if owner_text is None:
+                        owner_text = owners[owner] = f',"owner":{dumps(owner)}'
                     features = rec if rec.keys() <= keep else {k: rec.get(k) for k in self.features}
                     pred_text = self._encode_prediction(ans["prediction"])
                     probabilities = ans.get("probabilities")
@@ -191,16 +298,17 @@ class PredictionLog:
                     else:
                         proba_row, proba_obj = None, "null"
                     parts.append(
-                        f"{head}{dumps(pid)}{ts_text}{dumps(features)}"
+                        f"{head}{dumps(pid)}{owner_text}{ts_text}{dumps(features)}"
                         f',"prediction":{pred_text},"probabilities":{proba_obj}}}\n'
                     )
-                    rows.append((pid, self.model, self.version, ts, pred_text, proba_row))
+                    rows.append((owner, pid, self.model, self.version, ts, pred_text, proba_row))
             self._pending = max(0, self._pending - len(parts))
             if self._write_text("".join(parts)):
                 self.metrics.logged.inc(len(parts))
             else:
                 self.metrics.dropped["write_error"].inc(len(parts))
             self._store_call("add", rows)
+            self._enforce_total()
             return len(parts)
 
     def _encode_prediction(self, value: Any) -> str:
@@ -241,19 +349,23 @@ class PredictionLog:
 
     # ---- feedback ---------------------------------------------------------------------------
 
-    def feedback(self, items: list[Any]) -> tuple[int, dict[str, Any]]:
-        """Join labels to logged predictions: (HTTP status, per-item report)."""
+    def feedback(self, items: list[Any], caller: str = ANONYMOUS) -> tuple[int, dict[str, Any]]:
+        """Join `caller`'s labels to logged predictions: (HTTP status, per-item report).
+
+        A label joins the caller's own prediction of its id, else the OPEN one (an id the
+        server made); `caller` is ANONYMOUS when /feedback takes labels from anyone.
+        """
         if self.settings.mode == "off":
             off = "prediction logging is off, so there is nothing to join labels to"
-            return 409, {"error": {"field": None, "problem": off, "reason": "logging_off"}}
+            return 409, {"error": _error(off, "logging_off")}
         self.flush()  # this worker's queued predictions become joinable first
         if self._store is None:
             self._open_store()
             if self._store is None:
                 unopened = f"the prediction store in {self.directory} cannot be opened"
-                return 503, {"error": {"field": None, "problem": unopened, "reason": "store"}}
+                return 503, {"error": _error(unopened, "store")}
         results: list[dict[str, Any]] = []
-        to_join: list[tuple[str, Any]] = []
+        to_join: list[tuple[str, str, Any]] = []
         where: list[int] = []
         for i, item in enumerate(items):
             if not isinstance(item, dict):
@@ -262,7 +374,7 @@ class PredictionLog:
             pid = item.get("id")
             problem: str | None = check_id(pid) if "id" in item else "the item has no 'id'"
             if problem:
-                results.append(_result(i, pid, "bad_id", problem))
+                results.append(_result(i, _shown_id(pid), "bad_id", problem))
                 continue
             if "label" not in item:
                 results.append(_result(i, pid, "wrong_type", "the item has no 'label'"))
@@ -272,7 +384,7 @@ class PredictionLog:
                 results.append(_result(i, pid, "wrong_type", problem))
                 continue
             results.append(_result(i, str(pid), "pending"))
-            to_join.append((str(pid), item["label"]))
+            to_join.append((caller, str(pid), item["label"]))
             where.append(i)
         now = time.time()
         if to_join:
@@ -282,12 +394,12 @@ class PredictionLog:
             except (sqlite3.Error, OSError) as exc:
                 self._failed("store", exc)
                 unwritten = f"the prediction store cannot be written: {exc}"
-                return 503, {"error": {"field": None, "problem": unwritten, "reason": "store"}}
+                return 503, {"error": _error(unwritten, "store")}
             label_lines = []
-            for i, (pid, label), outcome in zip(where, to_join, outcomes, strict=True):
+            for i, (_, pid, label), outcome in zip(where, to_join, outcomes, strict=True):
                 results[i]["status"] = outcome.status
                 if outcome.status == "unknown_id":
-                    results[i]["problem"] = "no logged prediction has this id (or it expired)"
+                    results[i]["problem"] = _UNKNOWN if caller == ANONYMOUS else _UNKNOWN_OF_CALLER
                 elif outcome.status == "duplicate":
                     results[i]["problem"] = "already labelled; the first label is kept"
                 else:
@@ -296,6 +408,8 @@ class PredictionLog:
                         {
                             "kind": "label",
                             "id": pid,
+                            "owner": outcome.owner,
+                            "by": caller,
                             "ts": now,
                             "label": label,
                             "model": self.model,
@@ -315,7 +429,16 @@ class PredictionLog:
             self.metrics.labels[status].inc(n)
         accepted = counts["matched"] + counts["duplicate"]
         status = 200 if accepted == len(results) else 207 if accepted else 422
+        report: dict[str, Any] = {}
+        if status == 422:  # refused: the error as every refusal has it, then the report
+            first = results[0]
+            problem = (
+                f"none of the {len(results)} labels was joined; `results` says why for each "
+                f"(item 0: {first['status']}: {first.get('problem', '')})"
+            )
+            report["error"] = _error(problem, "no_label_joined")
         return status, {
+            **report,
             "matched": counts["matched"],
             "duplicate": counts["duplicate"],
             "unknown_id": counts["unknown_id"],
@@ -329,7 +452,9 @@ class PredictionLog:
     def _open_store(self) -> None:
         self._store_tried = time.monotonic()
         try:
-            self._store = PredictionStore(self.directory)
+            # the write-ahead log takes at most 1/64 of the limit (SQLite's 1000 pages at most)
+            pages = min(1000, max(16, self.settings.max_total_bytes // 64 // 4096))
+            self._store = PredictionStore(self.directory, wal_pages=pages)
             self._recovered("store")
         except (sqlite3.Error, OSError) as exc:
             self._store = None
@@ -388,10 +513,19 @@ class PredictionLog:
         return True
 
     def _open_file(self) -> BinaryIO:
+        """A new active file, locked before it appears under its name (see _adopt_orphans)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"predictions-{time.time_ns()}-{os.getpid()}{ACTIVE_SUFFIX}"
-        self._file_path = self.directory / name
-        self._file = open(self._file_path, "ab")  # noqa: SIM115 (kept open between flushes)
+        hidden = self.directory / f".{name}.new"
+        file = open(hidden, "ab")  # noqa: SIM115 (kept open between flushes)
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(hidden, self.directory / name)
+        except OSError:
+            file.close()
+            hidden.unlink(missing_ok=True)
+            raise
+        self._file, self._file_path = file, self.directory / name
         self._file_bytes = 0
         return self._file
 
@@ -399,27 +533,93 @@ class PredictionLog:
         if self._file is None or self._file_path is None:
             return
         try:
-            self._file.close()
             active = self._file_path
+            # renamed while still open and locked: no other worker takes it for an orphan
             os.replace(active, active.with_name(active.name.replace(ACTIVE_SUFFIX, ".jsonl")))
         except OSError as exc:
             if not quiet:
                 self._failed("log_file", exc)
         finally:
+            try:
+                self._file.close()
+            except OSError as exc:
+                if not quiet:
+                    self._failed("log_file", exc)
             self._file, self._file_path = None, None
 
-    def _enforce_total(self) -> None:
-        """Delete the oldest closed log files while the directory holds more than the limit."""
-        files = sorted(self.directory.glob("predictions-*.jsonl"))
-        sizes = {p: p.stat().st_size for p in files if p.exists()}
-        total = sum(sizes.values())
-        for path in files:
-            if total <= self.settings.max_total_bytes:
-                break
-            if path.name.endswith(ACTIVE_SUFFIX):
+    def _adopt_orphans(self) -> int:
+        """Close the active files of workers that died: no process holds their lock. Each is
+        cut after its last whole line and renamed like a rotated file. Returns how many."""
+        adopted = 0
+        for path in sorted(self.directory.glob(f"predictions-*{ACTIVE_SUFFIX}")):
+            if path == self._file_path:
                 continue
-            path.unlink(missing_ok=True)
-            total -= sizes.get(path, 0)
+            try:
+                with open(path, "r+b") as fh:
+                    try:
+                        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # its writer is alive
+                    if not path.exists():
+                        continue  # its writer closed it after we opened it
+                    fh.truncate(_whole_lines(fh))
+                    os.replace(path, path.with_name(path.name.replace(ACTIVE_SUFFIX, ".jsonl")))
+                    adopted += 1
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self._failed("log_file", exc)
+        if adopted:
+            log.warning("prediction log: closed %d log files of workers that stopped", adopted)
+        return adopted
+
+    def _prune_store(self) -> None:
+        """Keep the store's rows within its share of the total: the oldest predictions go."""
+        cap = int(self.settings.max_total_bytes * self.settings.store_share)
+        usage = self._store_call("usage")
+        if usage is None or usage[1] <= cap:
+            return
+        pruned = self._store_call("prune", int(cap * 0.9), self.settings.quality_window)
+        if pruned:
+            self.metrics.dropped["store_full"].inc(pruned)
+            self._warn(
+                "store_full",
+                f"prediction log: the label store is over {cap / MIB:.1f} MiB (its share of "
+                f"--log-max-total-mb): {pruned} oldest predictions deleted before their TTL",
+            )
+
+    def _enforce_total(self) -> None:
+        """Keep the directory within the limit: adopt dead workers' files, prune the store
+        over its share, then delete the oldest closed log files while the total (every log
+        file and the store's files) is over the limit."""
+        try:
+            self._adopt_orphans()
+            self._prune_store()
+            files = sorted(self.directory.glob("predictions-*.jsonl"))
+            sizes = {}
+            for p in files:
+                try:
+                    sizes[p] = p.stat().st_size
+                except FileNotFoundError:
+                    continue
+            total = sum(sizes.values()) + store_bytes(self.directory)
+            for path in files:
+                if total <= self.settings.max_total_bytes:
+                    break
+                if path.name.endswith(ACTIVE_SUFFIX) or path not in sizes:
+                    continue
+                path.unlink(missing_ok=True)
+                total -= sizes[path]
+        except OSError as exc:
+            self._failed("log_file", exc)
+            return
+        if total > self.settings.max_total_bytes:
+            self._warn(
+                "over_limit",
+                f"prediction log: {self.directory} holds {total / MIB:.1f} MiB, over "
+                f"--log-max-total-mb {self.settings.max_total_bytes / MIB:.1f}, in files that are "
+                "still being written and the label store",
+            )
 
     # ---- health -----------------------------------------------------------------------------
 
@@ -441,6 +641,41 @@ class PredictionLog:
         if now - self._warned.get(kind, -WARN_EVERY_S) >= WARN_EVERY_S:
             self._warned[kind] = now
             log.warning(message)
+
+
+_UNKNOWN = "no logged prediction has this id (or it expired)"
+_UNKNOWN_OF_CALLER = (
+    "no logged prediction of this caller has this id (or it expired); a prediction with the "
+    "record's own id is the caller's only when /predict carried the caller's token too"
+)
+
+
+def _shown_id(pid: Any) -> Any:
+    """A refused id as the report echoes it: a long one cut short, a non-id as None."""
+    if isinstance(pid, str):
+        return pid if len(pid) <= 128 else pid[:64] + "..."
+    if isinstance(pid, int) and not isinstance(pid, bool) and pid.bit_length() <= 256:
+        return pid
+    return None
+
+
+def _error(problem: str, reason: str) -> dict[str, Any]:
+    return {"record": None, "field": None, "problem": problem, "reason": reason}
+
+
+def _whole_lines(fh: BinaryIO, chunk: int = 1 << 16) -> int:
+    """The length of a file up to and including its last newline (0 without one)."""
+    end = fh.seek(0, os.SEEK_END)
+    pos = end
+    while pos > 0:
+        start = max(0, pos - chunk)
+        fh.seek(start)
+        data = fh.read(pos - start)
+        newline = data.rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        pos = start
+    return 0
 
 
 def _result(index: int, pid: Any, status: str, problem: str = "") -> dict[str, Any]:

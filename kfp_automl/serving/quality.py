@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from kfp_automl.runtime import names
+from kfp_automl.runtime.jsonbody import JsonBodyError, loads
 
 # direction of each metric the service can compute live ("max": greater is better)
 GOALS = {
@@ -35,6 +36,12 @@ CLASSIFICATION = (
 REGRESSION = ("mae", "rmse", "r2", "mape")
 __all__ = ["check_label", "live_metrics", "parse_feedback", "QualityMetrics"]
 OUTCOMES = ("matched", "duplicate", "unknown_id", "wrong_type", "bad_id")
+# why a whole /feedback request was refused (automl_feedback_rejected_total{reason})
+REFUSALS = (
+    *("unauthorized", "bad_json", "too_large", "unsupported_media_type", "bad_framing"),
+    "method",
+)
+DROP_REASONS = ("buffer_full", "write_error", "store_full")
 
 
 class FeedbackError(ValueError):
@@ -45,22 +52,39 @@ def check_label(value: Any, task: str, classes: list[Any] | None) -> str | None:
     """The problem with a label for this model, or None when it can be joined."""
     if task == "regression":
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"expected a number, got {json.dumps(value)[:40]}"
-        if not math.isfinite(float(value)):
-            return "expected a finite number"
-        return None
+            return f"expected a number, got {_shown(value)}"
+        try:
+            finite = math.isfinite(float(value))
+        except OverflowError:  # an integer beyond any float
+            finite = False
+        return None if finite else "expected a finite number"
     for cls in classes or []:
         if type(value) is type(cls) and value == cls:
             return None
-    return f"expected one of the classes {json.dumps(classes)[:200]}, got {json.dumps(value)[:40]}"
+    return f"expected one of the classes {json.dumps(classes)[:200]}, got {_shown(value)}"
+
+
+def _shown(value: Any) -> str:
+    """A label as an error message quotes it: short, whatever its size."""
+    if isinstance(value, list | dict):
+        return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return "a very large integer"
+    if isinstance(value, str):
+        value = value[:41]
+    return json.dumps(value)[:40]
 
 
 def parse_feedback(body: bytes, max_items: int) -> list[Any]:
-    """The `labels` list of a /feedback body, or a FeedbackError naming what is wrong."""
+    """The `labels` list of a /feedback body, or a FeedbackError naming what is wrong.
+
+    The body is parsed by kfp_automl.runtime.jsonbody: bounded nesting, no duplicate keys,
+    no NaN, UTF-8 only.
+    """
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FeedbackError(f"the body is not valid JSON: {exc}") from None
+        payload = loads(body)
+    except JsonBodyError as exc:
+        raise FeedbackError(str(exc)) from None
     if not isinstance(payload, dict) or not isinstance(payload.get("labels"), list):
         raise FeedbackError('expected an object {"labels": [{"id": ..., "label": ...}, ...]}')
     labels = payload["labels"]
@@ -159,11 +183,12 @@ class QualityMetrics:
         ).labels(*ids)
         dropped = pc.Counter(
             names.LOG_DROPPED,
-            "Predictions not logged: buffer_full or write_error",
+            "Predictions not logged (buffer_full, write_error) or pruned from the label store "
+            "to keep it within its share of the disk limit (store_full)",
             [*base, "reason"],
             **kw,
         )
-        self.dropped = {r: dropped.labels(*ids, r) for r in ("buffer_full", "write_error")}
+        self.dropped = {r: dropped.labels(*ids, r) for r in DROP_REASONS}
         errors = pc.Counter(
             names.LOG_ERRORS,
             "Failed writes of the prediction log (log_file) or the join store (store)",
@@ -185,6 +210,13 @@ class QualityMetrics:
             **kw,
         )
         self.labels = {o: labels.labels(*ids, o) for o in OUTCOMES}
+        rejected = pc.Counter(
+            names.FEEDBACK_REJECTED,
+            "Requests to /feedback refused whole, by reason (apart from /predict's rejections)",
+            [*base, "reason"],
+            **kw,
+        )
+        self.rejected = {r: rejected.labels(*ids, r) for r in REFUSALS}
         self.expired = pc.Counter(
             names.PREDICTIONS_EXPIRED,
             "Logged predictions deleted unlabelled after the label TTL",

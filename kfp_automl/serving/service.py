@@ -12,8 +12,10 @@ bad request gets its own 4xx answer and never joins (or spoils) a batch; the
 valid ones are scored with BentoML's adaptive batching.
 
 Every answer item carries a prediction id (the record's own `id` field when the
-caller sends one). With prediction logging on, the middleware also answers
-POST /feedback, which joins labels to logged predictions (prediction_log.py).
+caller sends one, else 128 random bits). With prediction logging on, the middleware also
+answers POST /feedback, which joins labels to logged predictions (prediction_log.py) for
+callers with a bearer token (callers.py); a /predict request with such a token ties its
+predictions to that caller, so only that caller labels them.
 
 Before the model is unpickled, the package versions its metadata records are compared with
 the installed ones (kfp_automl/runtime/packages.py); on a mismatch the model is not loaded,
@@ -24,11 +26,9 @@ the mismatch is logged once per worker and exported as `automl_package_mismatch`
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import os
-import uuid
 from typing import Any, Literal, cast
 
 import bentoml
@@ -42,21 +42,32 @@ from kfp_automl.runtime.model_file import load_model
 from kfp_automl.runtime.names import FEEDBACK_ENDPOINT, PREDICT_ENDPOINT, READY_ENDPOINT
 from kfp_automl.runtime.packages import check_model_packages, mismatch_message
 from kfp_automl.runtime.records import (
+    FRAMING_HEADERS,
+    UNSCORED,
     RecordError,
+    canonical_body,
+    check_framing,
     check_records,
     parse_request,
     predict_frame,
     prediction_records,
     records_to_columns,
+    score_in_parts,
+    unscored_index,
 )
+from kfp_automl.serving.callers import Callers
 from kfp_automl.serving.files import (
     EVALUATION_FILE,
     PREDICTION_REFERENCE_FILE,
     PROFILE_FILE,
     SCHEMA_FILE,
 )
+from kfp_automl.serving.http_limits import count_refusals_with
+from kfp_automl.serving.http_limits import install as install_http_limits
+from kfp_automl.serving.limits import ServerLimits
 from kfp_automl.serving.monitoring import Monitor, package_mismatch
-from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
+from kfp_automl.serving.prediction_log import CALLER_FIELD, LogSettings, PredictionLog, new_id
+from kfp_automl.serving.prediction_store import ANONYMOUS
 from kfp_automl.serving.quality import FeedbackError, QualityMetrics, parse_feedback
 
 
@@ -68,15 +79,25 @@ class ServiceArgs(BaseModel):
     max_batch_size: int = 512
     max_latency_ms: int = 1000  # a request waiting longer than this for its batch gets a 503
     workers: int = 1  # processes; metrics add up across them (prometheus multiprocess mode)
+    # per worker: slow and greedy clients (serving/http_limits.py)
+    header_timeout_s: float = ServerLimits.header_timeout_s
+    body_idle_timeout_s: float = ServerLimits.body_idle_timeout_s
+    body_timeout_s: float = ServerLimits.body_timeout_s
+    max_connections: int = ServerLimits.max_connections
+    keep_alive_s: float = ServerLimits.keep_alive_s
     id_field: str = "id"  # a record's own prediction id (ignored when a feature has this name)
     log_predictions: Literal["off", "sampled", "on"] = "off"
     log_sample_rate: float = 0.1  # share of records logged when log_predictions is "sampled"
     log_dir: str = ""  # default: ~/kfp-automl-predictions/<model name>
     log_exclude: str = ""  # comma-separated feature columns never written to the log (PII)
     log_max_file_mb: float = 64.0
-    log_max_total_mb: float = 1024.0
+    log_max_total_mb: float = 512.0  # log files and the label store together
+    log_volume_mb: float = 0.0  # the size limit of the log's volume (emptyDir), checked at start
     label_ttl_s: float = 7 * 86400.0  # unlabelled predictions are forgotten after this
     quality_window: int = 500  # live quality is computed over this many newest labels
+    # /feedback callers: "token" (a bearer token of a caller in feedback_tokens) or "none"
+    feedback_auth: Literal["token", "none"] = "token"
+    feedback_tokens: str = ""  # a directory with one token file per caller, or one such file
 
 
 def _settings() -> ServiceArgs:
@@ -95,9 +116,47 @@ _state: dict[str, Any] = {}
 log = logging.getLogger("kfp_automl.serving")
 _REFUSED_WHEN_UNREADY = (READY_ENDPOINT, PREDICT_ENDPOINT, FEEDBACK_ENDPOINT)
 
+# the headers the guard replaces when it hands the checked records on
+_REFRAMED = (*FRAMING_HEADERS, b"content-encoding")
+_STATUS = {"too_large": 413, "unsupported_media_type": 415}
+
+
+def _status(exc: RecordError) -> int:
+    return _STATUS.get(exc.reason, 400)
+
+
+def _unscored_to_error(send):
+    """`send` for a /predict answer: a 200 whose items include one predict() could not
+    score becomes a 500 error naming that record, so only its own request fails."""
+    held: list[dict[str, Any]] = []
+
+    async def guarded(message):
+        if message["type"] == "http.response.start" and message["status"] == 200:
+            held.append(message)
+            return None
+        if not held or message["type"] != "http.response.body":
+            return await send(message)
+        held.append(message)
+        if message.get("more_body", False):
+            return None
+        start, *parts = held
+        held.clear()
+        body = b"".join(m.get("body", b"") for m in parts)
+        failed = unscored_index(body)
+        if failed is None:
+            await send(start)
+            return await send({"type": "http.response.body", "body": body})
+        problem = "the model could not score this record; the request was not answered"
+        return await RequestGuard._send(
+            send, 500, {"error": RecordError(failed, None, problem, "model_error").as_dict()}
+        )
+
+    return guarded
+
 
 class RequestGuard:
-    """ASGI middleware for POST /predict: JSON only (415), bounded bodies (413), valid records (400).
+    """ASGI middleware for POST /predict: JSON only (415), bounded bodies (413), one framing
+    of the body (400), valid records (400); the model gets the records it checked.
 
     It also answers POST /feedback itself (labels for logged predictions).
     """
@@ -119,12 +178,18 @@ class RequestGuard:
         if body is None:
             return None
         try:
-            check_records(
+            records = check_records(
                 parse_request(body), _state["schema"], self.unknown_fields, _state["id_field"]
             )
         except RecordError as exc:
-            return await self._error(send, 400, exc)
-
+            return await self._error(send, _status(exc), exc)
+        _tie_to_caller(scope, records)
+        # BentoML parses what the guard serialises from the checked records, framed by
+        # exactly one content-type and content-length: what was checked is what is scored
+        body = canonical_body(records)
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _REFRAMED]
+        headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        scope = {**scope, "headers": headers}
         replayed = False
 
         async def replay():
@@ -134,53 +199,77 @@ class RequestGuard:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        return await self.app(scope, replay, send)
+        return await self.app(scope, replay, _unscored_to_error(send))
 
     async def _body(self, scope, receive, send, count: bool = True) -> bytes | None:
-        """The request body, or None after answering 415/413 (or on a disconnect).
+        """The request body, or None after answering 400/415/413 (or on a disconnect).
 
-        `count`: add the rejection to automl_requests_rejected_total (/predict only).
+        The framing headers are checked first (records.check_framing): one JSON body,
+        framed one way. `count`: add the rejection to automl_requests_rejected_total
+        (/predict only).
         """
-        headers = dict(scope["headers"])
-        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if ctype != b"application/json":
-            problem = "send the body as application/json"
-            error = RecordError(None, None, problem, "unsupported_media_type")
-            await self._error(send, 415, error, count)
+        try:
+            check_framing(scope["headers"])
+        except RecordError as exc:
+            await self._error(send, _status(exc), exc, count)
             return None
-        declared = headers.get(b"content-length")
+        declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._error(send, 413, self._too_large(), count)
             return None
-        body, more = b"", True
+        chunks: list[bytes] = []
+        size, more = 0, True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return None
-            body += message.get("body", b"")
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
             more = message.get("more_body", False)
-            if len(body) > self.max_body_bytes:
+            if size > self.max_body_bytes:
                 await self._error(send, 413, self._too_large(), count)
                 return None
-        return body
+        return b"".join(chunks)
 
     async def _feedback(self, scope, receive, send):
-        """POST /feedback {"labels": [{"id": ..., "label": ...}]}: a per-item report."""
+        """POST /feedback {"labels": [{"id": ..., "label": ...}]}: a per-item report.
+
+        The caller is authenticated (401) before the body is read; refusals are counted in
+        automl_feedback_rejected_total, apart from /predict's automl_requests_rejected_total.
+        """
+        plog: PredictionLog | None = _state.get("log")
         if scope["method"] != "POST":
             problem = 'use POST with {"labels": [...]}'
-            return await self._send(send, 405, {"error": _problem(problem, "method")})
-        body = await self._body(scope, receive, send, count=False)
-        if body is None:
-            return None
-        plog: PredictionLog | None = _state.get("log")
-        try:
-            items = parse_feedback(body, _state["max_feedback_items"])
-        except FeedbackError as exc:
-            return await self._send(send, 400, {"error": _problem(str(exc), "bad_json")})
+            return await _refuse_feedback(send, plog, 405, problem, "method", [(b"allow", b"POST")])
         if plog is None:
             problem = "prediction logging is off, so there is nothing to join labels to"
             return await self._send(send, 409, {"error": _problem(problem, "logging_off")})
-        status, report = await asyncio.to_thread(plog.feedback, items)
+        caller = ANONYMOUS
+        callers: Callers | None = _state.get("callers")
+        if callers is not None:
+            name, problem = callers.identify(scope["headers"])
+            if name is None:
+                challenge = [(b"www-authenticate", b'Bearer realm="kfp-automl feedback"')]
+                return await _refuse_feedback(send, plog, 401, problem, "unauthorized", challenge)
+            caller = name
+        answered: list[int] = []
+
+        async def watched(message):
+            if message["type"] == "http.response.start":
+                answered.append(message["status"])
+            await send(message)
+
+        body = await self._body(scope, receive, watched, count=False)
+        if body is None:
+            if answered:  # refused by _body: 413, 415, or 400 for the framing
+                plog.metrics.rejected[_BODY_REFUSALS.get(answered[0], "bad_framing")].inc()
+            return None
+        try:
+            items = parse_feedback(body, _state["max_feedback_items"])
+        except FeedbackError as exc:
+            return await _refuse_feedback(send, plog, 400, str(exc), "bad_json")
+        status, report = await asyncio.to_thread(plog.feedback, items, caller)
         return await self._send(send, status, report)
 
     def _too_large(self) -> RecordError:
@@ -205,6 +294,18 @@ class RequestGuard:
         ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+# before the worker builds its uvicorn server: the HTTP protocol with these limits
+install_http_limits(
+    ServerLimits(
+        header_timeout_s=args.header_timeout_s,
+        body_idle_timeout_s=args.body_idle_timeout_s,
+        body_timeout_s=args.body_timeout_s,
+        max_connections=args.max_connections,
+        keep_alive_s=args.keep_alive_s,
+    )
+)
 
 
 @bentoml.service(name="kfp-automl", workers=args.workers, traffic={"timeout": 60})
@@ -240,10 +341,10 @@ class AutoMLService:
         self.monitor = Monitor(
             profile, stored.tag.name, stored.tag.version, info, prediction=prediction
         )
+        count_refusals_with(self.monitor.rejected)  # timeouts and the connection limit
         names = set(self.schema.names)
         self.id_field = args.id_field if args.id_field and args.id_field not in names else None
         self.log = _prediction_log(stored, self.schema, meta)
-        self._id_prefix, self._id_counter = uuid.uuid4().hex[:16], itertools.count()
         _state.update(
             schema=self.schema,
             monitor=self.monitor,
@@ -263,37 +364,96 @@ class AutoMLService:
     def predict(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Score records: each gets its prediction and, for classifiers, class probabilities.
 
-        BentoML merges concurrent requests into one call; RequestGuard has already
-        checked every record, so one bad request never fails a batch.
+        BentoML merges concurrent requests into one call. RequestGuard has checked every
+        record and hands on only what it checked; should the model still fail on the merged
+        batch, its halves are scored on their own, so a record the model cannot score costs
+        only its own request an answer (the guard turns its item into a 500).
         """
+        ids = [self._record_id(r) for r in records]
+        answers = score_in_parts(records, self._score)
+        if self.log is not None:
+            scored = [j for j, a in enumerate(answers) if UNSCORED not in a]
+            if len(scored) == len(answers):
+                self.log.submit(ids, records, answers)
+            elif scored:
+                pick = [ids[j] for j in scored], [records[j] for j in scored]
+                self.log.submit(*pick, [answers[j] for j in scored])
+        return [{"id": i, **a} for i, a in zip(ids, answers, strict=True)]
+
+    def _score(self, records: list[dict[str, Any]]) -> list[dict]:
         columns = records_to_columns(records, self.schema)
         X = pd.DataFrame(columns)
         with self.monitor.timed(len(X)):
             result = predict_frame(self.model, X)
         if args.monitoring:
             self.monitor.observe(columns, result["prediction"].to_numpy())
-        answers = prediction_records(result)
-        ids = [self._record_id(r) for r in records]
-        if self.log is not None:
-            self.log.submit(ids, records, answers)
-        return [{"id": i, **a} for i, a in zip(ids, answers, strict=True)]
+        return prediction_records(result)
 
     def _record_id(self, record: dict[str, Any]) -> str:
         own = record.get(self.id_field) if self.id_field else None
         if own is not None:
             return str(own)
-        # a random prefix per worker start and a counter: unique, and cheaper than uuid4 per record
-        return f"{self._id_prefix}-{next(self._id_counter):08x}"
+        # 128 random bits: no caller can guess another's id (prediction_log.RandomIds)
+        return new_id()
 
 
 def _problem(problem: str, reason: str) -> dict[str, Any]:
     return {"record": None, "field": None, "problem": problem, "reason": reason}
 
 
+_BODY_REFUSALS = {413: "too_large", 415: "unsupported_media_type"}
+
+
+def _tie_to_caller(scope, records: list[dict[str, Any]]) -> None:
+    """Mark the checked records of a /predict request that carries a feedback token with
+    its caller, so only that caller can label them (prediction_log.py, owners). A request
+    without a token, or with one that is not a feedback token (a gateway's own, say), is
+    served all the same: its predictions have no caller."""
+    callers: Callers | None = _state.get("callers")
+    if callers is None:
+        return
+    caller, _ = callers.identify(scope["headers"])
+    if caller is not None:
+        for record in records:
+            record[CALLER_FIELD] = caller
+
+
+async def _refuse_feedback(
+    send,
+    plog: PredictionLog | None,
+    status: int,
+    problem: str,
+    reason: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """A /feedback refusal in the error format, counted in automl_feedback_rejected_total."""
+    if plog is not None:
+        plog.metrics.rejected[reason].inc()
+    body = json.dumps({"error": _problem(problem, reason)}).encode()
+    head = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _prediction_log(stored, schema: Schema, meta: dict[str, Any]) -> PredictionLog | None:
-    """The worker's prediction log, or None when logging is off."""
+    """The worker's prediction log, or None when logging is off; with it, who may label
+    (`_state["callers"]`: None when /feedback takes labels from anyone)."""
     if args.log_predictions == "off":
         return None
+    if CALLER_FIELD in schema.names:
+        raise ValueError(f"a model column is named {CALLER_FIELD!r}, which the log reserves")
+    if args.feedback_auth == "none":
+        log.warning(
+            "feedback_auth none: anyone who can reach /feedback can label predictions; "
+            "give callers tokens (AUTOML_FEEDBACK_TOKENS) unless the network is trusted"
+        )
+        _state["callers"] = None
+    else:
+        _state["callers"] = Callers(args.feedback_tokens)
     evaluation = None
     try:
         with open(stored.path_of(EVALUATION_FILE)) as fh:
@@ -312,6 +472,9 @@ def _prediction_log(stored, schema: Schema, meta: dict[str, Any]) -> PredictionL
         exclude=exclude,
         max_file_bytes=int(args.log_max_file_mb * 1024 * 1024),
         max_total_bytes=int(args.log_max_total_mb * 1024 * 1024),
+        volume_bytes=int(args.log_volume_mb * 1024 * 1024),
+        workers=args.workers,
+        id_field=args.id_field if args.id_field and args.id_field not in schema.names else None,
         label_ttl_s=args.label_ttl_s,
         quality_window=args.quality_window,
         expire_interval_s=min(60.0, max(0.5, args.label_ttl_s / 4)),

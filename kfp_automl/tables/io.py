@@ -9,7 +9,9 @@ leaves a half-written file.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -333,14 +335,75 @@ def write_parquet(path: str | os.PathLike[str], df: pd.DataFrame) -> None:
         df.to_parquet(tmp, engine="pyarrow", index=False)
 
 
-def write_table(df: pd.DataFrame, path: str) -> None:
-    """Write by extension (CSV, TSV, Parquet, JSON Lines), atomically."""
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _defused(value: Any) -> Any:
+    if (
+        isinstance(value, str)
+        and value.startswith(FORMULA_PREFIXES)
+        and not _PLAIN_NUMBER.fullmatch(value)
+    ):
+        return "'" + value
+    return value
+
+
+def _text_columns(df: pd.DataFrame):
+    for i in range(df.shape[1]):
+        values = df.iloc[:, i]
+        if (
+            isinstance(values.dtype, pd.CategoricalDtype)
+            or pd.api.types.is_object_dtype(values.dtype)
+            or pd.api.types.is_string_dtype(values.dtype)
+        ):
+            yield i, values.astype(object)
+
+
+def _has_carriage_return(df: pd.DataFrame) -> bool:
+    return any(
+        text.map(lambda v: isinstance(v, str) and "\r" in v).any() for _, text in _text_columns(df)
+    )
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with every text cell (and column name) that a spreadsheet would run as a formula
+    prefixed with a single quote, as OWASP advises for CSV output. Numeric, boolean and
+    date columns are untouched, and so is text that is just a number ("-3"), so a
+    negative number stays a number."""
+    out = df
+    for i, text in _text_columns(df):
+        risky = text.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_PREFIXES))
+        if risky.any():
+            if out is df:
+                out = df.copy()
+            out.isetitem(i, text.map(_defused))
+    names = [_defused(c) for c in df.columns]
+    if names != list(df.columns):
+        out = out.set_axis(names, axis=1) if out is not df else df.set_axis(names, axis=1)
+    return out
+
+
+def write_table(df: pd.DataFrame, path: str, raw_csv: bool = False) -> None:
+    """Write by extension (CSV, TSV, Parquet, JSON Lines), atomically.
+
+    CSV and TSV cells that a spreadsheet would run as formulas are neutralised (csv_safe)
+    unless `raw_csv`, and a table with a carriage return inside a cell is written with CRLF
+    line ends (RFC 4180), so that the cell is quoted and no reader starts a row in it. The
+    other formats keep every value as it is.
+    """
     fmt = table_format(path)
+    ends = "\n"
+    if fmt in ("csv", "tsv") and not raw_csv:
+        df = csv_safe(df)
+        ends = "\r\n" if _has_carriage_return(df) else "\n"
     with atomic_path(path) as tmp:
         if fmt == "csv":
-            df.to_csv(tmp, index=False, compression="gzip" if path.endswith(".gz") else None)
+            compression = "gzip" if path.endswith(".gz") else None
+            df.to_csv(tmp, index=False, compression=compression, lineterminator=ends)
         elif fmt == "tsv":
-            df.to_csv(tmp, sep="\t", index=False)
+            df.to_csv(tmp, sep="\t", index=False, lineterminator=ends)
         elif fmt == "parquet":
             df.to_parquet(tmp, index=False)
         else:

@@ -11,13 +11,11 @@ labels per request (4 clients) and with one label per request (8 clients).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import statistics
 import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -44,6 +42,8 @@ SCENARIOS = {"1 record": (1, 8), "100 records": (100, 4)}
 MAX_LOGGING_COST = 0.05  # share of /predict throughput
 LABEL_BATCH, LABEL_CLIENTS, N_BATCHED = 100, 4, 5000
 SINGLE_CLIENTS, N_SINGLE = 8, 1000
+TOKEN = "bench-" + "4" * 40  # the feedback token of the caller "bench"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
 def payload() -> list[dict[str, Any]]:
@@ -82,7 +82,8 @@ def in_process_cost(records: list[dict]) -> dict[str, float]:
     """µs per request batch for ids + queue append, and per record for the background writer."""
     from prometheus_client import CollectorRegistry
 
-    from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
+    from kfp_automl.contracts.schema import Schema
+    from kfp_automl.serving.prediction_log import LogSettings, PredictionLog, new_id
     from kfp_automl.serving.quality import QualityMetrics
 
     schema = {
@@ -96,13 +97,12 @@ def in_process_cost(records: list[dict]) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         metrics = QualityMetrics("m", "v", "classification", "roc_auc", None, CollectorRegistry())
         settings = LogSettings(mode="on", directory=tmp, flush_interval_s=3600, max_buffered=10**9)
-        plog = PredictionLog(settings, "m", "v", schema, metrics)
-        prefix, counter = uuid.uuid4().hex[:16], itertools.count()  # as the service makes ids
+        plog = PredictionLog(settings, "m", "v", Schema.from_dict(schema), metrics)
         for size in (1, 100):
             recs, ans = records[:size], answers[:size]
             n, start = 0, time.perf_counter()
             while time.perf_counter() - start < 1.0:
-                ids = [f"{prefix}-{next(counter):08x}" for _ in recs]
+                ids = [new_id() for _ in recs]  # as the service makes ids
                 plog.submit(ids, recs, ans)
                 _ = [{"id": i, **a} for i, a in zip(ids, ans, strict=True)]
                 n += 1
@@ -129,7 +129,10 @@ def feedback_rate(base: str, records: list[dict]) -> dict[str, float]:
         ("batched", batched, LABEL_CLIENTS),
         ("single", single, SINGLE_CLIENTS),
     ):
-        with httpx.Client(timeout=60) as client, ThreadPoolExecutor(clients) as pool:
+        with (
+            httpx.Client(timeout=60, headers=AUTH) as client,
+            ThreadPoolExecutor(clients) as pool,
+        ):
 
             def send(batch, client=client):
                 labels = [{"id": i, "label": "No"} for i in batch]
@@ -188,9 +191,13 @@ def main() -> str:
         model = archive or train(env)["bento_tag"]
         serve = [*CLI, "serve", "--model", model]
         log_dir = Path(home) / "prediction-logs"
+        tokens = Path(home) / "feedback-tokens"
+        tokens.mkdir()
+        (tokens / "bench").write_text(TOKEN + "\n")
         with ExitStack() as stack:
             off, _ = stack.enter_context(server("logging-off", serve, env))
             on_cmd = [*serve, "--log-predictions", "on", "--log-dir", str(log_dir)]
+            on_cmd += ["--feedback-tokens", str(tokens)]
             on, _ = stack.enter_context(server("logging-on", on_cmd, env))
             res = {"predict": interleaved(wrk, {"off": off, "on": on}, records)}
             res["feedback"] = feedback_rate(on, records)

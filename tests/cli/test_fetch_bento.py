@@ -1,11 +1,13 @@
 """`kfp-automl fetch-bento`: copies an archive atomically and refuses bad input in one line.
 
-The archives here are small tar files with a bento.yaml, which is all the command
-checks; tests/integration/test_fetch_bento.py fetches a real Bento and serves it.
+The archives here are small tar files with a bento.yaml, fetched with their digest (--sha256);
+tests/integration/test_fetch_bento.py fetches a real Bento and serves it, and
+tests/adversarial/test_archives.py sends hostile archives.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import sys
 import tarfile
@@ -29,10 +31,15 @@ def _archive(path: Path, name: str = "automl-churn", version: str = "abc123") ->
     return path
 
 
+def _sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else "0" * 64
+
+
 def test_copies_a_local_archive(tmp_path, capsys):
     src = _archive(tmp_path / "m.bento")
     dest = tmp_path / "pod" / "bento" / "model.bento"
-    assert main(["fetch-bento", "--url", str(src), "--dest", str(dest)]) == 0
+    argv = ["fetch-bento", "--url", str(src), "--dest", str(dest), "--sha256", _sha256(src)]
+    assert main(argv) == 0
     assert dest.read_bytes() == src.read_bytes()
     assert "fetched Bento automl-churn:abc123" in capsys.readouterr().out
     assert [p.name for p in dest.parent.iterdir()] == ["model.bento"]  # no temp file left
@@ -41,7 +48,8 @@ def test_copies_a_local_archive(tmp_path, capsys):
 def test_copies_a_file_url_and_replaces_an_older_archive(tmp_path):
     dest = _archive(tmp_path / "model.bento", version="old")
     src = _archive(tmp_path / "new.bento", version="new")
-    assert main(["fetch-bento", "--url", src.as_uri(), "--dest", str(dest)]) == 0
+    argv = ["fetch-bento", "--url", src.as_uri(), "--dest", str(dest)]
+    assert main([*argv, "--sha256", _sha256(src)]) == 0
     assert dest.read_bytes() == src.read_bytes()
 
 
@@ -77,7 +85,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     src_dir.mkdir()
     url = make_url(src_dir)
     dest = tmp_path / "pod" / "model.bento"
-    assert main(["fetch-bento", "--url", url, "--dest", str(dest)]) == 2
+    argv = ["fetch-bento", "--url", url, "--dest", str(dest), "--sha256", _sha256(url)]
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and err.count("\n") == 1, err
     assert "Traceback" not in err
@@ -90,13 +99,15 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
 def test_a_failed_fetch_keeps_the_previous_archive(tmp_path):
     dest = _archive(tmp_path / "model.bento")
     before = dest.read_bytes()
-    assert main(["fetch-bento", "--url", _not_a_tar(tmp_path), "--dest", str(dest)]) == 2
+    url = _not_a_tar(tmp_path)
+    assert main(["fetch-bento", "--url", url, "--dest", str(dest), "--sha256", _sha256(url)]) == 2
     assert dest.read_bytes() == before
 
 
 def test_object_store_without_its_package_says_what_to_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "s3fs", None)  # as if s3fs were not installed
-    code = main(["fetch-bento", "--url", "s3://b/m.bento", "--dest", str(tmp_path / "m.bento")])
+    argv = ["fetch-bento", "--url", "s3://b/m.bento", "--dest", str(tmp_path / "m.bento")]
+    code = main([*argv, "--sha256", "0" * 64])
     assert code == 2
     assert "install s3fs (pip install 'kfp-automl[storage]')" in capsys.readouterr().err
 

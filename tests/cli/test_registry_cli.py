@@ -68,3 +68,17 @@ def test_registry_mistakes_are_one_line_errors(tmp_path, capsys):
 def test_empty_registry_says_so(tmp_path, capsys):
     assert main(["models", "--registry", str(tmp_path / "none")]) == 0
     assert "no models registered yet" in capsys.readouterr().out
+
+
+def test_a_champion_without_an_archive_digest_is_warned_about(tmp_path, capsys):
+    """Registered before digests were recorded: the gate and `deploy --champion` refuse it."""
+    reg, flag = _setup(tmp_path)
+    reg.register("automl-churn", "ccc", {"metric": "roc_auc", "bento_sha256": "c" * 64})
+    assert main(["promote", "automl-churn:aaa", *flag]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: the registry records no archive sha256")
+    assert "automl-churn:aaa" in err[0] and "deploy --champion" in err[0]
+    assert main(["promote", "automl-churn:ccc", *flag]) == 0
+    assert capsys.readouterr().err == ""  # its digest is recorded
+    assert main(["rollback", *flag]) == 0
+    assert "no archive sha256 for automl-churn:aaa" in capsys.readouterr().err

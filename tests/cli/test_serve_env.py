@@ -31,7 +31,9 @@ def exec_env(monkeypatch):
         raise SystemExit(0)
 
     bento = SimpleNamespace(tag="m:v1", info=SimpleNamespace(service=SERVICE))
-    monkeypatch.setattr(bentos, "resolve_bento", lambda ref: bento)
+    monkeypatch.setattr(bentos, "resolve_bento", lambda ref, sha256="": bento)
+    # a stand-in Bento has no model to load (tests/adversarial/test_crash.py loads real ones)
+    monkeypatch.setattr("kfp_automl.serving.startup.check_model", lambda bento: None)
     monkeypatch.setattr("os.execve", fake_execve)
     for key in KEYS:
         monkeypatch.delenv(key, raising=False)
@@ -67,3 +69,40 @@ def test_explicit_flags_win_over_variables(exec_env, monkeypatch):
     )
     env = exec_env["env"]
     assert [env[k] for k in KEYS] == ["3", "reject", "false", str(1024 * 1024), "20000"]
+
+
+LIMIT_KEYS = (
+    "AUTOML_HEADER_TIMEOUT_S",
+    "AUTOML_BODY_IDLE_TIMEOUT_S",
+    "AUTOML_BODY_TIMEOUT_S",
+    "AUTOML_MAX_CONNECTIONS",
+    "AUTOML_KEEP_ALIVE_S",
+)
+
+
+def test_server_limits_from_flags_variables_and_defaults(exec_env, monkeypatch):
+    for key in LIMIT_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    _serve()
+    assert [exec_env["env"][k] for k in LIMIT_KEYS] == ["10.0", "10.0", "30.0", "1000", "75.0"]
+    monkeypatch.setenv("AUTOML_MAX_CONNECTIONS", "50")
+    _serve("--header-timeout", "3", "--keep-alive", "700")
+    env = exec_env["env"]
+    assert [env[k] for k in LIMIT_KEYS] == ["3.0", "10.0", "30.0", "50", "700.0"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "phrase"),
+    [
+        ("AUTOML_MAX_CONNECTIONS", "many", "is not a whole number"),
+        ("AUTOML_HEADER_TIMEOUT_S", "0", "header_timeout_s must be over 0"),
+    ],
+)
+def test_a_bad_limit_variable_is_one_line_before_serving(
+    exec_env, monkeypatch, capsys, key, value, phrase
+):
+    monkeypatch.setenv(key, value)
+    assert main(["serve", "--model", "m:v1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and key.removeprefix("AUTOML_").lower()[:6] in err.lower()
+    assert phrase in err and "path" not in exec_env

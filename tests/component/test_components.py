@@ -5,6 +5,7 @@ These start a real local Ray (tune) and write to a real BentoML store (package).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -160,6 +161,9 @@ def test_classification_chain(tmp_path, small_churn_csv):
 
     [entry] = Registry(tmp_path / "registry").versions("automl-churn")
     assert entry["stage"] == "challenger" and entry["bento_tag"] == bento.metadata["bento_tag"]
+    # the archive's digest, recorded outside it: the registry and the artifact's metadata
+    digest = hashlib.sha256(Path(bento.path).read_bytes()).hexdigest()
+    assert entry["bento_sha256"] == bento.metadata["bento_sha256"] == digest
     assert entry["test_metrics"]["roc_auc"] == metrics.metadata["roc_auc"]
     assert not any(k.endswith("_ci_low") for k in entry["test_metrics"])
 

@@ -15,11 +15,18 @@ from tests.support.kube_apiserver import write_kubeconfig
 pytestmark = pytest.mark.slow  # starts the stand-in server
 
 DEP = "/apis/apps/v1/namespaces/serving/deployments/automl-serving"
+DIGEST = "c0ffee" * 10 + "c0ff"
 
 
 def _artifacts(tmp_path, deploy: bool):
     bento = Model(name="bento", uri="gs://bucket/run-1/package-model/bento", metadata={})
-    bento.metadata.update({"bento_tag": "automl-churn:abc123", "model_tag": "automl-churn:abc123"})
+    bento.metadata.update(
+        {
+            "bento_tag": "automl-churn:abc123",
+            "model_tag": "automl-churn:abc123",
+            "bento_sha256": DIGEST,  # as the package step records it
+        }
+    )
     decision = Artifact(name="decision", uri=str(tmp_path / "decision"), metadata={})
     gate = GateDecision(deploy, "better than the champion", "roc_auc", 0.9)
     gate.write(decision.path)  # as the gate step writes it
@@ -41,7 +48,10 @@ def test_component_applies_the_bento_uri_with_kubeconfig_credentials(api, tmp_pa
     )
     dep = api.state.objects[DEP]
     init = dep["spec"]["template"]["spec"]["initContainers"][0]
-    assert init["env"] == [{"name": "BENTO_URL", "value": "gs://bucket/run-1/package-model/bento"}]
+    assert init["env"] == [
+        {"name": "BENTO_URL", "value": "gs://bucket/run-1/package-model/bento"},
+        {"name": "BENTO_SHA256", "value": DIGEST},
+    ]
     assert dep["metadata"]["labels"]["app.kubernetes.io/version"] == "abc123"
     assert {r.authorization for r in api.state.requests} == {"Bearer tok-c"}
     assert release.metadata == {

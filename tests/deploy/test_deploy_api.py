@@ -40,8 +40,21 @@ def url(v: str) -> str:
     return f"s3://models/automl-churn/{v}.bento"
 
 
+def digest(v: str) -> str:
+    return (v.encode().hex() * 64)[:64]
+
+
 def _deploy(cluster, text, version, timeout_s=2.0):
-    return deploy(cluster, text, url(version), version, NS, timeout_s=timeout_s, poll_s=0.02)
+    return deploy(
+        cluster,
+        text,
+        url(version),
+        version,
+        NS,
+        timeout_s=timeout_s,
+        poll_s=0.02,
+        bento_sha256=digest(version),
+    )
 
 
 def _calls(api, start=0):
@@ -73,9 +86,12 @@ def test_first_deploy_applies_everything_in_order_then_waits(api, cluster, manif
         assert req.body["metadata"]["namespace"] == NS
     dep = next(r.body for r in _patches(api) if r.path == DEP)
     assert _template_version(dep) == "v1" and _bento_url(dep) == url("v1")
+    init_env = dep["spec"]["template"]["spec"]["initContainers"][0]["env"]
+    assert {"name": "BENTO_SHA256", "value": digest("v1")} in init_env  # fetch-bento checks it
     assert dep["metadata"]["labels"]["app.kubernetes.io/version"] == "v1"
     record = Release.decode(dep["metadata"]["annotations"][RELEASE_ANNOTATION], NS)
     assert record.version == "v1" and record.bento_url == url("v1")
+    assert record.bento_sha256 == digest("v1")
     assert outcome.previous_version is None
     assert outcome.applied[3] == "Deployment/automl-serving" and len(outcome.applied) == 9
     # discovery happened too, through the client's own DynamicClient
@@ -270,7 +286,7 @@ def test_connection_refused_is_one_clear_line(tmp_path, manifests_text):
     with pytest.raises(UserError) as err:
         run(
             bento_uri=url("v1"),
-            bento_metadata={"bento_tag": "automl-churn:v1"},
+            bento_metadata={"bento_tag": "automl-churn:v1", "bento_sha256": digest("v1")},
             decision=_decision(True, "better"),
             release_path=str(tmp_path / "r.json"),
             namespace=NS,
@@ -296,6 +312,7 @@ def test_run_deploys_and_records_the_release(api, tmp_path, manifests_text):
         bento_metadata={
             "bento_tag": "automl-churn:uwpvhlhgfsxomax4",
             "model_tag": "automl-churn:uwpv",
+            "bento_sha256": digest("x"),
         },
         decision=_decision(True, "no champion yet"),
         release_path=str(out),
@@ -307,8 +324,29 @@ def test_run_deploys_and_records_the_release(api, tmp_path, manifests_text):
     assert outcome.version == "uwpvhlhgfsxomax4"
     record = json.loads(out.read_text())
     assert record["deployed"] is True and record["version"] == "uwpvhlhgfsxomax4"
+    assert record["bento_sha256"] == digest("x")
     assert record["applied"][3] == "Deployment/automl-serving"
     assert _bento_url(api.state.objects[DEP]) == url("x")
+
+
+def test_run_refuses_a_bento_without_its_digest_before_any_api_call(tmp_path, manifests_text):
+    def factory():
+        raise AssertionError("no cluster may be contacted")
+
+    manifests = tmp_path / "serving.yaml"
+    manifests.write_text(manifests_text)
+    with pytest.raises(UserError, match="records no bento_sha256") as err:
+        run(
+            bento_uri=url("x"),
+            bento_metadata={"bento_tag": "automl-churn:v2"},  # as an earlier package step wrote
+            decision=_decision(True, "better"),
+            release_path=str(tmp_path / "release.json"),
+            namespace=NS,
+            manifests=str(manifests),
+            cluster_factory=factory,
+        )
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "release.json").exists()
 
 
 def test_run_deploys_nothing_when_the_gate_said_no(tmp_path):

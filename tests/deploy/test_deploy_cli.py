@@ -1,11 +1,14 @@
 """`kfp-automl deploy`: --dry-run output, bad input (exit 2, one line), and runs against the stand-in.
 
 `--champion NAME` deploys the registry's champion: these tests use a real registry folder
-whose entries carry what the package step records (`bento_tag`, `bento_uri`).
+whose entries carry what the package step records (`bento_tag`, `bento_uri`, `bento_sha256`).
+The archive's digest reaches the serving pod's BENTO_SHA256: from --sha256 for a URL, from the
+file for a local archive, from the registry with --champion.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import socket
@@ -24,6 +27,7 @@ from tests.support.kube_apiserver import write_kubeconfig
 
 URL = "s3://models/automl-churn/v9.bento"
 DEP = "/apis/apps/v1/namespaces/prod/deployments/automl-serving"
+SHA = "9" * 64  # the digest of the archive at URL, as the registry would record it
 
 
 @pytest.fixture
@@ -63,15 +67,30 @@ def _registry(root, bento):
         if promote:
             reg.promote(name, version)
 
+    sha = hashlib.sha256(bento.read_bytes()).hexdigest()
     for v in ("aaa", "bbb"):  # the champion is bbb, promoted over aaa
-        add("automl-churn", v, bento_tag=f"automl-churn:b{v}", bento_uri=_url(v))
+        add(
+            "automl-churn",
+            v,
+            bento_tag=f"automl-churn:b{v}",
+            bento_uri=_url(v),
+            bento_sha256=_sha(v),
+        )
     add("fresh", "f1", promote=False, bento_tag="fresh:b1", bento_uri=_url("f1"))
     add("old", "o1", bento_tag="old:b1")  # registered before archives were recorded
     add("untagged", "u1", bento_uri=_url("u1"))
-    add("local", "l1", bento_tag="automl-churn:abc123", bento_uri=str(bento))  # a local run's
-    add("moved", "m1", bento_tag="moved:b1", bento_uri=str(root / "gone.bento"))
-    add("other", "x1", bento_tag="automl-churn:zzz", bento_uri=str(bento))
+    # a local run's
+    add("local", "l1", bento_tag="automl-churn:abc123", bento_uri=str(bento), bento_sha256=sha)
+    add("moved", "m1", bento_tag="moved:b1", bento_uri=str(root / "gone.bento"), bento_sha256=sha)
+    add("other", "x1", bento_tag="automl-churn:zzz", bento_uri=str(bento), bento_sha256=sha)
+    # registered before digests were recorded
+    add("nodigest", "n1", bento_tag="nodigest:b1", bento_uri=_url("n1"))
+    add("changed", "c1", bento_tag="automl-churn:abc123", bento_uri=str(bento), bento_sha256=SHA)
     return root
+
+
+def _sha(v):
+    return hashlib.sha256(v.encode()).hexdigest()
 
 
 def _url(v):
@@ -85,13 +104,18 @@ def _live(api):
     return template["metadata"]["labels"]["app.kubernetes.io/version"], env["value"]
 
 
+def _live_sha(api):
+    env = api.state.objects[DEP]["spec"]["template"]["spec"]["initContainers"][0]["env"]
+    return {e["name"]: e["value"] for e in env}["BENTO_SHA256"]
+
+
 def _args(files, *extra):
     return ["deploy", "--manifests", str(files["ok"]), "--namespace", "prod", *extra]
 
 
 def test_dry_run_prints_the_rendered_objects_without_a_cluster(files, capsys, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", str(files["unreachable"]))  # must not be contacted
-    assert main(_args(files, "--bento", URL, "--version", "v9", "--dry-run")) == 0
+    assert main(_args(files, "--bento", URL, "--version", "v9", "--sha256", SHA, "--dry-run")) == 0
     objects = list(yaml.safe_load_all(capsys.readouterr().out))
     assert [o["kind"] for o in objects][:4] == [
         "ServiceAccount",
@@ -102,22 +126,34 @@ def test_dry_run_prints_the_rendered_objects_without_a_cluster(files, capsys, mo
     assert {o["metadata"]["namespace"] for o in objects} == {"prod"}
     dep = objects[3]
     assert dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/version"] == "v9"
-    assert dep["spec"]["template"]["spec"]["initContainers"][0]["env"][0]["value"] == URL
+    init_env = dep["spec"]["template"]["spec"]["initContainers"][0]["env"]
+    assert init_env == [{"name": "BENTO_URL", "value": URL}, {"name": "BENTO_SHA256", "value": SHA}]
     assert RELEASE_ANNOTATION in dep["metadata"]["annotations"]
 
 
-def test_dry_run_with_a_local_archive_reads_its_version(files, capsys):
+def test_dry_run_with_a_local_archive_reads_its_version_and_digest(files, capsys):
     assert main(_args(files, "--bento", str(files["bento"]), "--dry-run")) == 0
     dep = [o for o in yaml.safe_load_all(capsys.readouterr().out) if o["kind"] == "Deployment"][0]
     assert dep["metadata"]["labels"]["app.kubernetes.io/version"] == "abc123"
-    env = dep["spec"]["template"]["spec"]["initContainers"][0]["env"][0]
-    assert env["value"] == files["bento"].resolve().as_uri()
+    env = dep["spec"]["template"]["spec"]["initContainers"][0]["env"]
+    assert env[0]["value"] == files["bento"].resolve().as_uri()
+    assert env[1]["value"] == hashlib.sha256(files["bento"].read_bytes()).hexdigest()
 
 
+V9 = ["--version", "v9", "--sha256", SHA]
 BAD = [
-    (["--bento", URL, "--version", "v9", "--manifests", "{missing}"], ["manifests file not found"]),
-    (["--bento", URL, "--version", "v9", "--manifests", "{broken}"], ["'fetch-bento'"]),
+    (["--bento", URL, *V9, "--manifests", "{missing}"], ["manifests file not found"]),
+    (["--bento", URL, *V9, "--manifests", "{broken}"], ["'fetch-bento'"]),
     (["--bento", URL, "--manifests", "{ok}"], ["--version is required"]),
+    (["--bento", URL, "--version", "v9", "--manifests", "{ok}"], ["--sha256 is required"]),
+    (
+        ["--bento", URL, "--version", "v9", "--sha256", "x1", "--manifests", "{ok}"],
+        ["not a sha256"],
+    ),
+    (
+        ["--bento", "{bento}", "--sha256", SHA, "--manifests", "{ok}", "--dry-run"],
+        [f"but {SHA} is recorded for it (--sha256)"],
+    ),
     (["--bento", "{bento}", "--manifests", "{ok}"], ["local file the cluster cannot fetch"]),
     (["--bento", "{missing}", "--manifests", "{ok}", "--dry-run"], ["Bento archive not found"]),
     (["--bento", "{ok}", "--manifests", "{ok}", "--dry-run"], ["not a Bento archive"]),
@@ -125,9 +161,12 @@ BAD = [
         ["--bento", "{bento}", "--version", "v2", "--manifests", "{ok}", "--dry-run"],
         ["--version 'v2' differs"],
     ),
-    (["--bento", URL, "--version", "v 9", "--manifests", "{ok}"], ["not a valid label value"]),
-    (["--bento", URL, "--version", "v9", "--manifests", "{ok}"], ["cannot reach the API server"]),
-    (["--bento", URL, "--version", "v9", "--manifests", "{ok}", "--timeout", "0"], ["--timeout"]),
+    (
+        ["--bento", URL, "--version", "v 9", "--sha256", SHA, "--manifests", "{ok}"],
+        ["not a valid label value"],
+    ),
+    (["--bento", URL, *V9, "--manifests", "{ok}"], ["cannot reach the API server"]),
+    (["--bento", URL, *V9, "--manifests", "{ok}", "--timeout", "0"], ["--timeout"]),
 ]
 
 
@@ -136,7 +175,8 @@ BAD += [
     (["--manifests", "{ok}"], ["--bento ARCHIVE or --champion NAME"]),
     (["--bento", URL, "--champion", "automl-churn", "--manifests", "{ok}"], ["(one)"]),
     (["--champion", "automl-churn", "--version", "v9", *CHAMPION], ["--version comes from"]),
-    (["--bento", URL, "--version", "v9", *CHAMPION], ["--registry goes with --champion"]),
+    (["--champion", "automl-churn", "--sha256", SHA, *CHAMPION], ["--sha256 comes from"]),
+    (["--bento", URL, *V9, *CHAMPION], ["--registry goes with --champion"]),
     (["--champion", "nope", *CHAMPION], ["no model named 'nope' in the registry at"]),
     (["--champion", "fresh", *CHAMPION], ["'fresh' has no champion", "kfp-automl promote"]),
     (["--champion", "old", *CHAMPION], ["no Bento archive URL for old:o1", "--bento URL"]),
@@ -146,6 +186,14 @@ BAD += [
     (
         ["--champion", "other", *CHAMPION, "--dry-run"],
         ["holds Bento automl-churn:abc123, the registry records automl-churn:zzz"],
+    ),
+    (
+        ["--champion", "nodigest", *CHAMPION],
+        ["no archive sha256 for nodigest:n1", "--sha256 HEX"],
+    ),
+    (
+        ["--champion", "changed", *CHAMPION, "--dry-run"],
+        [f"but {SHA} is recorded for it (the registry's bento_sha256)"],
     ),
 ]
 
@@ -188,7 +236,7 @@ def test_no_cluster_is_one_line_in_a_real_process(files, tmp_path, kubeconfig, e
             sys.executable,
             "-m",
             "kfp_automl.cli.main",
-            *_args(files, "--bento", URL, "--version", "v9"),
+            *_args(files, "--bento", URL, *V9),
         ],
         capture_output=True,
         text=True,
@@ -205,13 +253,14 @@ def test_deploy_against_the_stand_in_then_a_failed_rollout_exits_1(
     files, api, tmp_path, capsys, monkeypatch
 ):
     monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kc", api.host, "tok-1")))
-    assert main(_args(files, "--bento", URL, "--version", "v9")) == 0
+    assert main(_args(files, "--bento", URL, *V9)) == 0
     out = capsys.readouterr().out
     assert "version v9 is live in prod/automl-serving (9 objects applied" in out
+    assert _live_sha(api) == SHA
     assert {r.authorization for r in api.state.requests} == {"Bearer tok-1"}  # from kubeconfig
     api.state.rollout["v10"] = "never"
     url10 = URL.replace("v9", "v10")
-    args = _args(files, "--bento", url10, "--version", "v10", "--timeout", "1")
+    args = _args(files, "--bento", url10, "--version", "v10", "--sha256", SHA, "--timeout", "1")
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: deploy of version v10 to prod/automl-serving failed: not ready")
@@ -230,6 +279,7 @@ def test_deploy_champion_serves_the_registrys_champion_after_promote_and_rollbac
     last = capsys.readouterr().out.splitlines()[-1]
     assert last.startswith("version bbbb (the champion automl-churn:bbb) is live in prod/")
     assert _live(api) == ("bbbb", _url("bbb"))
+    assert _live_sha(api) == _sha("bbb")  # the registry's bento_sha256
     # rollback changes the registry only, and says so
     assert main(["rollback", "--name", "automl-churn", *reg]) == 0
     out = capsys.readouterr().out
@@ -239,7 +289,7 @@ def test_deploy_champion_serves_the_registrys_champion_after_promote_and_rollbac
     # the one command that makes the served version the champion again
     assert main(champion) == 0
     assert "version baaa (the champion automl-churn:aaa)" in capsys.readouterr().out
-    assert _live(api) == ("baaa", _url("aaa"))
+    assert _live(api) == ("baaa", _url("aaa")) and _live_sha(api) == _sha("aaa")
     # a champion whose rollout never becomes ready: the served version stays, and it says so
     api.state.rollout["bbbb"] = "never"
     assert main(["promote", "automl-churn:bbb", *reg]) == 0
@@ -263,10 +313,10 @@ def test_a_deploy_rerun_after_its_process_died_mid_rollout_rolls_back_to_the_ver
     and died waiting for it. The rerun must roll back to what was live before that attempt."""
     kubeconfig = write_kubeconfig(tmp_path / "kc", api.host)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    assert main(_args(files, "--bento", URL, "--version", "v9")) == 0
+    assert main(_args(files, "--bento", URL, *V9)) == 0
     api.state.rollout["v10"] = "never"
     url10 = URL.replace("v9", "v10")
-    args = _args(files, "--bento", url10, "--version", "v10")
+    args = _args(files, "--bento", url10, "--version", "v10", "--sha256", SHA)
     first = subprocess.Popen(
         [sys.executable, "-m", "kfp_automl.cli.main", *args, "--timeout", "120"],
         env={**os.environ, "KUBECONFIG": str(kubeconfig)},

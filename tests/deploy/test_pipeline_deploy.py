@@ -10,6 +10,7 @@ A run without `deploy_namespace` sends nothing: tests/integration/test_pipeline_
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -79,6 +80,11 @@ def test_a_passing_model_is_rolled_out_then_promoted(runs):
     version = summary["bento_tag"].split(":")[1]
     # the URL is the Bento artifact's URI: the archive the package step wrote
     assert served[0] == version and _archive_tag(Path(served[1])) == summary["bento_tag"]
+    # with the digest the package step recorded in the registry, which fetch-bento checks
+    env = api.state.objects[DEP]["spec"]["template"]["spec"]["initContainers"][0]["env"]
+    digest = {e["name"]: e["value"] for e in env}["BENTO_SHA256"]
+    assert digest == runs["champion_first"]["bento_sha256"] == summary["bento_sha256"]
+    assert digest == hashlib.sha256(Path(served[1]).read_bytes()).hexdigest()
     first_run = [r for r in api.state.calls() if r.method == "PATCH"][:9]
     assert len(first_run) == 9 and first_run[3].path == DEP
     release = next(Path(summary["pipeline_run_dir"]).rglob("deploy-model/release"))

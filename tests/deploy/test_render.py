@@ -1,4 +1,5 @@
-"""Rendering the serving manifests for a version: contract checks, namespace, order, record."""
+"""Rendering the serving manifests for a version: contract checks, namespace, kinds, order, the
+archive's digest, the record; and a record read back, checked like a new render."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import copy
 import pytest
 import yaml
 
+from kfp_automl.components.deploy import render as rendering
 from kfp_automl.components.deploy.deploy import rollout_status
 from kfp_automl.components.deploy.render import (
+    decode_release,
     parse_manifests,
-    render,
     to_yaml,
     with_record,
 )
@@ -18,6 +20,11 @@ from kfp_automl.contracts.release import RELEASE_ANNOTATION, Release
 from kfp_automl.errors import UserError
 
 URL = "s3://models/automl-churn/v7.bento"
+DIGEST = "5" * 64
+
+
+def render(objects, url, version, namespace, name="automl-serving", bento_sha256=DIGEST):
+    return rendering.render(objects, url, version, namespace, name, bento_sha256=bento_sha256)
 
 
 def _deployment(objects):
@@ -50,7 +57,13 @@ def test_render_sets_url_version_namespace_and_apply_order(manifests_text):
     }
     assert dep["spec"]["selector"] == _deployment(original)["spec"]["selector"]  # immutable
     (init,) = template["spec"]["initContainers"]
-    assert init["env"] == [{"name": "BENTO_URL", "value": URL}]
+    assert init["env"] == [
+        {"name": "BENTO_URL", "value": URL},
+        {"name": "BENTO_SHA256", "value": DIGEST},  # what fetch-bento checks the archive against
+    ]
+    assert release.bento_sha256 == DIGEST
+    (serving,) = template["spec"]["containers"]  # `serve` checks the fetched file again
+    assert {"name": "BENTO_SHA256", "value": DIGEST} in serving["env"]
     # everything else is carried over unchanged
     for before, after in zip(
         sorted(original, key=lambda o: (o["kind"], o["metadata"]["name"])),
@@ -90,7 +103,7 @@ def test_bento_url_from_value_from_is_replaced(manifests_text):
     env = _deployment(objects)["spec"]["template"]["spec"]["initContainers"][0]["env"]
     env[0] = {"name": "BENTO_URL", "valueFrom": {"configMapKeyRef": {"name": "x", "key": "url"}}}
     init = render(objects, URL, "v1", "prod").deployment["spec"]["template"]["spec"]
-    assert init["initContainers"][0]["env"] == [{"name": "BENTO_URL", "value": URL}]
+    assert init["initContainers"][0]["env"][0] == {"name": "BENTO_URL", "value": URL}
 
 
 def test_release_record_round_trips_and_rides_on_the_deployment(manifests_text):
@@ -99,6 +112,8 @@ def test_release_record_round_trips_and_rides_on_the_deployment(manifests_text):
     value = _deployment(applied)["metadata"]["annotations"][RELEASE_ANNOTATION]
     back = Release.decode(value, "prod")
     assert (back.version, back.bento_url, back.name) == ("v7", URL, "automl-serving")
+    assert back.bento_sha256 == DIGEST
+    assert decode_release(value, "prod") == back  # it passes the checks of a new render
     assert back.objects == release.objects  # the record holds the objects without itself
     assert RELEASE_ANNOTATION not in (release.deployment["metadata"].get("annotations") or {})
     assert [o for o in applied if o["kind"] != "Deployment"] == [
@@ -147,6 +162,8 @@ def _break(path: str):
             objects.append({**role, "metadata": {"name": "p"}})
         elif path == "no-template":
             del dep["spec"]["template"]
+        elif path == "secret":
+            objects.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}})
         return objects
 
     return edit
@@ -163,6 +180,7 @@ def _break(path: str):
         ("two", "2 Deployment named 'automl-serving'"),
         ("cluster-role", "ClusterRole 'p' is cluster-scoped"),
         ("no-template", "has no spec.template.spec"),
+        ("secret", "Secret 's' (v1) is not a kind the deploy step applies"),
     ],
 )
 def test_manifests_that_break_the_contract_are_refused(manifests_text, how, message):
@@ -204,6 +222,28 @@ def test_bad_version_url_or_namespace_is_refused(manifests_text, version, url, n
     with pytest.raises(UserError) as err:
         render(parse_manifests(manifests_text), url, version, namespace)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "digest, message",
+    [
+        ("", "the Bento's sha256 is not known"),
+        ("abc", "the Bento's sha256 'abc' is not a sha256 digest"),
+    ],
+)
+def test_nothing_is_rendered_without_the_archives_digest(manifests_text, digest, message):
+    with pytest.raises(UserError, match=message):
+        render(parse_manifests(manifests_text), URL, "v1", "prod", bento_sha256=digest)
+
+
+def test_a_record_from_before_digests_still_decodes_for_a_rollback(manifests_text):
+    """A release recorded before digests were recorded carries none, nor does its Deployment."""
+    release = render(parse_manifests(manifests_text), URL, "v1", "prod")
+    old = copy.deepcopy(release.objects)
+    init = _deployment(old)["spec"]["template"]["spec"]["initContainers"][0]
+    init["env"] = [e for e in init["env"] if e["name"] != "BENTO_SHA256"]
+    legacy = Release("v1", URL, "prod", "automl-serving", old)
+    assert decode_release(legacy.encode(), "prod").bento_sha256 == ""
 
 
 def _dep(generation=2, replicas=2, **status):

@@ -24,6 +24,18 @@ pytestmark = pytest.mark.slow
 
 OPPOSITE = {"Yes": "No", "No": "Yes"}
 ALERT = "AutomlQualityBelowEvaluation"
+TOKEN = "labeller-" + "3" * 40  # the feedback token of the caller "labeller"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+def _log_args(tmp_path: Path, log_dir: Path | None = None) -> list[str]:
+    """Logging on, and the one caller that may send labels."""
+    tokens = tmp_path / "tokens"
+    if not tokens.exists():
+        tokens.mkdir()
+        (tokens / "labeller").write_text(TOKEN + "\n")
+    log_dir = log_dir or tmp_path / "logs"
+    return ["--log-predictions", "on", "--log-dir", str(log_dir), "--feedback-tokens", str(tokens)]
 
 
 def _rows(churn_df, n: int, seed: int) -> list[dict]:
@@ -31,9 +43,10 @@ def _rows(churn_df, n: int, seed: int) -> list[dict]:
     return json_records(churn_df[features].sample(n, random_state=seed).reset_index(drop=True))
 
 
-def _predict(base: str, records: list[dict], chunk: int = 50) -> list[dict]:
+def _predict(base: str, records: list[dict], chunk: int = 50, as_caller: bool = False):
+    """Answers to /predict; `as_caller`: with the labeller's token, so its own ids are its."""
     out = []
-    with httpx.Client(timeout=60) as client:
+    with httpx.Client(timeout=60, headers=AUTH if as_caller else {}) as client:
         for i in range(0, len(records), chunk):
             r = client.post(f"{base}/predict", json={"records": records[i : i + chunk]})
             assert r.status_code == 200, r.text[:300]
@@ -42,7 +55,7 @@ def _predict(base: str, records: list[dict], chunk: int = 50) -> list[dict]:
 
 
 def _feedback(base: str, labels: list[dict]) -> httpx.Response:
-    return httpx.post(f"{base}/feedback", json={"labels": labels}, timeout=60)
+    return httpx.post(f"{base}/feedback", json={"labels": labels}, headers=AUTH, timeout=60)
 
 
 def _query(prom: str, expr: str) -> dict[str, float]:
@@ -72,7 +85,7 @@ def test_contradicting_labels_fire_the_quality_alert(pipeline_run, churn_df, tmp
     _, summary, _ = pipeline_run
     metric = summary["metric"]
     rules = render_rules(window="30s", alert_for="3s", quality_for="3s", min_labels=100)
-    log_args = ["--log-predictions", "on", "--log-dir", str(tmp_path / "logs")]
+    log_args = _log_args(tmp_path)
     with (
         serve(summary["bento_tag"], *log_args, "--quality-window", "200") as base,
         prometheus(tmp_path / "prometheus", base.removeprefix("http://"), rules) as prom,
@@ -129,14 +142,14 @@ def test_the_join_survives_a_restart_and_the_export_retrains(
 ):
     _, summary, _ = pipeline_run
     log_dir = tmp_path / "logs"
-    log_args = ["--log-predictions", "on", "--log-dir", str(log_dir)]
+    log_args = _log_args(tmp_path, log_dir)
     rows = churn_df.sample(60, random_state=5).reset_index(drop=True)
     features = [c for c in churn_df.columns if c != "churn"]
     records = json_records(rows[features])
     for i, rec in enumerate(records):
         rec["id"] = f"customer-{i}"  # the caller's own ids
     with serve(summary["bento_tag"], *log_args) as base:
-        answers = _predict(base, records, chunk=20)
+        answers = _predict(base, records, chunk=20, as_caller=True)
     assert [a["id"] for a in answers] == [f"customer-{i}" for i in range(60)]
 
     with serve(summary["bento_tag"], *log_args) as base:  # a new server process
@@ -180,7 +193,7 @@ def test_the_join_survives_a_restart_and_the_export_retrains(
 def test_labels_join_whichever_worker_they_reach(pipeline_run, churn_df, tmp_path):
     _, summary, _ = pipeline_run
     log_dir = tmp_path / "logs"
-    args = ["--workers", "2", "--log-predictions", "on", "--log-dir", str(log_dir)]
+    args = ["--workers", "2", *_log_args(tmp_path, log_dir)]
     with serve(summary["bento_tag"], *args) as base:
         records = _rows(churn_df, 160, seed=3)
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -208,7 +221,7 @@ def test_an_unwritable_log_dir_never_stops_predictions(pipeline_run, churn_df, t
     _, summary, _ = pipeline_run
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    args = ["--log-predictions", "on", "--log-dir", str(blocker / "logs")]
+    args = _log_args(tmp_path, blocker / "logs")
     with serve(summary["bento_tag"], *args) as base:
         answers = _predict(base, _rows(churn_df, 40, seed=4))
         assert len(answers) == 40
@@ -252,10 +265,10 @@ BAD_FEEDBACK = [
 
 def test_bad_feedback_gets_a_4xx_json_answer_and_the_server_stays_healthy(pipeline_run, tmp_path):
     _, summary, _ = pipeline_run
-    args = ["--log-predictions", "on", "--log-dir", str(tmp_path / "logs"), "--max-body-mb", "1"]
+    args = [*_log_args(tmp_path), "--max-body-mb", "1"]
     with serve(summary["bento_tag"], *args) as base, httpx.Client(timeout=60) as client:
         for method, ctype, content, status, words in BAD_FEEDBACK:
-            headers = {"content-type": ctype} if ctype else {}
+            headers = {"content-type": ctype, **AUTH} if ctype else AUTH
             r = client.request(method, f"{base}/feedback", content=content, headers=headers)
             assert r.status_code == status, (content[:60], r.status_code, r.text[:300])
             assert r.headers["content-type"] == "application/json"

@@ -6,6 +6,7 @@ The served /metrics carry every series the dashboard and the autoscalers read.""
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import re
 import shutil
@@ -45,9 +46,13 @@ def http_store(pipeline_run):
         server.server_close()
 
 
-def _fetch(url: str, dest: Path) -> subprocess.CompletedProcess:
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fetch(url: str, dest: Path, sha256: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*CLI, "fetch-bento", "--url", url, "--dest", str(dest)],
+        [*CLI, "fetch-bento", "--url", url, "--dest", str(dest), "--sha256", sha256],
         capture_output=True,
         text=True,
         timeout=120,
@@ -57,7 +62,7 @@ def _fetch(url: str, dest: Path) -> subprocess.CompletedProcess:
 def test_fetch_from_a_path(pipeline_run, tmp_path):
     archive = Path(pipeline_run[1]["bento_archive"])
     dest = tmp_path / "bento" / "model.bento"
-    done = _fetch(str(archive), dest)
+    done = _fetch(str(archive), dest, _sha256(archive))
     assert done.returncode == 0, done.stderr
     assert dest.read_bytes() == archive.read_bytes()
     assert f"fetched Bento {pipeline_run[1]['bento_tag']}" in done.stdout
@@ -86,7 +91,7 @@ def test_fetch_from_kfp_minio_url(pipeline_run, tmp_path):
         key = "v2/artifacts/training/run-1/package/bento_archive"
         client.put_object(Bucket="mlpipeline", Key=key, Body=archive.read_bytes())
         dest = tmp_path / "model.bento"
-        cmd = [*CLI, "fetch-bento", "--dest", str(dest), "--url"]
+        cmd = [*CLI, "fetch-bento", "--dest", str(dest), "--sha256", _sha256(archive), "--url"]
         done = subprocess.run(
             [*cmd, f"minio://mlpipeline/{key}"], capture_output=True, text=True, env=env
         )
@@ -102,13 +107,13 @@ def test_fetch_from_kfp_minio_url(pipeline_run, tmp_path):
 
 def test_fetch_over_http_then_serve_from_an_empty_store(http_store, tmp_path, monkeypatch):
     base, archive, requests = http_store
-    missing = _fetch(f"{base}/no-such.bento", tmp_path / "x.bento")
+    missing = _fetch(f"{base}/no-such.bento", tmp_path / "x.bento", _sha256(archive))
     assert missing.returncode == 2
     assert missing.stderr.startswith(f"error: no Bento archive at {base}/no-such.bento")
     assert not (tmp_path / "x.bento").exists()
 
     dest = tmp_path / "bento" / "model.bento"
-    done = _fetch(f"{base}/{archive.name}", dest)
+    done = _fetch(f"{base}/{archive.name}", dest, _sha256(archive))
     assert done.returncode == 0, done.stderr
     assert dest.read_bytes() == archive.read_bytes()
     assert any(r.startswith(f"GET /{archive.name} ") for r in requests), requests

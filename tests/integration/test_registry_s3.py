@@ -321,7 +321,8 @@ def _run(args: list[str], env: dict, out) -> dict:
 _LOAD = """
 import sys
 from kfp_automl.registry.store import load_registered_model
-model, schema, meta = load_registered_model(sys.argv[1], {"version": sys.argv[2], "bento_uri": sys.argv[3]})
+entry = {"version": sys.argv[2], "bento_uri": sys.argv[3], "bento_sha256": sys.argv[4]}
+model, schema, meta = load_registered_model(sys.argv[1], entry)
 print(meta["sha256"], schema.target)
 """
 
@@ -356,8 +357,17 @@ def test_pipeline_registers_gates_and_promotes_through_s3(s3, endpoint, small_ch
     archive = Path(state["versions"][v1]["bento_uri"])
     client.put_object(Bucket=bucket, Key="artifacts/v1.bento", Body=archive.read_bytes())
     fresh = {**env, "BENTOML_HOME": str(tmp_path / "bentoml-a")}
+    digest = state["versions"][v1]["bento_sha256"]  # the package step recorded it
     loaded = subprocess.run(
-        [sys.executable, "-c", _LOAD, "churn-s3", v1, f"minio://{bucket}/artifacts/v1.bento"],
+        [
+            sys.executable,
+            "-c",
+            _LOAD,
+            "churn-s3",
+            v1,
+            f"minio://{bucket}/artifacts/v1.bento",
+            digest,
+        ],
         capture_output=True,
         text=True,
         env=fresh,
@@ -369,7 +379,15 @@ def test_pipeline_registers_gates_and_promotes_through_s3(s3, endpoint, small_ch
     sha = bentoml.models.get(first["model_tag"]).info.metadata["sha256"]
     assert loaded.stdout.split() == [sha, "churn"]
     missing = subprocess.run(
-        [sys.executable, "-c", _LOAD, "churn-s3", v1, f"s3://{bucket}/artifacts/none.bento"],
+        [
+            sys.executable,
+            "-c",
+            _LOAD,
+            "churn-s3",
+            v1,
+            f"s3://{bucket}/artifacts/none.bento",
+            digest,
+        ],
         capture_output=True,
         text=True,
         env={**env, "BENTOML_HOME": str(tmp_path / "bentoml-b")},

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +22,9 @@ pytestmark = pytest.mark.slow
 TOKEN = "trigger-token-0123456789"
 COOLDOWN_S = 5.0
 RUNS = ("POST", "/apis/v2beta1/runs")
+# the models whose alerts the module's triggers accept (--allow-model), and the data prefixes
+MODELS = ["automl-churn", "churn-nocache", "churn-x", *(f"churn-{c}" for c in "abcdefghij")]
+DATA_PREFIXES = "gs://new/,s3://lake/"
 
 
 def alert(model: str, status: str = "firing", fingerprint: str | None = None, **extra) -> dict:
@@ -67,15 +72,23 @@ def notification(*alerts: dict) -> dict:
 class Trigger:
     """`kfp-automl retrain-trigger` in its own process."""
 
-    def __init__(self, kfp_url: str, state_dir: Path, *extra: str, cooldown: float = COOLDOWN_S):
+    def __init__(
+        self,
+        kfp_url: str,
+        state_dir: Path,
+        *extra: str,
+        cooldown: float = COOLDOWN_S,
+        models: list[str] = MODELS,
+        env: dict[str, str] | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "KFP_AUTOML_TRIGGER_TOKEN": TOKEN}
+        env = {**os.environ, "KFP_AUTOML_TRIGGER_TOKEN": TOKEN, **(env or {})}
         cmd = [
             *CLI, "retrain-trigger", "--port", str(self.port), "--kfp-host", kfp_url,
             "--state-dir", str(state_dir), "--cooldown", str(cooldown),
             "--data", "s3://lake/churn/latest.parquet", "--target", "churn",
-            "--time-budget", "120", *extra,
+            "--time-budget", "120", "--allow-model", ",".join(models), *extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -107,7 +120,7 @@ def kfp():
 
 @pytest.fixture(scope="module")
 def trigger(kfp, tmp_path_factory):
-    t = Trigger(kfp.url, tmp_path_factory.mktemp("state"))
+    t = Trigger(kfp.url, tmp_path_factory.mktemp("state"), "--allow-data-prefix", DATA_PREFIXES)
     yield t
     t.stop()
 
@@ -125,7 +138,7 @@ def test_firing_alert_starts_one_run_with_the_pipeline_and_latest_data(kfp, trig
     [run] = runs_for(kfp, "churn-a")
     assert r.json()["runs"] == [
         {"model": "churn-a", "run_id": run["run_id"], "url": f"{kfp.url}/#/runs/details/{run['run_id']}",
-         "alerts": ["churn-a-tenure"]}
+         "alerts": ["churn-a-tenure"], "deploys": False}
     ]  # fmt: skip
     assert run["runtime_config"] == {
         "parameters": {
@@ -137,7 +150,9 @@ def test_firing_alert_starts_one_run_with_the_pipeline_and_latest_data(kfp, trig
     }
     spec, platform = yaml.safe_load_all((COMPILED_DIR / "training.yaml").read_text())
     assert run["pipeline_spec"] == {"pipeline_spec": spec, "platform_spec": platform}
-    assert run["display_name"].startswith("retrain churn-a (AutomlFeatureDrift) ")
+    # the run's name carries the claim's id: a restarted trigger finds the run by it
+    assert re.fullmatch(r"retrain churn-a \(AutomlFeatureDrift\) [0-9: -]+ \[[0-9a-f]{12}\]",
+                        run["display_name"])  # fmt: skip
     assert trigger.metric("automl_retrain_runs_submitted_total") == before + 1
 
 
@@ -152,7 +167,7 @@ def test_repeats_and_flapping_within_the_cooldown_start_nothing_more(kfp, trigge
         assert r.status_code == 200 and r.json()["runs"] == []
     # a new feature of the same model drifting within the cooldown: still no second run
     r = trigger.post(notification(alert("churn-b", feature="contract")))
-    assert r.json() == {"runs": [], "deduplicated": 1, "ignored": 0}
+    assert r.json() == {"runs": [], "deduplicated": 1, "ignored": 0, "refused": []}
     assert time.monotonic() - t0 < COOLDOWN_S
     assert len(runs_for(kfp, "churn-b")) == 1
     assert trigger.metric("automl_retrain_alerts_deduplicated_total") == dedup_before + 14
@@ -170,7 +185,7 @@ def test_resolved_and_unlabelled_alerts_start_nothing(kfp, trigger):
     n = len(kfp.runs)
     resolved_before = trigger.metric('automl_retrain_alerts_ignored_total{reason="resolved"}')
     r = trigger.post(notification(alert("churn-d", status="resolved")))
-    assert r.json() == {"runs": [], "deduplicated": 0, "ignored": 1}
+    assert r.json() == {"runs": [], "deduplicated": 0, "ignored": 1, "refused": []}
     latency = alert("churn-d")
     latency["labels"] = {
         "alertname": "AutomlHighLatencyP99",
@@ -286,7 +301,7 @@ def test_a_restart_keeps_the_dedup_state(kfp, tmp_path):
     second = Trigger(kfp.url, state, cooldown=600)
     try:
         r = second.post(copy.deepcopy(body))
-        assert r.json() == {"runs": [], "deduplicated": 1, "ignored": 0}
+        assert r.json() == {"runs": [], "deduplicated": 1, "ignored": 0, "refused": []}
         assert len(runs_for(kfp, "churn-i")) == 1
     finally:
         second.stop()
@@ -300,6 +315,11 @@ def test_a_restart_keeps_the_dedup_state(kfp, tmp_path):
         (TOKEN, ["--kfp-host", "ml-pipeline:8888"], "--kfp-host"),
         (TOKEN, ["--kfp-host", "http://x", "--param", "nope=1"], "--param nope"),
         (TOKEN, ["--kfp-host", "http://x", "--kfp-token-file", "/nonexistent"], "token file"),
+        (TOKEN, ["--allow-model", " , "], "give --allow-model NAME"),
+        (TOKEN, ["--allow-data-prefix", "s3://lake/../x/"], "--allow-data-prefix"),
+        (TOKEN, ["--allow-data-prefix", "lake/churn/"], "absolute path"),
+        (TOKEN, ["--deploy-namespace", "ml-serving"], "--champion-registry"),
+        (TOKEN, ["--max-runs-per-hour", "0"], "--max-runs-per-hour"),
     ],
 )
 def test_startup_mistakes_exit_2_in_one_line(tmp_path, env_token, args, message):
@@ -308,6 +328,8 @@ def test_startup_mistakes_exit_2_in_one_line(tmp_path, env_token, args, message)
         env["KFP_AUTOML_TRIGGER_TOKEN"] = env_token
     if not any(a == "--kfp-host" for a in args):
         args = ["--kfp-host", "http://127.0.0.1:9", *args]
+    if not any(a == "--allow-model" for a in args):
+        args = ["--allow-model", "churn-a", *args]
     done = subprocess.run(
         [*CLI, "retrain-trigger", "--state-dir", str(tmp_path / "s"), *args],
         env=env, capture_output=True, text=True, timeout=60,
@@ -317,23 +339,113 @@ def test_startup_mistakes_exit_2_in_one_line(tmp_path, env_token, args, message)
     assert message in done.stderr
 
 
-def test_alerts_without_a_model_label_each_start_their_own_run(kfp, trigger):
-    quality = []
-    for fp in ("q-1", "q-2"):
-        a = alert("unused", fingerprint=fp, annotations={"data_url": f"s3://lake/{fp}.csv"})
-        a["labels"] = {"alertname": "AutomlQualityDrop", "action": "retrain"}
-        quality.append(a)
-    r = trigger.post(notification(*quality))
-    assert r.status_code == 200
-    assert sorted(x["alerts"][0] for x in r.json()["runs"]) == ["q-1", "q-2"]
-    created = [x["run_id"] for x in r.json()["runs"]]
-    runs = [run for run in kfp.runs if run["run_id"] in created]
-    assert sorted(run["runtime_config"]["parameters"]["data"] for run in runs) == [
-        "s3://lake/q-1.csv",
-        "s3://lake/q-2.csv",
+def test_alerts_of_models_not_allowed_or_without_a_model_are_refused_and_counted(kfp, trigger):
+    """A forged alert (the token is right, the model is not one of --allow-model) starts
+    nothing, even for a model that has no champion and would otherwise be deployed."""
+    n = len(kfp.runs)
+    before = trigger.metric('automl_retrain_alerts_refused_total{reason="model_not_allowed"}')
+    quality = alert("unused", fingerprint="q-1")
+    quality["labels"] = {"alertname": "AutomlQualityDrop", "action": "retrain"}
+    r = trigger.post(notification(alert("evil-model"), quality, alert("churn-x")))
+    assert r.status_code == 200, r.text
+    assert [x["model"] for x in r.json()["runs"]] == ["churn-x"]
+    assert r.json()["refused"] == [
+        {"alert": "evil-model-tenure", "model": "evil-model", "reason": "model_not_allowed"},
+        {"alert": "q-1", "model": "", "reason": "model_not_allowed"},
     ]
-    assert all("model_name" not in run["runtime_config"]["parameters"] for run in runs)
-    assert trigger.post(notification(*quality)).json()["deduplicated"] == 2
+    assert len(kfp.runs) == n + 1 and not runs_for(kfp, "evil-model")
+    after = trigger.metric('automl_retrain_alerts_refused_total{reason="model_not_allowed"}')
+    assert after == before + 2
+
+
+def test_a_data_url_outside_the_allowed_prefixes_is_refused(kfp, trigger):
+    n = len(kfp.runs)
+    before = trigger.metric('automl_retrain_alerts_refused_total{reason="data_url_not_allowed"}')
+    for url in (
+        "s3://attacker/poison.csv",
+        "gs://new-evil/x.csv",  # shares the prefix's letters, not its folder
+        "gs://new/../secret/x.csv",
+        "gs://new/%2e%2e/secret/x.csv",
+        "file:///etc/passwd",
+    ):
+        r = trigger.post(notification(alert("churn-j", annotations={"data_url": url})))
+        assert r.status_code == 200 and r.json()["runs"] == [], (url, r.text)
+        assert r.json()["refused"][0]["reason"] == "data_url_not_allowed", url
+        assert "not under an --allow-data-prefix" in " ".join(r.json()["notes"])
+    assert len(kfp.runs) == n
+    after = trigger.metric('automl_retrain_alerts_refused_total{reason="data_url_not_allowed"}')
+    assert after == before + 5
+
+
+def test_without_allowed_prefixes_the_data_url_is_ignored(kfp, tmp_path):
+    t = Trigger(kfp.url, tmp_path / "state")
+    try:
+        r = t.post(notification(alert("churn-a", annotations={"data_url": "s3://attacker/x.csv"})))
+    finally:
+        t.stop()
+    assert r.status_code == 200 and len(r.json()["runs"]) == 1
+    assert "data_url is ignored" in r.json()["notes"][0]
+    [run] = [x for x in kfp.runs if x["run_id"] == r.json()["runs"][0]["run_id"]]
+    assert run["runtime_config"]["parameters"]["data"] == "s3://lake/churn/latest.parquet"
+
+
+def test_the_rate_limit_holds_across_models_and_a_restart(kfp, tmp_path):
+    state = tmp_path / "state"
+    first = Trigger(kfp.url, state, "--max-runs-per-hour", "2", cooldown=1)
+    try:
+        for model in ("churn-a", "churn-b"):
+            assert len(first.post(notification(alert(model))).json()["runs"]) == 1
+        r = first.post(notification(alert("churn-c")))
+        assert r.status_code == 200 and r.json()["runs"] == []
+        assert r.json()["refused"] == [
+            {"alert": "churn-c-tenure", "model": "churn-c", "reason": "rate_limited"}
+        ]
+        assert "at most 2 (--max-runs-per-hour)" in r.json()["notes"][0]
+        assert first.metric('automl_retrain_alerts_refused_total{reason="rate_limited"}') == 1
+    finally:
+        first.stop()
+    time.sleep(1.5)  # the cooldown is over: only the hourly limit stands
+    second = Trigger(kfp.url, state, "--max-runs-per-hour", "2", cooldown=1)
+    try:
+        for model in ("churn-a", "churn-d"):
+            r = second.post(notification(alert(model)))
+            assert r.json()["runs"] == [] and r.json()["refused"][0]["reason"] == "rate_limited"
+    finally:
+        second.stop()
+    starts = json.loads((state / "retrain-state.json").read_text())["starts"]
+    assert len(starts) == 2
+
+
+def test_a_model_without_a_champion_is_trained_but_never_deployed(kfp, tmp_path):
+    from kfp_automl.registry.registry import Registry
+
+    registry = tmp_path / "registry"
+    served = Registry(registry)
+    served.register("churn-a", "v1", {"bento_tag": "churn-a:v1"})
+    served.promote("churn-a", "v1")
+    served.register("churn-b", "v1", {"bento_tag": "churn-b:v1"})  # a challenger, no champion
+    t = Trigger(
+        kfp.url, tmp_path / "state", "--deploy-namespace", "ml-serving",
+        "--champion-registry", str(registry),
+    )  # fmt: skip
+    try:
+        r = t.post(notification(alert("churn-a"), alert("churn-b"), alert("churn-c")))
+    finally:
+        t.stop()
+    assert r.status_code == 200, r.text
+    deploys = {x["model"]: x["deploys"] for x in r.json()["runs"]}
+    assert deploys == {"churn-a": True, "churn-b": False, "churn-c": False}
+    by_id = {x["run_id"]: x for x in kfp.runs}
+    params = {
+        x["model"]: by_id[x["run_id"]]["runtime_config"]["parameters"] for x in r.json()["runs"]
+    }
+    assert params["churn-a"]["deploy_namespace"] == "ml-serving"
+    assert (
+        "deploy_namespace" not in params["churn-b"] and "deploy_namespace" not in params["churn-c"]
+    )
+    notes = " ".join(r.json()["notes"])
+    assert "churn-b has no champion" in notes and "churn-c has no champion" in notes
+    assert "does not deploy" in t.proc.communicate(timeout=30)[0]  # the log says so too
 
 
 def test_a_trigger_started_with_no_cache_starts_runs_with_no_step_cached(kfp, tmp_path):

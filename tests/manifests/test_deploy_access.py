@@ -25,12 +25,29 @@ from dataclasses import dataclass, replace
 from urllib.parse import parse_qs
 
 import pytest
+import yaml
 
 from tests.manifests.render import ROOT, render
 
 BASE = "deploy-access/base"
 EXAMPLE = "deploy-access/overlays/example"
+KEDA = "deploy-access/overlays/keda"
 SERVING = ROOT / "images" / "rendered" / "serving.yaml"
+# each Role with the serving manifests it is for, and the kinds the deploy step applies of them
+_COMMON_KINDS = {
+    "ServiceAccount",
+    "ConfigMap",
+    "Service",
+    "Deployment",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+    "ServiceMonitor",
+    "PrometheusRule",
+}
+PAIRS = {
+    "prod": (BASE, None, _COMMON_KINDS | {"HorizontalPodAutoscaler"}),
+    "prod-keda": (KEDA, "serving/overlays/prod-keda", _COMMON_KINDS | {"ScaledObject"}),
+}
 APPLY = "application/apply-patch+yaml"
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 
@@ -146,13 +163,29 @@ def _one(objects, kind: str) -> dict:
     return found[0]
 
 
-@pytest.fixture(scope="module")
-def role() -> dict:
-    return _one(render(BASE), "Role")
+@pytest.fixture(scope="module", params=sorted(PAIRS))
+def pair(request) -> str:
+    """The serving overlay whose render is deployed: prod (the HPA) or prod-keda (KEDA)."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def recorded(role):
+def role(pair) -> dict:
+    return _one(render(PAIRS[pair][0]), "Role")
+
+
+@pytest.fixture(scope="module")
+def serving_text(pair) -> str:
+    """What the deploy step is given: images/rendered/serving.yaml, or the KEDA overlay's
+    render (`kubectl kustomize manifests/serving/overlays/prod-keda`)."""
+    overlay = PAIRS[pair][1]
+    if overlay is None:
+        return SERVING.read_text()
+    return yaml.safe_dump_all(render(overlay))
+
+
+@pytest.fixture(scope="module")
+def recorded(role, serving_text):
     """The requests of the real deploy code: version v1 deployed (ready), then v2 not ready in
     time and rolled back to v1, into the Role's namespace, on the stand-in API server."""
     from kubernetes import client
@@ -162,11 +195,19 @@ def recorded(role):
     from tests.support.kube_apiserver import StandInApiServer
 
     namespace = role["metadata"]["namespace"]
-    text = SERVING.read_text()
+    text = serving_text
     with StandInApiServer() as api:
         cluster = Cluster(client.ApiClient(client.Configuration(host=api.host)))
         try:
-            first = deploy(cluster, text, "s3://models/v1.bento", "v1", namespace, poll_s=0.02)
+            first = deploy(
+                cluster,
+                text,
+                "s3://models/v1.bento",
+                "v1",
+                namespace,
+                poll_s=0.02,
+                bento_sha256="1" * 64,
+            )
             assert first.deployed and first.previous_version is None
             api.state.rollout["v2"] = "never"
             with pytest.raises(DeployError, match=r"rolled back to version v1 \(ready again\)"):
@@ -178,6 +219,7 @@ def recorded(role):
                     namespace,
                     timeout_s=0.3,
                     poll_s=0.02,
+                    bento_sha256="2" * 64,
                 )
         finally:
             cluster.close()
@@ -192,7 +234,7 @@ def recorded(role):
 # ---- the package ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [BASE, EXAMPLE])
+@pytest.mark.parametrize("name", [BASE, EXAMPLE, KEDA])
 def test_renders_a_namespaced_role_and_its_binding_only(name):
     objects = render(name)
     assert sorted(o["kind"] for o in objects) == ["Role", "RoleBinding"]
@@ -211,7 +253,7 @@ def test_renders_a_namespaced_role_and_its_binding_only(name):
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-@pytest.mark.parametrize("name", [BASE, EXAMPLE])
+@pytest.mark.parametrize("name", [BASE, EXAMPLE, KEDA])
 def test_validates_strictly(name, version):
     import kubernetes_validate
 
@@ -251,10 +293,11 @@ def test_no_wildcard_no_secret_no_cluster_permission(role):
         assert {"patch", "create"} <= set(rule["verbs"]), rule
 
 
-def test_the_serving_manifests_kinds_are_all_covered(role):
-    """Every object the deploy step applies from images/rendered/serving.yaml may be applied
-    (patch, and create for a first deploy) under its own name; the Namespace is the one kind
-    left out, because the deploy step drops it (the namespace must exist)."""
+def test_the_serving_manifests_kinds_are_all_covered(pair, role, serving_text):
+    """Every object the deploy step applies from the serving manifests (images/rendered/
+    serving.yaml, or the prod-keda render) may be applied (patch, and create for a first
+    deploy) under its own name; the Namespace is the one kind left out, because the deploy
+    step drops it (the namespace must exist)."""
     from kfp_automl.components.deploy.render import parse_manifests
     from kfp_automl.components.deploy.render import render as render_release
     from tests.support.kube_apiserver import RESOURCES
@@ -265,9 +308,11 @@ def test_the_serving_manifests_kinds_are_all_covered(role):
         for p, kind, _ in listed
         if "/" not in p
     }
-    objects = parse_manifests(SERVING.read_text())
+    objects = parse_manifests(serving_text)
     ns = role["metadata"]["namespace"]
-    applied = render_release(copy.deepcopy(objects), "s3://m/v.bento", "v1", ns).objects
+    applied = render_release(
+        copy.deepcopy(objects), "s3://m/v.bento", "v1", ns, bento_sha256="1" * 64
+    ).objects
     assert {o["kind"] for o in objects} - {o["kind"] for o in applied} == {"Namespace"}
     kinds = set()
     for o in applied:
@@ -276,17 +321,7 @@ def test_the_serving_manifests_kinds_are_all_covered(role):
             access = Access(verb, group, resource, o["metadata"]["name"], ns)
             assert allows(role, access), f"the Role cannot apply {o['kind']}: {access}"
         kinds.add(o["kind"])
-    assert kinds == {
-        "ServiceAccount",
-        "ConfigMap",
-        "Service",
-        "Deployment",
-        "HorizontalPodAutoscaler",
-        "PodDisruptionBudget",
-        "NetworkPolicy",
-        "ServiceMonitor",
-        "PrometheusRule",
-    }
+    assert kinds == PAIRS[pair][2]
 
 
 # ---- the Role against the requests of the real deploy code ------------------------------------

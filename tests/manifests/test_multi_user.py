@@ -158,7 +158,10 @@ def test_the_profile_selector_is_the_label_the_docs_name(ray):
         for peer in rule.get("from") or []
         if "namespaceSelector" in peer and "podSelector" in peer
     ]
-    assert selectors == [{"matchLabels": PROFILE_LABEL}]
+    assert selectors == [
+        {"matchLabels": {"kubernetes.io/metadata.name": RAY_NS}},
+        {"matchLabels": PROFILE_LABEL},
+    ]
     text = DOC.read_text()
     [(key, value)] = PROFILE_LABEL.items()
     assert f"{key}: {value}" in text or f"{key}={value}" in text

@@ -198,6 +198,30 @@ def _env(container) -> dict[str, str]:
     return {e["name"]: e.get("value") for e in container.get("env", [])}
 
 
+def _mebibytes(quantity: str) -> float:
+    units = {"Mi": 1, "Gi": 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+def _check_prediction_log_and_feedback(main: dict, volumes: dict) -> None:
+    """The log and its store fit their volume with room for one file per worker, and labels
+    need a token from an optional, read-only Secret."""
+    env = _env(main)
+    mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
+    log_volume = volumes[mounts[env["AUTOML_LOG_DIR"]]["name"]]
+    size = _mebibytes(log_volume["emptyDir"]["sizeLimit"])
+    assert float(env["AUTOML_LOG_VOLUME_MB"]) == size  # the server checks the limit against it
+    workers = int(env.get("AUTOML_WORKERS", "1"))
+    worst = float(env["AUTOML_LOG_MAX_TOTAL_MB"]) + workers * 64  # one 64 MiB file per worker
+    assert worst <= 0.9 * size, (worst, size)
+    tokens = mounts[env["AUTOML_FEEDBACK_TOKENS"]]
+    assert tokens["readOnly"] is True
+    secret = volumes[tokens["name"]]["secret"]
+    assert secret["secretName"] == "kfp-automl-feedback-tokens" and secret["optional"] is True
+    assert secret["defaultMode"] & 0o007 == 0  # not readable by other users
+    assert "AUTOML_FEEDBACK_AUTH" not in env  # never "none" by default
+
+
 def _check_serving_contract(pod: dict, main_name: str) -> None:
     init = {c["name"]: c for c in pod["initContainers"]}["fetch-bento"]
     assert init["command"] == [
@@ -205,10 +229,13 @@ def _check_serving_contract(pod: dict, main_name: str) -> None:
         "fetch-bento",
         "--url",
         "$(BENTO_URL)",
+        "--sha256",
+        "$(BENTO_SHA256)",
         "--dest",
         "/bento/model.bento",
     ]
     assert _env(init)["BENTO_URL"]
+    assert _env(init)["BENTO_SHA256"] == ""  # set per version with BENTO_URL (deploy step)
     # the store's credentials come from the pipeline's optional Secret, never from literals
     assert init["envFrom"] == [{"secretRef": {"name": "kfp-automl-storage", "optional": True}}]
     secrets = [
@@ -231,12 +258,14 @@ def _check_serving_contract(pod: dict, main_name: str) -> None:
     assert main["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert main["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert main["resources"]["requests"] and main["resources"]["limits"]
-    # Read-only root filesystem: every path the server writes is an emptyDir.
+    # Read-only root filesystem: every path the server writes is an emptyDir (the feedback
+    # tokens are a Secret mounted read-only).
     volumes = {v["name"]: v for v in pod["volumes"]}
     for c in (init, main):
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         for m in c["volumeMounts"]:
-            assert "emptyDir" in volumes[m["name"]], m
+            assert "emptyDir" in volumes[m["name"]] or m.get("readOnly") is True, m
+    _check_prediction_log_and_feedback(main, volumes)
     mounts = {m["mountPath"]: m for m in main["volumeMounts"]}
     home = _env(main)["BENTOML_HOME"]
     assert {"/tmp", "/bento", home, f"{home}/prometheus_multiproc_dir"} <= set(mounts)
@@ -352,10 +381,18 @@ def test_ray_ports_are_reachable_only_from_pipeline_pods():
                 assert peers == [{"podSelector": {"matchLabels": {"ray.io/cluster": "automl-ray"}}}]
             elif ports & control:
                 assert ports <= control
-                # a podSelector alone: pods of this namespace; with the namespaceSelector:
-                # pods of Kubeflow profile namespaces (tests/manifests/test_multi_user.py)
+                # never a pod label alone (any pod can carry it): with the name of the Ray
+                # cluster's namespace, or with the label of Kubeflow profile namespaces
+                # (tests/manifests/test_multi_user.py)
                 assert peers == [
-                    {"podSelector": pipeline_pods},
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {
+                                "kubernetes.io/metadata.name": p["metadata"]["namespace"]
+                            }
+                        },
+                        "podSelector": pipeline_pods,
+                    },
                     {
                         "namespaceSelector": {
                             "matchLabels": {"app.kubernetes.io/part-of": "kubeflow-profile"}
@@ -375,11 +412,14 @@ def test_the_deploy_step_renders_the_overlays(name):
     from kfp_automl.components.deploy import render as deploy
 
     objects = copy.deepcopy(list(render(name)))
-    release = deploy.render(objects, "s3://models/automl-churn.bento", "v2", "ml-serving")
+    release = deploy.render(
+        objects, "s3://models/automl-churn.bento", "v2", "ml-serving", bento_sha256="a" * 64
+    )
     assert "Namespace" not in {o["kind"] for o in release.objects}
     pod = release.deployment["spec"]["template"]
     assert pod["metadata"]["labels"]["app.kubernetes.io/version"] == "v2"
     init = {c["name"]: c for c in pod["spec"]["initContainers"]}["fetch-bento"]
     env = {e["name"]: e.get("value") for e in init["env"]}
     assert env["BENTO_URL"] == "s3://models/automl-churn.bento"
+    assert env["BENTO_SHA256"] == "a" * 64
     assert "replicas" not in release.deployment["spec"]  # the autoscaler owns the count

@@ -22,6 +22,8 @@ import yaml
 from kfp_automl.cli.main import cli
 from kfp_automl.cluster.client import check_cron
 from kfp_automl.components._image import COMPONENTS_IMAGE
+from kfp_automl.registry.registry import model_name_for
+from kfp_automl.retrain import policy
 from kfp_automl.retrain.trigger import TOKEN_ENV
 
 ROOT = Path(__file__).resolve().parents[2] / "manifests" / "retraining"
@@ -183,6 +185,12 @@ def test_container_commands_parse_with_the_real_cli(objects, kustomization):
         assert ctx.params["state_dir"] == "/var/lib/retrain"
         assert ctx.params["kfp_host"].startswith("http://ml-pipeline.kubeflow")
         assert ctx.params["cooldown"] == 3600
+        # only the target's default model may start runs, at most 4 an hour, and an alert's
+        # data_url is ignored until prefixes are configured
+        models = policy.split_values(ctx.params["allow_models"])
+        assert models == [model_name_for(ctx.params["param_target"])]
+        assert policy.split_values(ctx.params["data_prefixes"]) == []
+        assert ctx.params["max_runs_per_hour"] == 4
     else:
         assert check_cron(ctx.params["cron"]) == "0 0 3 * * *"
     assert ctx.params["param_data"].startswith("s3://") and ctx.params["param_target"] == "churn"

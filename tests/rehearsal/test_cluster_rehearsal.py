@@ -235,10 +235,13 @@ def _champion(backend) -> str:
     return json.dumps(doc["champion"])
 
 
-def test_a_drift_alert_starts_a_run_that_is_gated_and_deployed(retraining, kube, tmp_path):
+def test_a_drift_alert_starts_a_run_that_is_gated_and_deployed(store, retraining, kube, tmp_path):
     """Alertmanager -> the retrain trigger -> KFP's API (the stand-in records the run) -> the
-    recorded run on the rehearsal -> gated against the champion -> rolled out to the API server."""
+    recorded run on the rehearsal -> gated against the champion -> rolled out to the API server.
+    The trigger keeps the deploy only because the model has a champion in the namespace's
+    registry (it reads it from the object store, as the Deployment would with the Secret)."""
     backend, (_, _, third) = retraining
+    endpoint, _ = store
     params = {k: v for k, v in QUICK.items() if k not in ("data", "target", "model_name")}
     params["min_improvement"] = -1.0  # any challenger may replace the champion here
     flags = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items()]
@@ -249,8 +252,10 @@ def test_a_drift_alert_starts_a_run_that_is_gated_and_deployed(retraining, kube,
             [*CLI, "retrain-trigger", "--port", str(port), "--kfp-host", kfp.url,
              "--state-dir", str(tmp_path / "state"), "--data", DATA, "--target", "churn",
              "--deploy-namespace", "ml-serving", "--deploy-manifests", str(DEPLOY_FIXTURE),
+             "--allow-model", QUICK["model_name"],
+             "--champion-registry", f"minio://{BUCKET}/kfp-automl-registry/team-a",
              *[a for f in flags for a in ("--param", f)]],
-            env={**os.environ, "KFP_AUTOML_TRIGGER_TOKEN": TRIGGER_TOKEN},
+            env={**os.environ, **s3_env(endpoint), "KFP_AUTOML_TRIGGER_TOKEN": TRIGGER_TOKEN},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )  # fmt: skip
         try:
@@ -262,6 +267,7 @@ def test_a_drift_alert_starts_a_run_that_is_gated_and_deployed(retraining, kube,
                 timeout=30,
             )
             assert answer.status_code == 200, answer.text
+            assert [r["deploys"] for r in answer.json()["runs"]] == [True]
         finally:
             stop(proc)
         [body] = kfp.runs

@@ -10,13 +10,18 @@ tests to assert on. Paths may carry a prefix (the kube-apiserver service proxy
 
 Knobs: `require_token` (answer 401 without `Authorization: Bearer <it>`),
 `force_status` (answer every API call with that status), `fail_runs` (answer
-the next N run creations with 503), `multi_user` (healthz says multi-user).
+the next N run creations with 503), `multi_user` (healthz says multi-user),
+`hold` ({(METHOD, route): seconds}: the next such call is answered that much later, after
+its effect; e.g. ("POST", "runs") creates the run, then waits before saying so).
+Runs are listed (GET runs) by experiment and exact display name, as the API filters them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +53,7 @@ class KfpStandIn:
     experiments: list[dict] = field(default_factory=list)
     runs: list[dict] = field(default_factory=list)
     recurring_runs: list[dict] = field(default_factory=list)
+    hold: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -112,6 +118,8 @@ class KfpStandIn:
             }
             self.experiments.append(exp)
             return 200, exp
+        if route == "runs" and method == "GET":
+            return 200, self._list_runs(query)
         if route == "runs" and method == "POST":
             if self.fail_runs > 0:
                 self.fail_runs -= 1
@@ -144,6 +152,23 @@ class KfpStandIn:
             found = [e for e in found if e["namespace"] == query["namespace"]]
         return {"experiments": found, "total_size": len(found)} if found else {}
 
+    def _list_runs(self, query: dict) -> dict:
+        found = self.runs
+        if query.get("experiment_id"):
+            found = [r for r in found if r.get("experiment_id") == query["experiment_id"]]
+        if "filter" in query:
+            for p in json.loads(query["filter"])["predicates"]:
+                assert p["key"] == "display_name" and p["operation"] in ("EQUALS", 1), p
+                found = [r for r in found if r["display_name"] == p["stringValue"]]
+        found = list(reversed(found))  # newest first
+        size = int(query.get("page_size") or 10)
+        return {"runs": found[:size], "total_size": len(found)} if found else {}
+
+    def _take_hold(self, method: str, path: str) -> float:
+        route = path[len(API) :] if path.startswith(API) else path
+        with self._lock:
+            return self.hold.pop((method, route), 0.0)
+
     def _handler(self):
         standin = self
 
@@ -167,12 +192,14 @@ class KfpStandIn:
                         Recorded(self.command, api_path, parts.path, query, headers, body)
                     )
                     status, answer = standin._answer(self.command, api_path, query, headers, body)
+                time.sleep(standin._take_hold(self.command, api_path))
                 data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                with contextlib.suppress(OSError):  # the client may be gone (killed) by now
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
 
             do_GET = do_POST = do_DELETE = _serve
 

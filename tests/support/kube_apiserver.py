@@ -37,6 +37,14 @@ RESOURCES = {
         ("servicemonitors", "ServiceMonitor", True),
         ("prometheusrules", "PrometheusRule", True),
     ],
+    ("keda.sh", "v1alpha1"): [("scaledobjects", "ScaledObject", True)],
+    # served so that a test can see whether anything ever asks for them (the deploy step must not)
+    ("rbac.authorization.k8s.io", "v1"): [
+        ("roles", "Role", True),
+        ("rolebindings", "RoleBinding", True),
+        ("clusterroles", "ClusterRole", False),
+        ("clusterrolebindings", "ClusterRoleBinding", False),
+    ],
 }
 VERSION_LABEL = "app.kubernetes.io/version"
 

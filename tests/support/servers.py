@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+import psutil
 import yaml
 
 CLI = [sys.executable, "-m", "kfp_automl.cli.main"]
@@ -78,7 +79,15 @@ def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group; SIGKILL it if it has not gone in 30 s."""
+    """SIGTERM the server's process group; SIGKILL it if it has not gone in 30 s.
+
+    BentoML's workers start sessions of their own, outside the group: they are found before
+    the SIGTERM, and any still alive once the server has gone are killed too, so no worker
+    outlives its test (holding a port, memory and the Prometheus directory)."""
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -87,6 +96,10 @@ def stop(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+    _, alive = psutil.wait_procs(descendants, timeout=5)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 @contextlib.contextmanager

@@ -257,7 +257,7 @@ def test_prediction_records_integer_classes_are_plain_ints():
     ("body", "field", "match"),
     [
         (b"{records", None, "not valid JSON"),
-        (b"\xff\xfe", None, "not valid JSON"),
+        (b"\xff\xfe", None, "not UTF-8"),
         (b"[1, 2]", "records", "expected an object"),
         (b'{"rows": []}', "records", "expected an object"),
         (b'{"records": {"a": 1}}', "records", "list of records"),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,7 +14,7 @@ from kfp_automl.cli.main import main
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
 from kfp_automl.feedback.export import append_to, feedback_table, parse_since
-from kfp_automl.serving.prediction_log import LogSettings, PredictionLog
+from kfp_automl.serving.prediction_log import CALLER_FIELD, LogSettings, PredictionLog
 from kfp_automl.serving.quality import QualityMetrics
 from tests.support.frames import schema_dict, synthetic_frame
 
@@ -125,3 +127,80 @@ def test_export_writes_a_table_run_accepts(log_dir, tmp_path, capsys):
     assert "wrote 20 rows" in capsys.readouterr().out
     table = pd.read_parquet(out)
     assert list(table.columns) == ["x1", "x2", "colour", "target"] and len(table) == 20
+
+
+def test_two_callers_with_the_same_id_export_their_own_labels(tmp_path):
+    schema = Schema.from_dict({**schema_dict("classification"), "classes": ["no", "yes"]})
+    metrics = QualityMetrics("m", "v1", "classification", "roc_auc", None, CollectorRegistry())
+    settings = LogSettings(mode="on", directory=str(tmp_path / "logs"), id_field="id")
+    plog = PredictionLog(settings, "m", "v1", schema, metrics)
+    records = [
+        {"x1": 1.0, "x2": 2.0, "colour": "red", "id": "c1", CALLER_FIELD: "crm"},
+        {"x1": 9.0, "x2": 8.0, "colour": "blue", "id": "c1", CALLER_FIELD: "shop"},
+    ]
+    answers = [{"prediction": "yes", "probabilities": {"no": 0.4, "yes": 0.6}}] * 2
+    plog.submit(["c1", "c1"], records, answers)
+    plog.flush()
+    plog.feedback([{"id": "c1", "label": "no"}], caller="crm")
+    plog.feedback([{"id": "c1", "label": "yes"}], caller="shop")
+    plog.close()
+    table = feedback_table(tmp_path / "logs").table
+    assert sorted(zip(table["x1"], table["target"], strict=True)) == [(1.0, "no"), (9.0, "yes")]
+
+
+FORMULAS = ["=cmd|' /C calc'!A0", "+SUM(1,2)", "-2+3", "@SUM(A1)", "\tTAB", "\rCR", "plain", "-3"]
+FORMULAS += ["x\r=cmd|' /C calc'!A0"]  # a reader splitting rows at a bare CR would start one here
+
+
+def _formula_log(tmp_path) -> Path:
+    """A log whose categorical feature holds values a spreadsheet would run as formulas."""
+    schema = Schema.from_dict({**schema_dict("classification"), "classes": ["no", "yes"]})
+    metrics = QualityMetrics("m", "v1", "classification", "roc_auc", None, CollectorRegistry())
+    plog = PredictionLog(
+        LogSettings(mode="on", directory=str(tmp_path / "logs")), "m", "v1", schema, metrics
+    )
+    records = [{"x1": -1.5, "x2": float(i), "colour": v} for i, v in enumerate(FORMULAS)]
+    answers = [{"prediction": "yes", "probabilities": {"no": 0.4, "yes": 0.6}}] * len(records)
+    ids = [f"r{i}" for i in range(len(records))]
+    plog.submit(ids, records, answers)
+    plog.flush()
+    plog.feedback([{"id": i, "label": "no"} for i in ids])
+    plog.close()
+    return tmp_path / "logs"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".csv.gz"])
+def test_exported_csv_cells_never_start_a_formula(tmp_path, suffix):
+    directory = _formula_log(tmp_path)
+    out = tmp_path / f"fresh{suffix}"
+    assert main(["export-feedback", "--log-dir", str(directory), "--output", str(out)]) == 0
+    sep = "\t" if suffix == ".tsv" else ","
+    table = pd.read_csv(out, sep=sep, keep_default_na=False)
+    # "-3" is a number to a spreadsheet, not a formula; the cells with a CR are quoted whole
+    assert sorted(table["colour"]) == sorted([f"'{v}" for v in FORMULAS[:6]] + FORMULAS[6:])
+    assert (table["x1"] == -1.5).all()  # numbers stay numbers
+
+
+def test_raw_csv_and_parquet_keep_every_value(tmp_path):
+    directory = _formula_log(tmp_path)
+    raw, parquet = tmp_path / "raw.csv", tmp_path / "fresh.parquet"
+    assert main(["export-feedback", "--log-dir", str(directory), "--output", str(raw),
+                 "--raw-csv"]) == 0  # fmt: skip
+    assert main(["export-feedback", "--log-dir", str(directory), "--output", str(parquet)]) == 0
+    got = pd.read_csv(raw, keep_default_na=False)["colour"].tolist()
+    assert {v for v in FORMULAS if "\r" not in v} <= set(got)  # as they are (a bare CR splits)
+    assert sorted(pd.read_parquet(parquet)["colour"]) == sorted(FORMULAS)
+
+
+def test_lines_written_before_owners_still_join(tmp_path, log_dir):
+    directory, _ = log_dir
+    for path in directory.glob("predictions-*.jsonl"):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        for line in lines:
+            line.pop("owner", None)
+            line.pop("by", None)
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (directory / "feedback.db").unlink()
+    for extra in ("feedback.db-wal", "feedback.db-shm"):
+        (directory / extra).unlink(missing_ok=True)
+    assert feedback_table(directory).labelled == 20

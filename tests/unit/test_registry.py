@@ -163,3 +163,92 @@ def test_describe_root_says_which_registry_and_why(monkeypatch, tmp_path):
         "(the local default: registry_root is empty)"
     )
     assert describe_root("s3://x/y", "minio://b") == "registry s3://x/y (registry_root)"
+
+
+# ---- archives: kfp_automl/registry/archive.py (hostile ones: tests/adversarial/test_archives.py)
+
+
+def _tiny_archive(path, mode="w:gz"):
+    import io
+    import tarfile
+
+    data = b"name: m\nversion: v1\n"
+    with tarfile.open(path, mode) as tar:
+        info = tarfile.TarInfo("bento.yaml")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        folder = tarfile.TarInfo("src")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+    return path
+
+
+@pytest.mark.parametrize(
+    "mode, compression", [("w:gz", "gz"), ("w:xz", "xz"), ("w:bz2", "bz2"), ("w", "tar")]
+)
+def test_a_small_archive_passes_with_its_digest(tmp_path, mode, compression):
+    import hashlib
+
+    from kfp_automl.registry.archive import verify_archive
+
+    path = _tiny_archive(tmp_path / "m.bento", mode)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    info = verify_archive(path, digest)
+    assert (info.tag, info.sha256, info.members, info.compression) == (
+        "m:v1",
+        digest,
+        2,
+        compression,
+    )
+    with pytest.raises(UserError, match=f"has sha256 {digest}, but {'0' * 64} is recorded"):
+        verify_archive(path, "0" * 64)
+
+
+def test_the_unpacked_limit_follows_the_archive_size():
+    from kfp_automl.registry.archive import Limits
+
+    limits = Limits()
+    assert limits.unpacked_limit(30_000) == 64_000_000  # the floor: a bomb of 200 MB is over it
+    assert limits.unpacked_limit(10_000_000) == 1_000_000_000  # 100x
+    assert limits.unpacked_limit(2_000_000_000) == 4_096_000_000  # the cap
+    assert Limits(max_ratio=1000).unpacked_limit(1_000_000) == 1_000_000_000
+
+
+@pytest.mark.parametrize(
+    "url, ok",
+    [
+        ("/bento/model.bento", True),
+        ("relative/model.bento", True),
+        ("file:///bento/model.bento", True),
+        ("s3://b/k.bento", True),
+        ("minio://mlpipeline/k", True),
+        ("gs://b/k", True),
+        ("https://h/k.bento?X-Amz-Signature=s", True),
+        ("http://127.0.0.1:8000/k.bento", True),
+        ("ftp://h/k", False),
+        ("memory://k", False),
+        ("s3a://b/k", False),
+        ("simplecache::s3://b/k", False),
+        ("zip://bento.yaml::file:///m.zip", False),
+        ("data:application/octet-stream;base64,AA", False),
+    ],
+)
+def test_only_known_sources_are_read(url, ok):
+    from kfp_automl.registry.archive import check_source
+
+    if ok:
+        check_source(url)
+    else:
+        with pytest.raises(UserError, match="is not a supported URL: use a path, file://"):
+            check_source(url)
+
+
+def test_a_download_stops_at_its_cap(tmp_path):
+    import io
+
+    from kfp_automl.registry.archive import copy_capped
+
+    out = io.BytesIO()
+    with pytest.raises(UserError, match="larger than the 1e-06 MB limit"):
+        copy_capped(io.BytesIO(b"xy"), out, 1, "src")
+    assert copy_capped(io.BytesIO(b"x"), io.BytesIO(), 1, "src")[0] == 1

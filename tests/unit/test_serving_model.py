@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
+import tracemalloc
 
 import numpy as np
 import pandas as pd
@@ -18,7 +20,13 @@ from sklearn.pipeline import Pipeline
 from kfp_automl.components.prepare.prepare import prepare
 from kfp_automl.components.tune import ensemble
 from kfp_automl.components.tune.families import FAMILIES, build_model, flat_config
-from kfp_automl.runtime.fast_path import ServingModel, probe_frame, serving_model
+from kfp_automl.runtime.fast_path import (
+    MEMO_MAX_VALUE_BYTES,
+    ServingModel,
+    _CategoryMemo,
+    probe_frame,
+    serving_model,
+)
 from kfp_automl.runtime.records import predict_frame, records_to_frame
 from tests.support.frames import schema_for, synthetic_frame
 
@@ -130,6 +138,25 @@ def test_unseen_missing_and_non_text_values(churn):
     assert np.array_equal(fast.predict_proba(odd), model.predict_proba(odd))
 
 
+def _memos(fast: ServingModel) -> list[_CategoryMemo]:
+    return [b for m in fast.members for b in m.preprocessor.blocks if isinstance(b, _CategoryMemo)]
+
+
+def _held_bytes(memo: _CategoryMemo) -> int:
+    index, rows = memo._memo
+    return rows.nbytes + sum(sys.getsizeof(k) for k in index)
+
+
+def _distinct_values(
+    X: pd.DataFrame, columns: list[str], n: int, chars: int, start: int = 0
+) -> pd.DataFrame:
+    """`n` rows of X whose `columns` hold distinct values of `chars` characters (from `start`)."""
+    rows = X.sample(n, replace=True, random_state=start).reset_index(drop=True)
+    for c in columns:
+        rows[c] = [(f"{c}-{i:07d}-" + "v" * chars)[:chars] for i in range(start, start + n)]
+    return rows
+
+
 def test_memo_beyond_its_bound_still_answers_the_same(churn, monkeypatch):
     schema, X_train, y, X = churn
     monkeypatch.setattr("kfp_automl.runtime.fast_path.MEMO_MAX_VALUES", 2)
@@ -137,6 +164,44 @@ def test_memo_beyond_its_bound_still_answers_the_same(churn, monkeypatch):
     fast = ServingModel(model, schema)
     for _ in range(3):
         _same(model, fast, X)
+    assert _memos(fast) and all(len(m) <= 2 for m in _memos(fast))
+
+
+def test_a_long_value_is_answered_and_never_remembered(churn):
+    schema, X_train, y, X = churn
+    model = _fit("random_forest", schema, X_train, y)
+    fast = serving_model(model, schema)
+    columns = [m.column for m in _memos(fast)]
+    held = [len(m) for m in _memos(fast)]
+    long = _distinct_values(X, columns, 50, 2 * MEMO_MAX_VALUE_BYTES)
+    for _ in range(2):
+        _same(model, fast, long)
+    assert [len(m) for m in _memos(fast)] == held
+    short = _distinct_values(X, columns, 50, 40)
+    _same(model, fast, short)
+    assert [len(m) for m in _memos(fast)] == [n + 50 for n in held]
+
+
+def test_distinct_values_cost_the_model_at_most_its_memo_budget(churn):
+    """Hundreds of distinct short values per column: sklearn's answers, memory within budget."""
+    schema, X_train, y, X = churn
+    model = _fit("linear", schema, X_train, y)
+    budget = 64 * 1024
+    fast = ServingModel(model, schema, memo_max_bytes=budget)
+    columns = [m.column for m in _memos(fast)]
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for i in range(4):  # 600 distinct values per column in all
+            batch = _distinct_values(X, columns, 150, 60, start=i * 150)
+            _same(model, fast, batch)
+        del batch
+        grown = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert sum(_held_bytes(m) for m in _memos(fast)) <= budget
+    assert sum(len(m) for m in _memos(fast)) > 100  # the memo still works within its budget
+    assert grown < budget + 256 * 1024, f"grew by {grown / 1024:.0f} KiB"
 
 
 def test_concurrent_batches_get_their_own_answers(churn):

@@ -7,6 +7,7 @@ Each step runs as a subprocess of this one. Everything they print goes to
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import os
 import re
@@ -132,7 +133,7 @@ def run_pipeline(params: dict[str, Any], output_dir: Path, verbose: bool = False
                 # kfp.local's notes that resource requests and the image do not apply locally
                 warnings.filterwarnings("ignore", message=".*no effect in the current local runner")
                 warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
-                task = training(**params)
+                task = without_retries(training)(**params)
         except Exception as exc:
             filt.flush()
             failures = read_reports(reports)
@@ -151,6 +152,22 @@ def run_pipeline(params: dict[str, Any], output_dir: Path, verbose: bool = False
                 what = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             raise PipelineFailed(f"step {step} failed: {what} (full log: {log_path})") from None
     return _summarise(task.outputs, params, output_dir, time.monotonic() - started)
+
+
+def without_retries(pipeline):
+    """A copy of `pipeline` whose steps are not retried.
+
+    kfp.local honours a task's retryPolicy, backoff included. The policies are for a
+    cluster's lost pods and a store's transient errors; on one machine they would only run a
+    step that failed on a user's mistake twice more, 90 s of backoff later.
+    """
+    local = copy.deepcopy(pipeline)
+    spec = local.pipeline_spec
+    dags = [spec.root.dag, *(c.dag for c in spec.components.values() if c.HasField("dag"))]
+    for dag in dags:
+        for task in dag.tasks.values():
+            task.ClearField("retry_policy")
+    return local
 
 
 @contextlib.contextmanager
@@ -198,6 +215,7 @@ def _summarise(
         "bento_tag": bento.metadata["bento_tag"],
         "model_tag": bento.metadata["model_tag"],
         "bento_archive": str(_copy(bento.path, output_dir / f"{name}.bento").resolve()),
+        "bento_sha256": bento.metadata["bento_sha256"],  # as the registry records it
         "report_html": str(_copy(outputs["report"].path, output_dir / "report.html").resolve()),
         "leaderboard_csv": str(
             _copy(outputs["leaderboard"].path, output_dir / "leaderboard.csv").resolve()

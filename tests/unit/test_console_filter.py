@@ -1,4 +1,5 @@
-"""pipelines/local.py ConsoleFilter: everything to run.log, only progress to the console."""
+"""pipelines/local.py: ConsoleFilter (everything to run.log, only progress to the console), and
+the local run without retries."""
 
 from __future__ import annotations
 
@@ -129,3 +130,25 @@ def test_verbose_shows_every_raw_line_once():
     filt.write(text)
     assert console.getvalue() == text
     assert log.getvalue() == text
+
+
+def test_a_local_run_retries_no_step_and_the_pipeline_keeps_its_retries():
+    """kfp.local honours retryPolicy (30 s backoff, doubling): a local run drops it, so a step
+    that fails on a user's mistake fails once; the cluster's pipeline keeps every policy."""
+    from kfp_automl.pipelines.local import without_retries
+    from kfp_automl.pipelines.training import RETRIES, training
+
+    def policies(pipeline) -> dict[str, int]:
+        spec = pipeline.pipeline_spec
+        dags = [spec.root.dag, *(c.dag for c in spec.components.values() if c.HasField("dag"))]
+        return {
+            name: task.retry_policy.max_retry_count
+            for dag in dags
+            for name, task in dag.tasks.items()
+            if task.HasField("retry_policy")
+        }
+
+    before = policies(training)
+    assert sorted(before.values()) == sorted(RETRIES.values())  # the deploy branch's included
+    assert policies(without_retries(training)) == {}
+    assert policies(training) == before

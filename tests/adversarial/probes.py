@@ -40,11 +40,12 @@ def timed_post(client: httpx.Client, url: str, **kw) -> tuple[httpx.Response, fl
     return response, time.perf_counter() - start
 
 
-def rejected(base: str) -> dict[str, float]:
-    """automl_requests_rejected_total by reason, read from /metrics."""
+def rejected(base: str, counter: str = "automl_requests_rejected_total") -> dict[str, float]:
+    """`counter` (a refusal counter: /predict's, or automl_feedback_rejected_total) by reason,
+    summed over the workers, read from /metrics."""
     text = httpx.get(f"{base}/metrics", timeout=10).text
     out: dict[str, float] = {}
-    for m in re.finditer(r"^automl_requests_rejected_total\{([^}]*)\} (\S+)$", text, re.M):
+    for m in re.finditer(rf"^{re.escape(counter)}\{{([^}}]*)\}} (\S+)$", text, re.M):
         reason = re.search(r'reason="([^"]*)"', m.group(1))
         if reason:
             out[reason.group(1)] = out.get(reason.group(1), 0.0) + float(m.group(2))

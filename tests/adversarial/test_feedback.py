@@ -57,13 +57,7 @@ def server(small_bento, tmp_path_factory):
 
 def feedback_rejected(base: str) -> dict[str, float]:
     """automl_feedback_rejected_total by reason, read from /metrics."""
-    text = httpx.get(f"{base}/metrics", timeout=10).text
-    out: dict[str, float] = {}
-    for m in re.finditer(r"^automl_feedback_rejected_total\{([^}]*)\} (\S+)$", text, re.M):
-        reason = re.search(r'reason="([^"]*)"', m.group(1))
-        if reason:
-            out[reason.group(1)] = out.get(reason.group(1), 0.0) + float(m.group(2))
-    return out
+    return rejected(base, "automl_feedback_rejected_total")
 
 
 def _predict(base: str, records: list[dict], caller: str | None = None) -> list[dict]:

@@ -22,12 +22,15 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create .venv and install the project with its dev tools
 
-# The tests run a Prometheus server and promtool, an Alertmanager, and render the report in
-# headless Chromium: Debian/Ubuntu packages prometheus, prometheus-alertmanager, chromium, chromium-driver.
-SYSTEM_PACKAGES := prometheus prometheus-alertmanager chromium chromium-driver
-system-deps: ## Install the system packages the tests use (prometheus, chromium) if missing
+# The tests run a Prometheus server and promtool, an Alertmanager, a PostgreSQL server (the
+# shared label store; a throwaway cluster made with initdb), and render the report in headless
+# Chromium: Debian/Ubuntu packages prometheus, prometheus-alertmanager, postgresql, chromium,
+# chromium-driver.
+SYSTEM_PACKAGES := prometheus prometheus-alertmanager postgresql chromium chromium-driver
+system-deps: ## Install the system packages the tests use (prometheus, postgresql, chromium) if missing
 	@if command -v promtool >/dev/null && command -v prometheus >/dev/null && \
-	  command -v prometheus-alertmanager >/dev/null && command -v chromium >/dev/null && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	  command -v prometheus-alertmanager >/dev/null && command -v chromium >/dev/null && [ -x /usr/bin/chromedriver ] && \
+	  { command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; }; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null; then \
 	  echo "the tests need: $(SYSTEM_PACKAGES); install them with your package manager"; exit 1; fi; \
 	sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
@@ -51,7 +54,7 @@ run: $(STAMP) ## Run the training pipeline locally on the built-in churn table (
 # "no test selected", e.g. PYTEST_ARGS naming only fast tests.
 test: $(STAMP) system-deps ## Run every test (unit, components, whole pipeline, real bentoml serve and Prometheus)
 	$(BIN)/python -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -m slow --durations=25 $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-quick: $(STAMP) system-deps ## Run the fast tests only (no Ray, no pipeline runs, no Bento servers)
 	$(BIN)/python -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)

@@ -36,3 +36,20 @@ def small_churn_csv(churn_df, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "small_churn.csv"
     small.to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of this test session (tests/support/postgres.py); each test that
+    uses it takes its own database (`fresh_database`)."""
+    from tests.support.postgres import remove, start_postgres
+
+    server = start_postgres()
+    yield server
+    remove(server)
+
+
+@pytest.fixture
+def store_url(postgres, request) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    return postgres.fresh_database()

@@ -65,6 +65,10 @@ RUNTIME_PACKAGES = [
     "pyarrow",
     "prometheus-client",
     "lightgbm",  # a model of the lightgbm family unpickles only with it
+    # the shared label store (serving/postgres_store.py, with AUTOML_LOG_STORE)
+    "psycopg",
+    "psycopg-binary",
+    "psycopg-pool",
 ]
 
 

@@ -58,6 +58,24 @@ def prediction_log_options(f):
             "Keep it and one file per worker below the volume's size (AUTOML_LOG_VOLUME_MB).",
         ),
         click.option(
+            "--log-store",
+            default="",
+            envvar="AUTOML_LOG_STORE",
+            show_envvar=True,
+            help="The label store every replica shares: a postgresql://USER:PASSWORD@HOST/DB "
+            "URL (then predictions, features and labels go to PostgreSQL and nothing to "
+            "--log-dir). Default: SQLite in --log-dir, for one host. Give it through the "
+            "environment variable: a password in a flag shows in the process list.",
+        ),
+        click.option(
+            "--log-store-max-rows",
+            type=click.IntRange(min=1),
+            default=10_000_000,
+            show_default=True,
+            help="With --log-store: the model's predictions in the store stay below this many "
+            "(the oldest unlabelled ones go first, counted as dropped).",
+        ),
+        click.option(
             "--label-ttl-hours",
             type=click.FloatRange(min=0, min_open=True),
             default=168.0,
@@ -111,6 +129,8 @@ def prediction_log_settings(bento: Any, **log: Any) -> dict[str, str]:
         "AUTOML_LOG_MAX_FILE_MB": ("log_max_file_mb", repr(log["log_max_file_mb"])),
         "AUTOML_LOG_MAX_TOTAL_MB": ("log_max_total_mb", repr(log["log_max_total_mb"])),
         "AUTOML_LABEL_TTL_S": ("label_ttl_hours", repr(log["label_ttl_hours"] * 3600)),
+        "AUTOML_LOG_STORE": ("log_store", _store_url(log["log_store"])),
+        "AUTOML_LOG_STORE_MAX_ROWS": ("log_store_max_rows", str(log["log_store_max_rows"])),
         "AUTOML_QUALITY_WINDOW": ("quality_window", str(log["quality_window"])),
         "AUTOML_FEEDBACK_AUTH": ("feedback_auth", log["feedback_auth"]),
         "AUTOML_FEEDBACK_TOKENS": ("feedback_tokens", _absolute(log["feedback_tokens"])),
@@ -128,6 +148,17 @@ def prediction_log_settings(bento: Any, **log: Any) -> dict[str, str]:
     if effective["AUTOML_LOG_PREDICTIONS"] != "off":
         _check_feedback_auth(effective["AUTOML_FEEDBACK_AUTH"], effective["AUTOML_FEEDBACK_TOKENS"])
     return out
+
+
+def _store_url(url: str, flag: str = "--log-store") -> str:
+    """--log-store checked for its form (whether the database answers is the server's
+    business: it serves while the database is away)."""
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise UserError(
+            f"{flag} must be a postgresql:// URL (postgresql://USER:PASSWORD@HOST:5432/DB), "
+            f"got {url.split('://')[0] + '://...' if '://' in url else 'a value without a scheme'}"
+        )
+    return url
 
 
 def _absolute(path: str) -> str:
@@ -186,6 +217,13 @@ def _model_features(bento: Any) -> list[str]:
     help="The prediction log directory of `kfp-automl serve --log-predictions`.",
 )
 @click.option(
+    "--store",
+    default="",
+    envvar="AUTOML_LOG_STORE",
+    show_envvar=True,
+    help="Read the shared store of `serve --log-store` (a postgresql:// URL) instead of --log-dir.",
+)
+@click.option(
     "--since",
     default="",
     help="Only predictions made since then: an ISO date/time (UTC) or an age (12h, 7d).",
@@ -204,7 +242,7 @@ def _model_features(bento: Any) -> list[str]:
     help="Write CSV/TSV cells as they are: by default a cell starting with = + - @ tab or CR "
     "(a spreadsheet formula) gets a leading single quote.",
 )
-def export_feedback(log_dir, since, model, output, append_to, raw_csv):
+def export_feedback(log_dir, store, since, model, output, append_to, raw_csv):
     """Turn logged predictions and their labels into a training table.
 
     The table has the model's feature columns and the target column named as in
@@ -215,10 +253,17 @@ def export_feedback(log_dir, since, model, output, append_to, raw_csv):
 
     table_format(output)  # a bad output name fails before any work
     since_ts = ft.parse_since(since)
-    fresh = ft.feedback_table(log_dir, since_ts, model)
+    if store:
+        from kfp_automl.serving.postgres_store import redact
+
+        source = redact(_store_url(store, "--store"))
+        fresh = ft.store_feedback_table(store, since_ts, model)
+    else:
+        source = log_dir
+        fresh = ft.feedback_table(log_dir, since_ts, model)
     if fresh.labelled == 0:
         raise UserError(
-            f"no labelled predictions in {log_dir}"
+            f"no labelled predictions in {source}"
             + (f" since {since}" if since else "")
             + f" ({fresh.predictions} predictions without labels); send labels to POST /feedback"
         )

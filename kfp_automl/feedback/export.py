@@ -74,18 +74,40 @@ def _schemas(directory: Path, model: str) -> list[dict[str, Any]]:
         raise UserError(
             f"no prediction log in {directory} (no model-*.json): serve with --log-predictions on"
         )
+    return _one_target(schemas, model, str(directory))
+
+
+def _one_target(schemas: list[dict[str, Any]], model: str, where: str) -> list[dict[str, Any]]:
+    """The schemas of `model` (all when empty), which must share one target column."""
     if model:
         schemas = [s for s in schemas if s["model"] == model]
         if not schemas:
-            raise UserError(f"--model {model!r}: no predictions of that model in {directory}")
+            raise UserError(f"--model {model!r}: no predictions of that model in {where}")
     targets = sorted({s["target"] for s in schemas})
     if len(targets) > 1:
         names = sorted({s["model"] for s in schemas})
         raise UserError(
-            f"{directory} holds models with different targets ({', '.join(targets)}); "
+            f"{where} holds models with different targets ({', '.join(targets)}); "
             f"choose one with --model ({', '.join(names)})"
         )
     return schemas
+
+
+def _features(schemas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    features: list[dict[str, Any]] = []
+    for s in schemas:
+        features += [f for f in s["features"] if f["name"] not in {g["name"] for g in features}]
+    return features
+
+
+def _typed(rows: list[dict], features: list[dict[str, Any]], target: str) -> pd.DataFrame:
+    table = pd.DataFrame(rows, columns=[f["name"] for f in features] + [target])
+    for f in features:
+        if f["kind"] == "numeric":
+            table[f["name"]] = pd.to_numeric(table[f["name"]], errors="coerce").astype(float)
+        else:
+            table[f["name"]] = table[f["name"]].astype(object)
+    return table
 
 
 Key = tuple[str, str]  # (owner, id)
@@ -118,9 +140,7 @@ def feedback_table(
     directory = Path(log_dir)
     schemas = _schemas(directory, model)
     target = schemas[0]["target"]
-    features: list[dict[str, Any]] = []
-    for s in schemas:
-        features += [f for f in s["features"] if f["name"] not in {g["name"] for g in features}]
+    features = _features(schemas)
     excluded = sorted({c for s in schemas for c in s.get("excluded", [])})
     versions = {(s["model"], s["version"]) for s in schemas}
     predictions, labels, skipped = _read_lines(directory)
@@ -136,14 +156,54 @@ def feedback_table(
         if key in labels:
             rows.append({**{f["name"]: rec["features"].get(f["name"]) for f in features},
                          target: labels[key]})  # fmt: skip
-    columns = [f["name"] for f in features] + [target]
-    table = pd.DataFrame(rows, columns=columns)
-    for f in features:
-        if f["kind"] == "numeric":
-            table[f["name"]] = pd.to_numeric(table[f["name"]], errors="coerce").astype(float)
-        else:
-            table[f["name"]] = table[f["name"]].astype(object)
+    table = _typed(rows, features, target)
     return FeedbackTable(table, target, n_pred, len(rows), skipped, excluded)
+
+
+def store_feedback_table(url: str, since: float | None = None, model: str = "") -> FeedbackTable:
+    """Labelled predictions in the shared store (serve --log-store, postgres_store.py) as a
+    table: feature columns, then the target. The store holds each prediction's features, so
+    no pod's disk is read."""
+    import psycopg
+
+    from kfp_automl.serving.postgres_store import TABLE, redact
+
+    where = f"the store {redact(url)}"
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            try:
+                infos = conn.execute("SELECT info FROM automl_models").fetchall()
+            except psycopg.errors.UndefinedTable:
+                infos = []
+            if not infos:
+                raise UserError(f"no logged model in {where}: serve with --log-store")
+            schemas = _one_target([json.loads(i) for (i,) in infos], model, where)
+            target = schemas[0]["target"]
+            features = _features(schemas)
+            versions = sorted({(s["model"], s["version"]) for s in schemas})
+            excluded = sorted({c for s in schemas for c in s.get("excluded", [])})
+            cond = "(model, version) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+            args: list[Any] = [[m for m, _ in versions], [v for _, v in versions]]
+            if since is not None:
+                cond += " AND ts >= %s"
+                args.append(since)
+            counted = conn.execute(f"SELECT count(*) FROM {TABLE} WHERE {cond}", args).fetchone()
+            n_pred = counted[0] if counted else 0
+            rows = []
+            with conn.cursor(name="automl_export") as cur:  # streamed, not held whole
+                cur.execute(
+                    f"SELECT features, label FROM {TABLE} WHERE {cond} AND label_ts IS NOT NULL "
+                    "ORDER BY label_ts",
+                    args,
+                )
+                for features_text, label in cur:
+                    values = json.loads(features_text) if features_text else {}
+                    rows.append({**{f["name"]: values.get(f["name"]) for f in features},
+                                 target: json.loads(label)})  # fmt: skip
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read {where}: {first}") from None
+    return FeedbackTable(_typed(rows, features, target), target, n_pred, len(rows), 0, excluded)
 
 
 def append_to(original_path: str, fresh: FeedbackTable) -> pd.DataFrame:

@@ -43,6 +43,10 @@ PREDICTIONS_EXPIRED = "automl_predictions_expired"  # counter: unlabelled, past 
 LABEL_DELAY_SECONDS = "automl_label_delay_seconds"  # histogram: prediction to label
 LIVE_METRIC = "automl_live_metric"  # gauge by metric: over the newest labels
 LIVE_WINDOW_LABELS = "automl_live_window_labels"  # gauge: labels in that window
+# gauge by metric: over the newest labels of this replica's own predictions (a shared store:
+# LIVE_METRIC is the fleet's, the same in every pod; this one shows a replica that differs)
+LIVE_REPLICA_METRIC = "automl_live_replica_metric"
+LOG_BACKLOG = "automl_prediction_log_backlog"  # gauge: predictions waiting for the store
 EVALUATION_METRIC = "automl_evaluation_metric"  # gauge by metric, bound: the holdout's
 
 

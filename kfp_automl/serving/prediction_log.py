@@ -41,6 +41,7 @@ import logging
 import os
 import random
 import shutil
+import socket
 import sqlite3
 import threading
 import time
@@ -117,7 +118,22 @@ class LogSettings:
     quality_interval_s: float = 0.5
     max_feedback_items: int = 10_000
     expire_interval_s: float = 60.0
+    # the join store: "" for SQLite in `directory` (one host); a postgresql:// URL for the
+    # store every replica shares (postgres_store.py: then no log files, nothing on the pod's disk)
+    store_url: str = ""
+    replica: str = ""  # this server's name in the shared store (default: the host's name)
+    store_max_rows: int = 10_000_000  # a model's predictions in the shared store, at most
+    store_connections: int = 2  # per worker process
+    store_timeout_s: float = 2.0  # waiting for a connection before a write counts as failed
+    # a label whose prediction is not in the shared store yet (another replica's log thread
+    # has it queued) is tried again for this long before it is answered unknown_id
+    label_grace_s: float = 2.0
+    quality_refresh_s: float = 5.0  # shared store: the fleet's window is read this often
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.store_url)
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -128,11 +144,21 @@ class LogSettings:
             raise ValueError("the quality window and the label TTL must be positive")
         if not 0 < self.store_share < 1:
             raise ValueError(f"the store's share must be in (0, 1), got {self.store_share}")
+        if self.store_url and not self.store_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "the prediction store must be a postgresql:// URL (or empty for SQLite in the "
+                "log directory)"
+            )
+        if self.store_max_rows < self.quality_window:
+            raise ValueError("the store's row limit must be at least the quality window")
 
 
 def disk_warnings(settings: LogSettings) -> list[str]:
     """Why the log's disk limit may not hold on this machine: the worst case (the total plus
-    one active file per worker) against the volume's size limit and the free space."""
+    one active file per worker) against the volume's size limit and the free space. (A shared
+    store writes nothing to the pod's disk.)"""
+    if settings.shared:
+        return []
     need = settings.max_total_bytes + settings.workers * settings.max_file_bytes
     worst = (
         f"the prediction log may take {need / MIB:.0f} MiB (--log-max-total-mb "
@@ -200,7 +226,12 @@ class PredictionLog:
         self._file: BinaryIO | None = None
         self._file_path: Path | None = None
         self._file_bytes = 0
-        self._store: PredictionStore | None = None
+        self._store: Any = None  # PredictionStore, or postgres_store.PostgresStore
+        self._files = not settings.shared  # JSON Lines files and the disk limit
+        # store rows not written yet (the store was unreachable): retried by the next flush
+        self._unwritten: collections.deque[list[tuple]] = collections.deque()
+        self._unwritten_n = 0
+        self._refreshed_at = 0.0
         self._store_tried = 0.0
         self._warned: dict[str, float] = {}
         self._quality_dirty, self._quality_at = True, 0.0
@@ -211,9 +242,10 @@ class PredictionLog:
         for warning in disk_warnings(settings):
             log.warning("prediction log: %s", warning)
         self._open_store()
-        self._write_schema()
-        with self._lock:
-            self._enforce_total()
+        if self._files:
+            self._write_schema()
+            with self._lock:
+                self._enforce_total()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -249,12 +281,18 @@ class PredictionLog:
                 if now - self._expired_at >= self.settings.expire_interval_s:
                     self._expired_at = now
                     self.expire()
-                    with self._lock:
-                        self._enforce_total()
+                    if self._files:
+                        with self._lock:
+                            self._enforce_total()
+                    else:
+                        self._prune_shared()
+                # a shared store: other replicas' labels move the fleet's window too
+                stale = self.settings.shared and (
+                    now - self._refreshed_at >= self.settings.quality_refresh_s
+                )
                 if (
-                    self._quality_dirty
-                    and now - self._quality_at >= self.settings.quality_interval_s
-                ):
+                    self._quality_dirty or stale
+                ) and now - self._quality_at >= self.settings.quality_interval_s:
                     self._quality_at = now
                     self.update_quality()
             except Exception:  # never let the writer thread die
@@ -271,10 +309,13 @@ class PredictionLog:
             while self._queue:
                 batches.append(self._queue.popleft())
             if not batches:
+                if self._unwritten:  # what the store could not take before
+                    self._write_rows([])
                 return 0
             parts, rows = [], []
             dumps, head, keep = json.dumps, self._head, self._keep
             own_id, owners = self.settings.id_field, self._owners
+            files, shared = self._files, self.settings.shared
             for ts, ids, records, answers in batches:
                 ts_text = f',"ts":{ts!r},"features":'
                 for pid, rec, ans in zip(ids, records, answers, strict=True):
@@ -297,19 +338,56 @@ class PredictionLog:
                         )
                     else:
                         proba_row, proba_obj = None, "null"
-                    parts.append(
-                        f"{head}{dumps(pid)}{owner_text}{ts_text}{dumps(features)}"
-                        f',"prediction":{pred_text},"probabilities":{proba_obj}}}\n'
-                    )
-                    rows.append((owner, pid, self.model, self.version, ts, pred_text, proba_row))
-            self._pending = max(0, self._pending - len(parts))
-            if self._write_text("".join(parts)):
-                self.metrics.logged.inc(len(parts))
+                    features_text = dumps(features)
+                    if files:
+                        parts.append(
+                            f"{head}{dumps(pid)}{owner_text}{ts_text}{features_text}"
+                            f',"prediction":{pred_text},"probabilities":{proba_obj}}}\n'
+                        )
+                    row = (owner, pid, self.model, self.version, ts, pred_text, proba_row)
+                    rows.append((*row, features_text) if shared else row)
+            self._pending = max(0, self._pending - len(rows))
+            if files:
+                if self._write_text("".join(parts)):
+                    self.metrics.logged.inc(len(parts))
+                else:
+                    self.metrics.dropped["write_error"].inc(len(parts))
+            self._write_rows(rows)
+            if files:
+                self._enforce_total()
+            return len(rows)
+
+    def _write_rows(self, rows: list[tuple]) -> None:
+        """Add `rows` to the store after the rows it could not take before (oldest first). What
+        it cannot take waits for the next flush, up to `max_buffered` rows; beyond that the
+        oldest are dropped (counted, reason store_down)."""
+        backlog = self._unwritten
+        if rows:
+            if backlog and len(backlog[-1]) < 5000:
+                backlog[-1].extend(rows)
             else:
-                self.metrics.dropped["write_error"].inc(len(parts))
-            self._store_call("add", rows)
-            self._enforce_total()
-            return len(parts)
+                backlog.append(list(rows))
+            self._unwritten_n += len(rows)
+        while backlog:
+            if self._store_call("add", backlog[0]) is None:
+                break  # unreachable or failing: counted in errors, tried again next flush
+            batch = backlog.popleft()
+            self._unwritten_n -= len(batch)
+            if not self._files:  # the store is the log
+                self.metrics.logged.inc(len(batch))
+        dropped = 0
+        while self._unwritten_n > self.settings.max_buffered:
+            batch = backlog.popleft()
+            self._unwritten_n -= len(batch)
+            dropped += len(batch)
+        if dropped:
+            self.metrics.dropped["store_down"].inc(dropped)
+            self._warn(
+                "store_down",
+                f"prediction log: the label store is unreachable and {self._unwritten_n} "
+                f"predictions wait for it; {dropped} older ones were dropped",
+            )
+        self.metrics.backlog.set(self._unwritten_n)
 
     def _encode_prediction(self, value: Any) -> str:
         key = (type(value), value)  # True and 1 are equal keys but different JSON
@@ -329,11 +407,31 @@ class PredictionLog:
         return n or 0
 
     def update_quality(self) -> None:
-        window = self._store_call("window", self.version, self.settings.quality_window)
+        """Live quality over the newest labelled predictions of this version: the fleet's
+        (every replica's, in a shared store) and this replica's own."""
+        n = self.settings.quality_window
+        window = self._store_call("window", self.version, n)
         if window is None:
             return
+        own = None
+        if self.settings.shared:
+            mine = self._store_call("window", self.version, n, self.settings.replica)
+            if mine is not None:
+                own = live_metrics(self.task, self.classes, mine)
         self._quality_dirty = False
-        self.metrics.set_window(live_metrics(self.task, self.classes, window), len(window))
+        self._refreshed_at = time.monotonic()
+        self.metrics.set_window(live_metrics(self.task, self.classes, window), len(window), own)
+
+    def _prune_shared(self) -> None:
+        """Keep the model's rows in the shared store within its row limit."""
+        pruned = self._store_call("prune", self.settings.quality_window)
+        if pruned:
+            self.metrics.dropped["store_full"].inc(pruned)
+            self._warn(
+                "store_full",
+                f"prediction log: the shared store holds over {self.settings.store_max_rows} "
+                f"predictions of {self.model}: {pruned} oldest deleted before their TTL",
+            )
 
     def close(self) -> None:
         """Stop the writer thread, flush what is queued, close the file and the store."""
@@ -342,6 +440,15 @@ class PredictionLog:
         self._thread.join(timeout=10)
         self.flush()
         with self._lock:
+            if self._unwritten_n:  # the store is still unreachable: these are lost
+                self.metrics.dropped["store_down"].inc(self._unwritten_n)
+                log.warning(
+                    "prediction log: %d predictions were not written to the unreachable label "
+                    "store before the server stopped",
+                    self._unwritten_n,
+                )
+                self._unwritten.clear()
+                self._unwritten_n = 0
             self._close_file()
             if self._store is not None:
                 self._store.close()
@@ -358,7 +465,8 @@ class PredictionLog:
         if self.settings.mode == "off":
             off = "prediction logging is off, so there is nothing to join labels to"
             return 409, {"error": _error(off, "logging_off")}
-        self.flush()  # this worker's queued predictions become joinable first
+        if self._ok["store"] or not self.settings.shared:
+            self.flush()  # this worker's queued predictions become joinable first
         if self._store is None:
             self._open_store()
             if self._store is None:
@@ -389,12 +497,12 @@ class PredictionLog:
         now = time.time()
         if to_join:
             try:
-                with self._lock:
-                    outcomes = self._store.label(to_join, now)
+                outcomes = self._join(to_join, now)
             except (sqlite3.Error, OSError) as exc:
                 self._failed("store", exc)
                 unwritten = f"the prediction store cannot be written: {exc}"
                 return 503, {"error": _error(unwritten, "store")}
+            self._recovered("store")
             label_lines = []
             for i, (_, pid, label), outcome in zip(where, to_join, outcomes, strict=True):
                 results[i]["status"] = outcome.status
@@ -417,11 +525,12 @@ class PredictionLog:
                         }
                     )
             if label_lines:
-                text = "".join(
-                    json.dumps(line, separators=(",", ":")) + "\n" for line in label_lines
-                )
-                with self._lock:
-                    self._write_text(text)
+                if self._files:  # a shared store holds the label in the prediction's row
+                    text = "".join(
+                        json.dumps(line, separators=(",", ":")) + "\n" for line in label_lines
+                    )
+                    with self._lock:
+                        self._write_text(text)
                 self._quality_dirty = True
                 self._wake.set()
         counts = collections.Counter(r["status"] for r in results)
@@ -447,10 +556,43 @@ class PredictionLog:
             "results": results,
         }
 
+    def _join(self, items: list[tuple[str, str, Any]], now: float) -> list:
+        """The store's outcome of each label. A shared store: labels of ids it does not hold
+        are tried again for up to `label_grace_s` (another replica's log thread writes its
+        predictions a flush interval after answering them)."""
+        with self._lock:
+            outcomes = self._store.label(items, now)
+        if not self.settings.shared:
+            return outcomes
+        deadline = time.monotonic() + self.settings.label_grace_s
+        while time.monotonic() < deadline:
+            unknown = [i for i, o in enumerate(outcomes) if o.status == "unknown_id"]
+            if not unknown:
+                break
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            again = self._store.label([items[i] for i in unknown], now)
+            for i, outcome in zip(unknown, again, strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
     # ---- files and store --------------------------------------------------------------------
 
     def _open_store(self) -> None:
         self._store_tried = time.monotonic()
+        if self.settings.shared:
+            from kfp_automl.serving.postgres_store import PostgresStore
+
+            # the pool connects in the background: the server starts with the database down
+            self._store = PostgresStore(
+                self.settings.store_url,
+                self.model,
+                self.settings.replica or socket.gethostname(),
+                max_connections=self.settings.store_connections,
+                max_rows=self.settings.store_max_rows,
+                info=self._model_info(),
+                timeout_s=self.settings.store_timeout_s,
+            )
+            return
         try:
             # the write-ahead log takes at most 1/64 of the limit (SQLite's 1000 pages at most)
             pages = min(1000, max(16, self.settings.max_total_bytes // 64 // 4096))
@@ -476,8 +618,9 @@ class PredictionLog:
             self._recovered("store")
             return result
 
-    def _write_schema(self) -> None:
-        info = {
+    def _model_info(self) -> dict[str, Any]:
+        """What export-feedback needs to know of the logged model: its target and features."""
+        return {
             "model": self.model,
             "version": self.version,
             "target": self._schema.target,
@@ -486,6 +629,9 @@ class PredictionLog:
             "features": [f.to_dict() for f in self._schema.features],
             "excluded": list(self.settings.exclude),
         }
+
+    def _write_schema(self) -> None:
+        info = self._model_info()
         path = self.directory / f"model-{self.model}-{self.version}.json"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:

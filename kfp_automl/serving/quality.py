@@ -41,7 +41,7 @@ REFUSALS = (
     *("unauthorized", "bad_json", "too_large", "unsupported_media_type", "bad_framing"),
     "method",
 )
-DROP_REASONS = ("buffer_full", "write_error", "store_full")
+DROP_REASONS = ("buffer_full", "write_error", "store_full", "store_down")
 
 
 class FeedbackError(ValueError):
@@ -183,8 +183,9 @@ class QualityMetrics:
         ).labels(*ids)
         dropped = pc.Counter(
             names.LOG_DROPPED,
-            "Predictions not logged (buffer_full, write_error) or pruned from the label store "
-            "to keep it within its share of the disk limit (store_full)",
+            "Predictions not logged (buffer_full, write_error), not written to the label store "
+            "while it was unreachable for longer than the backlog holds (store_down), or pruned "
+            "from it to keep it within its size limit (store_full)",
             [*base, "reason"],
             **kw,
         )
@@ -246,6 +247,22 @@ class QualityMetrics:
             multiprocess_mode="mostrecent",
             **kw,
         ).labels(*ids)
+        replica_live = pc.Gauge(
+            names.LIVE_REPLICA_METRIC,
+            "Quality over the newest labelled predictions this replica made (NaN where "
+            "undefined); automl_live_metric is the fleet's",
+            [*base, "metric"],
+            multiprocess_mode="mostrecent",
+            **kw,
+        )
+        self.replica_live = {n: replica_live.labels(*ids, n) for n in self.names}
+        self.backlog = pc.Gauge(
+            names.LOG_BACKLOG,
+            "Logged predictions waiting to be written to the label store (it is unreachable)",
+            base,
+            multiprocess_mode="livesum",
+            **kw,
+        ).labels(*ids)
         evaluation_metric = pc.Gauge(
             names.EVALUATION_METRIC,
             "Holdout metric at evaluation time, with its 95% bootstrap interval",
@@ -259,7 +276,13 @@ class QualityMetrics:
                     *ids, name, bound, GOALS[name], str(name == primary).lower()
                 ).set(value)
 
-    def set_window(self, values: dict[str, float], n_labels: int) -> None:
+    def set_window(
+        self, values: dict[str, float], n_labels: int, replica: dict[str, float] | None = None
+    ) -> None:
+        """The fleet's window (`values`) and this replica's own (`replica`; the same as the
+        fleet's when None: one host)."""
         for name, gauge in self.live.items():
             gauge.set(values.get(name, math.nan))
+        for name, gauge in self.replica_live.items():
+            gauge.set((values if replica is None else replica).get(name, math.nan))
         self.window_labels.set(n_labels)

@@ -94,6 +94,12 @@ class ServiceArgs(BaseModel):
     log_max_total_mb: float = 512.0  # log files and the label store together
     log_volume_mb: float = 0.0  # the size limit of the log's volume (emptyDir), checked at start
     label_ttl_s: float = 7 * 86400.0  # unlabelled predictions are forgotten after this
+    # the join store: "" for SQLite in log_dir (one host), or a postgresql:// URL of the store
+    # every replica shares (give it as AUTOML_LOG_STORE from a Secret: it holds a password)
+    log_store: str = ""
+    log_store_max_rows: int = 10_000_000  # a model's predictions in the shared store, at most
+    label_grace_s: float = 2.0  # shared store: an unknown id is tried again for this long
+    replica: str = ""  # this server's name in the shared store (default: the host's, the pod's)
     quality_window: int = 500  # live quality is computed over this many newest labels
     # /feedback callers: "token" (a bearer token of a caller in feedback_tokens) or "none"
     feedback_auth: Literal["token", "none"] = "token"
@@ -477,6 +483,10 @@ def _prediction_log(stored, schema: Schema, meta: dict[str, Any]) -> PredictionL
         id_field=args.id_field if args.id_field and args.id_field not in schema.names else None,
         label_ttl_s=args.label_ttl_s,
         quality_window=args.quality_window,
+        store_url=args.log_store,
+        store_max_rows=args.log_store_max_rows,
+        label_grace_s=args.label_grace_s,
+        replica=args.replica,
         expire_interval_s=min(60.0, max(0.5, args.label_ttl_s / 4)),
     )
     metrics = QualityMetrics(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -67,16 +68,29 @@ def test_sigterm_lets_the_request_in_flight_finish(pipeline_run, small_churn_csv
         base = f"http://127.0.0.1:{port}"
         wait_ready(f"{base}/readyz", proc)
         answer: dict = {}
+        body = json.dumps({"records": big}).encode()
+        sent = threading.Event()
+
+        def chunks():
+            for i in range(0, len(body), 1 << 16):
+                yield body[i : i + (1 << 16)]
+            sent.set()  # the whole body is in the socket: the server is reading the request
 
         def post():
             try:
-                answer["r"] = httpx.post(f"{base}/predict", json={"records": big}, timeout=120)
+                answer["r"] = httpx.post(
+                    f"{base}/predict",
+                    content=chunks(),
+                    headers={"content-type": "application/json", "content-length": str(len(body))},
+                    timeout=120,
+                )
             except httpx.HTTPError as exc:
                 answer["error"] = exc
 
         t = threading.Thread(target=post)
         t.start()
-        time.sleep(0.3)
+        assert sent.wait(60), "the request body was not sent"
+        time.sleep(0.1)
         assert t.is_alive(), f"the request finished before SIGTERM ({answer}); make it bigger"
         os.kill(proc.pid, signal.SIGTERM)
         t.join(timeout=120)

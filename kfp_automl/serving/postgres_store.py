@@ -133,9 +133,6 @@ def _lock_key(model: str) -> int:
 class PostgresStore:
     """One worker's view of the shared store of one model: a small connection pool."""
 
-    shared = True  # other processes, on other hosts, write it too
-    holds_features = True
-
     def __init__(
         self,
         url: str,
@@ -356,14 +353,6 @@ class PostgresStore:
                 conn.commit()
 
         return self._call(locked)
-
-    def rows(self) -> int:
-        """How many predictions of this model the store holds."""
-        return self._call(
-            lambda conn: conn.execute(
-                f"SELECT count(*) FROM {TABLE} WHERE model = %s", (self.model,)
-            ).fetchone()[0]
-        )
 
 
 def migrate(conn) -> int:

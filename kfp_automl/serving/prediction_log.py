@@ -228,6 +228,7 @@ class PredictionLog:
         self._file_bytes = 0
         self._store: Any = None  # PredictionStore, or postgres_store.PostgresStore
         self._files = not settings.shared  # JSON Lines files and the disk limit
+        self.replica = settings.replica or socket.gethostname()  # its name in a shared store
         # store rows not written yet (the store was unreachable): retried by the next flush
         self._unwritten: collections.deque[list[tuple]] = collections.deque()
         self._unwritten_n = 0
@@ -415,7 +416,7 @@ class PredictionLog:
             return
         own = None
         if self.settings.shared:
-            mine = self._store_call("window", self.version, n, self.settings.replica)
+            mine = self._store_call("window", self.version, n, self.replica)
             if mine is not None:
                 own = live_metrics(self.task, self.classes, mine)
         self._quality_dirty = False
@@ -586,7 +587,7 @@ class PredictionLog:
             self._store = PostgresStore(
                 self.settings.store_url,
                 self.model,
-                self.settings.replica or socket.gethostname(),
+                self.replica,
                 max_connections=self.settings.store_connections,
                 max_rows=self.settings.store_max_rows,
                 info=self._model_info(),

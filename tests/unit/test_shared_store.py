@@ -5,6 +5,7 @@ two replicas. (Two real `bentoml serve` replicas: tests/integration/test_shared_
 from __future__ import annotations
 
 import collections
+import socket
 import threading
 import time
 from pathlib import Path
@@ -279,3 +280,18 @@ def test_an_unreachable_store_is_a_one_line_error_without_its_password(tmp_path)
     store.close()
     with pytest.raises(ValueError, match="postgresql://"):
         LogSettings(mode="on", store_url="mysql://x").check()
+
+
+def test_a_replica_without_a_name_is_its_host_in_the_store_and_its_own_window(
+    tmp_path, postgres, store_url
+):
+    plog, reg = _replica(tmp_path, store_url, "", directory=str(tmp_path / "logs"))
+    _submit(plog, ["h1", "h2"], 0.9)
+    plog.flush()
+    assert plog.feedback(_labels(["h1", "h2"]), OPEN)[0] == 200
+    plog.update_quality()
+    assert postgres.sql("SELECT DISTINCT replica FROM automl_predictions", store_url) == [
+        (socket.gethostname(),)
+    ]
+    assert _value(reg, "automl_live_replica_metric", metric="accuracy") == 1.0
+    plog.close()

@@ -149,6 +149,27 @@ def rollback_target(
     return before, f"version {version} applied but not rolled out, {back} before it"
 
 
+def needed_secrets(deployment: dict[str, Any]) -> list[str]:
+    """The Secrets a Deployment's pods cannot start without (references not marked optional),
+    sorted."""
+    pod = deployment.get("spec", {}).get("template", {}).get("spec", {})
+    names: set[str] = set()
+    for container in pod.get("initContainers", []) + pod.get("containers", []):
+        for env in container.get("env", []):
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref and not ref.get("optional"):
+                names.add(ref["name"])
+        for source in container.get("envFrom", []):
+            ref = source.get("secretRef")
+            if ref and not ref.get("optional"):
+                names.add(ref["name"])
+    for volume in pod.get("volumes", []):
+        ref = volume.get("secret")
+        if ref and not ref.get("optional"):
+            names.add(ref["secretName"])
+    return sorted(names)
+
+
 def _apply_all(cluster: Cluster, release: Release) -> list[str]:
     applied = []
     for obj in with_record(release):
@@ -246,6 +267,14 @@ def deploy(
             bento_sha256=release.bento_sha256,
         )
     failed = f"deploy of version {version} to {target} failed: {why}"
+    secrets = needed_secrets(release.deployment)
+    if secrets:  # the step may not read Secrets: say which ones a pod cannot start without
+        failed += (
+            f" (the pods start only once the Secret{'s' if len(secrets) > 1 else ''} "
+            f"{', '.join(secrets)} exist{'' if len(secrets) > 1 else 's'} in {namespace}: "
+            f"`kubectl -n {namespace} describe pods -l app.kubernetes.io/name={name}` "
+            "shows why a pod waits)"
+        )
     if before is None:
         raise DeployError(
             f"{failed}; nothing to roll back to (the Deployment had no earlier release recorded by "

@@ -98,6 +98,14 @@ def prediction_log_options(f):
             "Read again every 10 s, so tokens rotate without a restart.",
         ),
         click.option(
+            "--feedback-rate",
+            type=click.FloatRange(min=0),
+            default=1000.0,
+            show_default=True,
+            help="Labels a second each caller may send to one worker of POST /feedback (after "
+            "a burst of one full request); faster gets 429 with Retry-After. 0: no limit.",
+        ),
+        click.option(
             "--quality-window",
             type=click.IntRange(min=1),
             default=500,
@@ -134,6 +142,7 @@ def prediction_log_settings(bento: Any, **log: Any) -> dict[str, str]:
         "AUTOML_QUALITY_WINDOW": ("quality_window", str(log["quality_window"])),
         "AUTOML_FEEDBACK_AUTH": ("feedback_auth", log["feedback_auth"]),
         "AUTOML_FEEDBACK_TOKENS": ("feedback_tokens", _absolute(log["feedback_tokens"])),
+        "AUTOML_FEEDBACK_RATE": ("feedback_rate", repr(log["feedback_rate"])),
     }
     # As for serve's other flags: one left at its default does not override a variable already
     # set (a pod's environment).

@@ -209,8 +209,9 @@ def serve(
 ):
     """Serve a packaged model over HTTP with BentoML.
 
-    POST /predict with {"records": [...]}; GET /metrics (Prometheus), /livez, /readyz;
-    POST /feedback with {"labels": [...]} when predictions are logged.
+    POST /predict with {"records": [...]}; GET /metrics (Prometheus), /livez, /readyz,
+    /status ("ok", or "degraded" while the prediction log cannot be written); POST /feedback
+    with {"labels": [...]} when predictions are logged.
     """
     from kfp_automl.bentos.lookup import check_servable, resolve_bento
     from kfp_automl.registry.store import bentoml_home

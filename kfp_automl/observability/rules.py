@@ -348,6 +348,86 @@ def _quality_alert(min_labels: int) -> dict[str, Any]:
     }
 
 
+def _replica_quality_alert(min_labels: int) -> dict[str, Any]:
+    """One replica's own window outside the evaluation interval (a shared store: the fleet's
+    window, which the quality alert reads, can hide one bad pod among many good ones)."""
+    mvm, each = "model, version, metric", "model, version, metric, instance, pod"
+    live = f"max by ({each}) ({n.LIVE_REPLICA_METRIC})"
+
+    def bound(goal: str, name: str) -> str:
+        selector = f'primary="true", goal="{goal}", bound="{name}"'
+        return f"max by ({mvm}) ({n.EVALUATION_METRIC}{{{selector}}})"
+
+    return {
+        "alert": "AutomlReplicaQualityBelowEvaluation",
+        "expr": _expr(f"""
+            (
+                {live}
+              < on ({mvm}) group_left
+                {bound("max", "ci_low")}
+            or
+                {live}
+              > on ({mvm}) group_left
+                {bound("min", "ci_high")}
+            )
+            and on (model, version, instance, pod)
+            (max by (model, version, instance, pod) ({n.LIVE_REPLICA_WINDOW_LABELS}) >= {min_labels})
+        """),
+        # no action=retrain: a retrain does not mend one pod (its node, its model files)
+        "labels": {"severity": "warning"},
+        "annotations": {
+            "summary": "Live {{ $labels.metric }} of {{ $labels.model }} version "
+            "{{ $labels.version }} on replica {{ $labels.instance }} is worse than at "
+            "evaluation",
+            "description": "{{ $labels.metric }} over the newest labelled predictions replica "
+            "{{ $labels.instance }} {{ $labels.pod }} made (automl_live_replica_metric) is "
+            '{{ $value | printf "%.3f" }}, outside the 95% interval of model '
+            "{{ $labels.model }} version {{ $labels.version }} at evaluation time, with at "
+            f"least {min_labels} labels; compare it with the fleet's automl_live_metric and "
+            "look at that pod (its node, its logs).",
+        },
+    }
+
+
+def _prediction_log_alerts(window: str) -> list[dict[str, Any]]:
+    """The feedback loop losing data: a replica that cannot write its log or store, and
+    predictions dropped from the log."""
+    each = "model, version, instance, pod"
+    return [
+        {
+            "alert": "AutomlPredictionLogUnhealthy",
+            "expr": _expr(f"min by ({each}) ({n.LOG_HEALTHY}) == 0"),
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "Replica {{ $labels.instance }} of {{ $labels.model }} cannot write "
+                "its prediction log or label store",
+                "description": "The last write of the prediction log or the label store of "
+                "model {{ $labels.model }} version {{ $labels.version }} on replica "
+                "{{ $labels.instance }} {{ $labels.pod }} failed "
+                "(automl_prediction_log_errors_total has which part). Predictions are still "
+                "answered; they wait in a bounded backlog (automl_prediction_log_backlog) and "
+                "labels for them are refused until the store is back.",
+            },
+        },
+        {
+            "alert": "AutomlPredictionsNotLogged",
+            "expr": _expr(
+                f"sum by (model, version, reason) (increase({n.total(n.LOG_DROPPED)}[{window}]))"
+                " > 0"
+            ),
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "{{ $labels.model }} version {{ $labels.version }} drops predictions "
+                "from its log ({{ $labels.reason }})",
+                "description": '{{ $value | printf "%.0f" }} predictions of model '
+                "{{ $labels.model }} version {{ $labels.version }} were not logged over the "
+                f"last {window} (reason {{{{ $labels.reason }}}}): labels for them cannot join, "
+                "and live quality and export-feedback miss them.",
+            },
+        },
+    ]
+
+
 def rule_groups(
     window: str = "10m",
     alert_for: str = "5m",
@@ -389,11 +469,12 @@ def rule_groups(
         ),
         *_service_alerts(window, latency_p99_s, error_ratio, rejected_ratio),
         _quality_alert(min_labels),
+        _replica_quality_alert(min_labels),
+        *_prediction_log_alerts(window),
     ]
+    quality_alerts = ("AutomlQualityBelowEvaluation", "AutomlReplicaQualityBelowEvaluation")
     for alert in alerts:
-        alert["for"] = (
-            quality_for if alert["alert"] == "AutomlQualityBelowEvaluation" else alert_for
-        )
+        alert["for"] = quality_for if alert["alert"] in quality_alerts else alert_for
         alert["labels"] = alert.pop("labels")  # key order: alert, expr, for, labels, annotations
         alert["annotations"] = alert.pop("annotations")
     return {

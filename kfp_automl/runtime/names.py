@@ -12,6 +12,9 @@ SERVICE_NAME = "kfp-automl"  # @bentoml.service(name=...): BentoML's runner_name
 PREDICT_ENDPOINT = "/predict"
 READY_ENDPOINT = "/readyz"  # BentoML's readiness probe (the Deployment's readinessProbe)
 FEEDBACK_ENDPOINT = "/feedback"
+# GET: "ok", or "degraded" while the prediction log or its store cannot be written (the pod
+# stays ready: predictions keep flowing); 503 when /readyz is
+STATUS_ENDPOINT = "/status"
 PREDICTION = "__prediction__"  # the pseudo-feature whose bins are the model's predictions
 
 # ---- series of serving/monitoring.py (every scored batch) ----------------------------------
@@ -46,6 +49,7 @@ LIVE_WINDOW_LABELS = "automl_live_window_labels"  # gauge: labels in that window
 # gauge by metric: over the newest labels of this replica's own predictions (a shared store:
 # LIVE_METRIC is the fleet's, the same in every pod; this one shows a replica that differs)
 LIVE_REPLICA_METRIC = "automl_live_replica_metric"
+LIVE_REPLICA_WINDOW_LABELS = "automl_live_replica_window_labels"  # gauge: labels in it
 LOG_BACKLOG = "automl_prediction_log_backlog"  # gauge: predictions waiting for the store
 EVALUATION_METRIC = "automl_evaluation_metric"  # gauge by metric, bound: the holdout's
 

@@ -172,3 +172,32 @@ class Callers:
         if caller is None:
             return None, "the token is not a feedback token of this server"
         return caller, ""
+
+
+class LabelRate:
+    """Labels each caller may send to /feedback in one worker: a token bucket per caller,
+    refilled at `per_s` labels a second up to `burst` (at least one full request).
+
+    Callers are the named ones of the token files (or one anonymous caller), so the buckets
+    are few. `take(caller, n)` spends n labels, or returns the seconds until it could.
+    """
+
+    def __init__(self, per_s: float, burst: int):
+        if per_s <= 0 or burst < 1:
+            raise ValueError("a label rate needs per_s > 0 and burst >= 1")
+        self.per_s, self.burst = float(per_s), float(burst)
+        self._buckets: dict[str, tuple[float, float]] = {}  # caller -> (labels left, when)
+        self._lock = threading.Lock()
+
+    def take(self, caller: str, n: int, now: float | None = None) -> float:
+        """0.0 when `caller` may send `n` labels now (they are spent), else the wait in s."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            left, when = self._buckets.get(caller, (self.burst, now))
+            left = min(self.burst, left + (now - when) * self.per_s)
+            cost = min(float(n), self.burst)  # a request over the burst needs a full bucket
+            if cost <= left:
+                self._buckets[caller] = (left - cost, now)
+                return 0.0
+            self._buckets[caller] = (left, now)
+            return (cost - left) / self.per_s

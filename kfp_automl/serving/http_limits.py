@@ -33,14 +33,14 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from kfp_automl.runtime.names import READY_ENDPOINT
+from kfp_automl.runtime.names import READY_ENDPOINT, STATUS_ENDPOINT
 from kfp_automl.runtime.records import RecordError
 from kfp_automl.serving.limits import ServerLimits
 
 log = logging.getLogger("kfp_automl.serving")
 
 # answered over the connection limit too: the kubelet's probes and Prometheus' scrapes
-EXEMPT_PATHS = frozenset({"/livez", "/healthz", READY_ENDPOINT, "/metrics"})
+EXEMPT_PATHS = frozenset({"/livez", "/healthz", READY_ENDPOINT, STATUS_ENDPOINT, "/metrics"})
 _FD_HEADROOM = 256  # descriptors a worker needs besides its connections (files, pipes, sockets)
 
 

@@ -418,7 +418,7 @@ class PredictionLog:
         if self.settings.shared:
             mine = self._store_call("window", self.version, n, self.replica)
             if mine is not None:
-                own = live_metrics(self.task, self.classes, mine)
+                own = (live_metrics(self.task, self.classes, mine), len(mine))
         self._quality_dirty = False
         self._refreshed_at = time.monotonic()
         self.metrics.set_window(live_metrics(self.task, self.classes, window), len(window), own)
@@ -769,6 +769,20 @@ class PredictionLog:
             )
 
     # ---- health -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """This worker's view of the log for GET /status: "degraded" while a part cannot be
+        written (predictions still flow; store rows wait in the backlog)."""
+        failing = sorted(k for k, ok in self._ok.items() if not ok)
+        return {
+            "status": "degraded" if failing else "ok",
+            "mode": self.settings.mode,
+            "store": "postgresql" if self.settings.shared else "sqlite",
+            "replica": self.replica,
+            "failing": failing,
+            "backlog": self._unwritten_n,
+            "queued": self._pending,
+        }
 
     def _failed(self, kind: str, exc: BaseException) -> None:
         self.metrics.errors[kind].inc()

@@ -40,6 +40,7 @@ OUTCOMES = ("matched", "duplicate", "unknown_id", "wrong_type", "bad_id")
 REFUSALS = (
     *("unauthorized", "bad_json", "too_large", "unsupported_media_type", "bad_framing"),
     "method",
+    "rate_limited",
 )
 DROP_REASONS = ("buffer_full", "write_error", "store_full", "store_down")
 
@@ -256,6 +257,13 @@ class QualityMetrics:
             **kw,
         )
         self.replica_live = {n: replica_live.labels(*ids, n) for n in self.names}
+        self.replica_window_labels = pc.Gauge(
+            names.LIVE_REPLICA_WINDOW_LABELS,
+            "Labelled predictions of this replica in its live quality window",
+            base,
+            multiprocess_mode="mostrecent",
+            **kw,
+        ).labels(*ids)
         self.backlog = pc.Gauge(
             names.LOG_BACKLOG,
             "Logged predictions waiting to be written to the label store (it is unreachable)",
@@ -277,12 +285,17 @@ class QualityMetrics:
                 ).set(value)
 
     def set_window(
-        self, values: dict[str, float], n_labels: int, replica: dict[str, float] | None = None
+        self,
+        values: dict[str, float],
+        n_labels: int,
+        replica: tuple[dict[str, float], int] | None = None,
     ) -> None:
-        """The fleet's window (`values`) and this replica's own (`replica`; the same as the
-        fleet's when None: one host)."""
+        """The fleet's window (`values` over `n_labels` labels) and this replica's own
+        (`replica`: its values and labels; the same as the fleet's when None: one host)."""
+        own, n_own = (values, n_labels) if replica is None else replica
         for name, gauge in self.live.items():
             gauge.set(values.get(name, math.nan))
         for name, gauge in self.replica_live.items():
-            gauge.set((values if replica is None else replica).get(name, math.nan))
+            gauge.set(own.get(name, math.nan))
         self.window_labels.set(n_labels)
+        self.replica_window_labels.set(n_own)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 from typing import Any, Literal, cast
 
@@ -39,7 +40,12 @@ from kfp_automl.contracts.profile import Bins, Profile
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.runtime.fast_path import serving_model
 from kfp_automl.runtime.model_file import load_model
-from kfp_automl.runtime.names import FEEDBACK_ENDPOINT, PREDICT_ENDPOINT, READY_ENDPOINT
+from kfp_automl.runtime.names import (
+    FEEDBACK_ENDPOINT,
+    PREDICT_ENDPOINT,
+    READY_ENDPOINT,
+    STATUS_ENDPOINT,
+)
 from kfp_automl.runtime.packages import check_model_packages, mismatch_message
 from kfp_automl.runtime.records import (
     FRAMING_HEADERS,
@@ -55,7 +61,7 @@ from kfp_automl.runtime.records import (
     score_in_parts,
     unscored_index,
 )
-from kfp_automl.serving.callers import Callers
+from kfp_automl.serving.callers import Callers, LabelRate
 from kfp_automl.serving.files import (
     EVALUATION_FILE,
     PREDICTION_REFERENCE_FILE,
@@ -104,6 +110,8 @@ class ServiceArgs(BaseModel):
     # /feedback callers: "token" (a bearer token of a caller in feedback_tokens) or "none"
     feedback_auth: Literal["token", "none"] = "token"
     feedback_tokens: str = ""  # a directory with one token file per caller, or one such file
+    # labels a second each caller may send to one worker (a burst: one full request); 0: any
+    feedback_rate: float = 1000.0
 
 
 def _settings() -> ServiceArgs:
@@ -172,6 +180,8 @@ class RequestGuard:
 
     async def __call__(self, scope, receive, send):
         unready = _state.get("unready") if scope["type"] == "http" else None
+        if scope["type"] == "http" and scope["path"] == STATUS_ENDPOINT:
+            return await self._status(send, scope["method"], unready)
         if unready and scope["path"] in _REFUSED_WHEN_UNREADY:
             return await self._send(send, 503, {"error": _problem(unready, "package_mismatch")})
         if scope["type"] != "http" or scope["path"] not in (PREDICT_ENDPOINT, FEEDBACK_ENDPOINT):
@@ -275,8 +285,35 @@ class RequestGuard:
             items = parse_feedback(body, _state["max_feedback_items"])
         except FeedbackError as exc:
             return await _refuse_feedback(send, plog, 400, str(exc), "bad_json")
+        rate: LabelRate | None = _state.get("label_rate")
+        wait = rate.take(caller, len(items)) if rate is not None else 0.0
+        if wait:
+            problem = (
+                f"caller {caller!r} sends labels faster than {rate.per_s:g} a second to this "
+                f"server; send again in {math.ceil(wait)} s"
+            )
+            retry = [(b"retry-after", str(math.ceil(wait)).encode())]
+            return await _refuse_feedback(send, plog, 429, problem, "rate_limited", retry)
         status, report = await asyncio.to_thread(plog.feedback, items, caller)
         return await self._send(send, status, report)
+
+    async def _status(self, send, method: str, unready: str | None):
+        """GET /status: this worker's state. 200 with "ok", or "degraded" while the prediction
+        log or its store cannot be written (the pod stays ready: predictions flow, the store's
+        rows wait in a bounded backlog); 503 "unready" when the model is not loaded."""
+        if method not in ("GET", "HEAD"):
+            problem = "use GET"
+            return await self._send(send, 405, {"error": _problem(problem, "method")})
+        if unready:
+            return await self._send(send, 503, {"status": "unready", "problem": unready})
+        plog: PredictionLog | None = _state.get("log")
+        body: dict[str, Any] = {"status": "ok", **_state.get("identity", {})}
+        if plog is None:
+            body["prediction_log"] = {"status": "off"}
+        else:
+            body["prediction_log"] = plog.status()
+            body["status"] = body["prediction_log"]["status"]
+        return await self._send(send, 200, body)
 
     def _too_large(self) -> RecordError:
         problem = (
@@ -357,6 +394,7 @@ class AutoMLService:
             id_field=self.id_field,
             log=self.log,
             max_feedback_items=LogSettings.max_feedback_items,
+            identity={"model": stored.tag.name, "version": stored.tag.version},
         )
 
     @bentoml.on_shutdown
@@ -460,6 +498,8 @@ def _prediction_log(stored, schema: Schema, meta: dict[str, Any]) -> PredictionL
         _state["callers"] = None
     else:
         _state["callers"] = Callers(args.feedback_tokens)
+    if args.feedback_rate > 0:  # a burst of one full request
+        _state["label_rate"] = LabelRate(args.feedback_rate, LogSettings.max_feedback_items)
     evaluation = None
     try:
         with open(stored.path_of(EVALUATION_FILE)) as fh:

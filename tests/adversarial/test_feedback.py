@@ -31,7 +31,7 @@ from tests.support.servers import CLI, free_port, start, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 
-TOKENS = {"crm": "crm-" + "7" * 40, "shop": "shop-" + "5" * 40}
+TOKENS = {"crm": "crm-" + "7" * 40, "shop": "shop-" + "5" * 40, "bulk": "bulk-" + "3" * 40}
 
 
 def _tokens(directory: Path) -> Path:
@@ -198,6 +198,24 @@ def test_hostile_bodies_are_refused_fast_and_counted_apart_from_predict(server):
         expected = sum(1 for h in HOSTILE if h[4] == reason)
         assert after[reason] - before.get(reason, 0) == expected, reason
     assert rejected(base) == predict_before
+    assert_ready(base)
+
+
+def test_a_caller_flooding_labels_is_slowed_alone(server):
+    """Labels cost the store a write each: past its burst (one full request) a caller gets
+    429 with Retry-After, counted; another caller is not held up."""
+    base, _ = server
+    before = feedback_rejected(base).get("rate_limited", 0)
+    full = [{"id": f"nobody-{i}", "label": "No"} for i in range(10_000)]
+    first = _label(base, full, "bulk")
+    assert first.status_code == 422, first.text[:300]  # spent: unknown ids, but spent
+    flood = _label(base, full, "bulk")
+    assert flood.status_code == 429, flood.text[:300]
+    error = flood.json()["error"]
+    assert error["reason"] == "rate_limited" and "'bulk'" in error["problem"]
+    assert 1 <= int(flood.headers["retry-after"]) <= 10
+    assert _label(base, full[:5], "shop").status_code == 422  # its own bucket
+    assert feedback_rejected(base)["rate_limited"] - before == 1
     assert_ready(base)
 
 

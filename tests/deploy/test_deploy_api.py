@@ -369,3 +369,36 @@ def test_run_deploys_nothing_when_the_gate_said_no(tmp_path):
         "deployed": False,
         "reason": "not better than the champion",
     }
+
+
+def test_a_rollout_that_fails_names_the_secrets_its_pods_need(api, cluster, manifests_text):
+    """The step may not read Secrets; when the pods do not start it names the ones they need
+    (the prod overlay's prediction store), as a missing Secret keeps a pod from starting."""
+    import yaml
+
+    docs = list(yaml.safe_load_all(manifests_text))
+    dep = next(d for d in docs if d and d["kind"] == "Deployment")
+    main = dep["spec"]["template"]["spec"]["containers"][0]
+    main.setdefault("env", []).append(
+        {"name": "AUTOML_LOG_STORE", "valueFrom": {"secretKeyRef": {"name": "db", "key": "url"}}}
+    )
+    main["env"].append(
+        {"name": "X", "valueFrom": {"secretKeyRef": {"name": "opt", "key": "k", "optional": True}}}
+    )
+    api.state.rollout["v1"] = "never"
+    with pytest.raises(DeployError) as err:
+        _deploy(cluster, yaml.safe_dump_all(docs), "v1", timeout_s=0.2)
+    message = str(err.value)
+    assert "the pods start only once the Secret db exists in serving" in message
+    assert "opt" not in message.split("(the pods start")[1]
+
+
+def test_needed_secrets_of_the_shipped_overlays():
+    from kfp_automl.components.deploy.deploy import needed_secrets
+    from tests.manifests.render import one, render
+
+    def of(name):
+        return needed_secrets(one(render(name), "Deployment", "automl-serving"))
+
+    assert of("serving/overlays/prod") == ["kfp-automl-prediction-store"]
+    assert of("serving/base") == []  # storage and feedback tokens are optional

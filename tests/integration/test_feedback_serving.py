@@ -236,6 +236,13 @@ def test_an_unwritable_log_dir_never_stops_predictions(pipeline_run, churn_df, t
         assert _metric(base, "automl_prediction_log_errors_total", kind="log_file") >= 1
         r = _feedback(base, [{"id": answers[0]["id"], "label": "Yes"}])
         assert r.status_code == 503 and r.json()["error"]["reason"] == "store"
+        # degraded, not unready: the pod keeps answering /predict
+        status = httpx.get(f"{base}/status", timeout=10)
+        assert status.status_code == 200, status.text
+        body = status.json()
+        assert body["status"] == "degraded" and body["model"] == summary["bento_tag"].split(":")[0]
+        assert body["prediction_log"]["failing"] == ["log_file", "store"]
+        assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
 
 
 # (method, content type, body, expected status, words in the answer)
@@ -283,6 +290,11 @@ def test_bad_feedback_gets_a_4xx_json_answer_and_the_server_stays_healthy(pipeli
 def test_feedback_without_logging_is_409(server):
     r = _feedback(server, [{"id": "a", "label": "No"}])
     assert r.status_code == 409 and r.json()["error"]["reason"] == "logging_off"
+    status = httpx.get(f"{server}/status", timeout=10)
+    assert status.status_code == 200
+    assert status.json()["status"] == "ok"
+    assert status.json()["prediction_log"] == {"status": "off"}
+    assert httpx.post(f"{server}/status", timeout=10).status_code == 405
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ KUSTOMIZATIONS = (
     "serving/overlays/prod-keda",
     "serving/overlays/prod-kserve",
     "tuning",
+    "prediction-store",
 )
 
 

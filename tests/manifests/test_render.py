@@ -423,3 +423,110 @@ def test_the_deploy_step_renders_the_overlays(name):
     assert env["BENTO_URL"] == "s3://models/automl-churn.bento"
     assert env["BENTO_SHA256"] == "a" * 64
     assert "replicas" not in release.deployment["spec"]  # the autoscaler owns the count
+
+
+# ---- the shared prediction store --------------------------------------------------------
+
+
+def _serving_container(objects) -> dict:
+    isvcs = find(objects, "InferenceService")
+    if isvcs:
+        return isvcs[0]["spec"]["predictor"]["containers"][0]
+    return one(objects, "Deployment", "automl-serving")["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize(
+    "name", ["serving/overlays/prod", "serving/overlays/prod-keda", "serving/overlays/prod-kserve"]
+)
+def test_production_logs_to_the_shared_store_from_a_secret(name):
+    """Every production replica logs to one PostgreSQL store, its URL (a password) from a
+    Secret, never inline: a label sent to any pod joins."""
+    main = _serving_container(render(name))
+    env = {e["name"]: e for e in main["env"]}
+    assert env["AUTOML_LOG_PREDICTIONS"]["value"] == "on"
+    store = env["AUTOML_LOG_STORE"]
+    assert "value" not in store
+    assert store["valueFrom"]["secretKeyRef"] == {
+        "name": "kfp-automl-prediction-store",
+        "key": "url",
+    }
+    assert "optional" not in store["valueFrom"]["secretKeyRef"]  # no store: the pod waits
+    assert int(env["AUTOML_LOG_STORE_MAX_ROWS"]["value"]) >= 1_000_000
+
+
+@pytest.mark.parametrize("name", ["serving/base", "serving/overlays/dev"])
+def test_one_host_overlays_keep_logging_off_and_no_store(name):
+    env = _env(_serving_container(render(name)))
+    assert "AUTOML_LOG_STORE" not in env and env.get("AUTOML_LOG_PREDICTIONS", "off") == "off"
+
+
+def test_the_serving_pods_reach_the_store_only_on_its_port():
+    serving = render("serving/overlays/prod")
+    store = render("prediction-store")
+    labels = one(serving, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    store_pod = one(store, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
+    to_store = [
+        r
+        for p in _policies_for(serving, labels)
+        for r in p["spec"].get("egress", [])
+        if any(
+            _labels_match(peer.get("podSelector", {"matchLabels": {"-": "-"}}), store_pod)
+            for peer in r["to"]
+        )
+    ]
+    assert len(to_store) == 1
+    assert to_store[0]["ports"] == [{"port": 5432, "protocol": "TCP"}]
+    assert all(set(peer) == {"podSelector"} for peer in to_store[0]["to"])  # this namespace
+    # the database's side: the serving pods may come in on 5432, it reaches nothing
+    policy = one(store, "NetworkPolicy")
+    assert _labels_match(policy["spec"]["podSelector"], store_pod)
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert policy["spec"].get("egress", []) == []
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 5432, "protocol": "TCP"}]
+    assert any(
+        set(p) == {"podSelector"} and _labels_match(p["podSelector"], labels) for p in rule["from"]
+    )
+    pipeline_step = {"pipelines.kubeflow.org/v2_component": "true"}
+    assert not any(_labels_match(p["podSelector"], {"app": "other"}) for p in rule["from"])
+    assert any(_labels_match(p["podSelector"], pipeline_step) for p in rule["from"])
+
+
+def test_the_store_recipe_creates_the_secret_both_sides_read():
+    """The Secret command in manifests/prediction-store gives the database its password and
+    the serving pods a URL that names the store's Service, port and database."""
+    import re
+    import shlex
+    from urllib.parse import urlsplit
+
+    from kfp_automl.cli.feedback import _store_url
+    from tests.manifests.render import MANIFESTS
+
+    text = (MANIFESTS / "prediction-store/kustomization.yaml").read_text()
+    command = " ".join(
+        line.lstrip("# ").rstrip("\\ ")
+        for line in text.splitlines()
+        if line.startswith("#   ") and "PASSWORD=" not in line
+    )
+    words = shlex.split(command.replace('"$PASSWORD"', "pw").replace("$PASSWORD", "pw"))
+    assert words[:5] == ["kubectl", "-n", "kfp-automl", "create", "secret"]
+    literals = dict(
+        w.split("=", 1)[1].split("=", 1) for w in words if w.startswith("--from-literal=")
+    )
+    store = render("prediction-store")
+    container = one(store, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == words[6] == "kfp-automl-prediction-store"
+    assert literals[ref["key"]] == "pw"
+    url = urlsplit(_store_url(literals["url"]))
+    service = one(store, "Service")
+    assert (url.username, url.password) == (env["POSTGRES_USER"]["value"], "pw")
+    assert url.hostname == service["metadata"]["name"]
+    assert url.port == service["spec"]["ports"][0]["port"] == 5432
+    assert url.path == "/" + env["POSTGRES_DB"]["value"]
+    assert _labels_match(
+        {"matchLabels": service["spec"]["selector"]},
+        one(store, "StatefulSet")["spec"]["template"]["metadata"]["labels"],
+    )
+    assert re.search(r"PASSWORD=\"\$\(openssl rand", text)

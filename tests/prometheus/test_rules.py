@@ -162,13 +162,17 @@ def test_rule_and_alert_names():
         "AutomlHighErrorRate",
         "AutomlHighRejectedRate",
         "AutomlQualityBelowEvaluation",
+        "AutomlReplicaQualityBelowEvaluation",
+        "AutomlPredictionLogUnhealthy",
+        "AutomlPredictionsNotLogged",
     ]
     for name, alert in alerts.items():
-        quality = name == "AutomlQualityBelowEvaluation"
+        quality = name.endswith("QualityBelowEvaluation")
         assert alert["for"] == ("15m" if quality else "5m")
         assert alert["labels"]["severity"] in {"warning", "critical"}
         assert set(alert["annotations"]) == {"summary", "description"}
-        retrain = name.endswith("Drift") or quality
+        # one replica's quality is not the model's: it is looked at, not retrained
+        retrain = name.endswith("Drift") or name == "AutomlQualityBelowEvaluation"
         assert (alert["labels"].get("action") == "retrain") == retrain, name
 
 

@@ -21,7 +21,7 @@ from kfp_automl.cli.feedback import prediction_log_options, prediction_log_setti
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
 from kfp_automl.runtime.metrics import METRICS
-from kfp_automl.serving.callers import Callers, TokenError, read_tokens
+from kfp_automl.serving.callers import Callers, LabelRate, TokenError, read_tokens
 from kfp_automl.serving.prediction_log import (
     CALLER_FIELD,
     LogSettings,
@@ -746,3 +746,17 @@ def test_feedback_auth_none_is_said_at_start_up(capsys):
     env = _settings("--log-predictions", "on", "--feedback-auth", "none")
     assert env["AUTOML_FEEDBACK_AUTH"] == "none"
     assert "anyone who can reach the server can label" in capsys.readouterr().err
+
+
+def test_each_caller_has_its_own_label_rate():
+    rate = LabelRate(per_s=100, burst=1000)
+    assert rate.take("crm", 1000, now=0.0) == 0.0  # one full request at once
+    assert rate.take("crm", 1, now=0.0) == pytest.approx(0.01)
+    assert rate.take("shop", 1000, now=0.0) == 0.0  # another caller's bucket is full
+    assert rate.take("crm", 500, now=2.0) == pytest.approx(3.0)  # 200 back after 2 s
+    assert rate.take("crm", 200, now=2.0) == 0.0  # a refused request spent nothing
+    # a request over the burst takes a full bucket, then waits for one
+    assert rate.take("crm", 5000, now=100.0) == 0.0
+    assert rate.take("crm", 5000, now=104.0) == pytest.approx(6.0)
+    with pytest.raises(ValueError):
+        LabelRate(per_s=0, burst=10)

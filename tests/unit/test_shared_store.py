@@ -104,6 +104,7 @@ def test_a_label_joins_on_the_replica_it_reaches_and_nothing_is_on_the_pods_disk
     # and each its own: the bad replica is visible
     assert _value(reg_a, "automl_live_replica_metric", metric="accuracy") == 1.0
     assert _value(reg_b, "automl_live_replica_metric", metric="accuracy") == 0.0
+    assert _value(reg_a, "automl_live_replica_window_labels") == 20
     assert _value(reg_a, "automl_prediction_log_records_total") == 20
     assert not list((tmp_path / "a").glob("predictions-*")), "a shared store writes no files"
     a.close()
@@ -178,12 +179,23 @@ def test_the_database_stopped_mid_traffic_loses_nothing_it_acknowledged(
     _submit(a, [f"d{i}" for i in range(50)])
     a.flush()
     assert a.feedback(_labels(["d0"]), OPEN)[0] == 200
+    assert a.status()["status"] == "ok" and a.status()["store"] == "postgresql"
     postgres.stop("immediate")
     try:
         _submit(a, [f"d{i}" for i in range(50, 120)])  # predictions go on being answered
         a.flush()
         assert _value(reg, "automl_prediction_log_backlog") == 70
         assert _value(reg, "automl_prediction_log_healthy") == 0
+        # GET /status says so (the pod stays ready)
+        assert a.status() == {
+            "status": "degraded",
+            "mode": "on",
+            "store": "postgresql",
+            "replica": "a",
+            "failing": ["store"],
+            "backlog": 70,
+            "queued": 0,
+        }
         started = time.monotonic()
         status, report = a.feedback(_labels(["d1"]), OPEN)
         assert status == 503 and report["error"]["reason"] == "store"
@@ -197,6 +209,7 @@ def test_the_database_stopped_mid_traffic_loses_nothing_it_acknowledged(
         a.flush()
     assert _value(reg, "automl_prediction_log_backlog") == 0
     assert _value(reg, "automl_prediction_log_healthy") == 1
+    assert a.status()["status"] == "ok" and a.status()["backlog"] == 0
     assert _value(reg, "automl_prediction_log_records_total") == 120
     assert _value(reg, "automl_prediction_log_dropped_total", reason="store_down") == 0
     assert postgres.sql("SELECT count(*), count(label) FROM automl_predictions", store_url) == [

@@ -216,19 +216,30 @@ def _kfp_default(spec: dict[str, Any]) -> str:
     return _code(str(value))
 
 
-def _compiled() -> dict[str, Any]:
+def _compiled(path: Path = COMPILED) -> dict[str, Any]:
     import yaml
 
-    with COMPILED.open() as f:
+    with path.open() as f:
         return next(yaml.safe_load_all(f))  # the second document is the platform spec
+
+
+def _parameter_rows(spec: dict[str, Any]) -> list[str]:
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    lines = ["| parameter | type | default | description |", "|---|---|---|---|"]
+    for name in sorted(params):
+        p = params[name]
+        kind = _KFP_TYPES.get(p.get("parameterType", ""), p.get("parameterType", ""))
+        text = _escape(_one_line(p.get("description")))
+        lines.append(f"| `{name}` | {kind} | {_kfp_default(p)} | {text} |")
+    return lines
 
 
 def render_parameters() -> str:
     spec = _compiled()
     info = spec["pipelineInfo"]
-    params = spec["root"]["inputDefinitions"]["parameters"]
+    retrain = _compiled(COMPILED.with_name("feedback-retrain.yaml"))
     lines = [
-        _banner("pipelines/compiled/training.yaml"),
+        _banner("pipelines/compiled/training.yaml and feedback-retrain.yaml"),
         "# Pipeline parameters",
         "",
         f"The training pipeline `{info['name']}`: {_escape(_one_line(info.get('description')))}",
@@ -239,14 +250,21 @@ def render_parameters() -> str:
         "[Installing on a cluster](../guides/cluster.md)). Only what you give is sent; the "
         "defaults below cover the rest.",
         "",
-        "| parameter | type | default | description |",
-        "|---|---|---|---|",
+        *_parameter_rows(spec),
+        "",
+        "## Retraining from feedback",
+        "",
+        f"The pipeline `{retrain['pipelineInfo']['name']}` "
+        "(`pipelines/compiled/feedback-retrain.yaml`): "
+        f"{_escape(_one_line(retrain['pipelineInfo'].get('description')))} Its first step, "
+        "export-feedback, reads the shared prediction store whose URL the Secret "
+        "`kfp-automl-prediction-store` (key `url`) holds in the run's namespace, and hands "
+        "the table to the training pipeline with the parameters below (the others keep the "
+        "training pipeline's defaults). Upload the YAML in the Kubeflow dashboard or with "
+        "the KFP SDK ([Prediction logging and feedback](../guides/feedback.md)).",
+        "",
+        *_parameter_rows(retrain),
     ]
-    for name in sorted(params):
-        p = params[name]
-        kind = _KFP_TYPES.get(p.get("parameterType", ""), p.get("parameterType", ""))
-        text = _escape(_one_line(p.get("description")))
-        lines.append(f"| `{name}` | {kind} | {_kfp_default(p)} | {text} |")
     return "\n".join(lines) + "\n"
 
 

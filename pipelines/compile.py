@@ -18,10 +18,11 @@ from kfp.compiler import pipeline_spec_builder
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from kfp_automl.errors import UserError
+from kfp_automl.pipelines.feedback import feedback_retrain
 from kfp_automl.pipelines.training import training
 
 COMPILED_DIR = Path(__file__).parent / "compiled"
-PIPELINES = {"training": training}
+PIPELINES = {"training": training, "feedback-retrain": feedback_retrain}
 
 # An OCI image reference: [registry[:port]/]path[:tag][@digest] (the grammar of
 # github.com/distribution/reference, lower-case path components).

@@ -38,6 +38,7 @@ STEP_NAMES = {
     "gate-model": "gate",
     "promote-model": "promote",
     "deploy-model": "deploy",
+    "export-feedback": "export-feedback",
 }
 
 
@@ -103,8 +104,11 @@ def _copy_card(src: str | Path, dest: Path) -> Path:
     return dest / "model_card.md"
 
 
-def run_pipeline(params: dict[str, Any], output_dir: Path, verbose: bool = False) -> dict[str, Any]:
-    """Run `training(**params)` locally; copy the main outputs to `output_dir`; return the summary.
+def run_pipeline(
+    params: dict[str, Any], output_dir: Path, verbose: bool = False, pipeline: Any = None
+) -> dict[str, Any]:
+    """Run `training(**params)` (or `pipeline(**params)`, a pipeline with the training
+    pipeline's outputs) locally; copy the main outputs to `output_dir`; return the summary.
 
     A step that fails reports why (kfp_automl.progress.reported) into a folder this run
     names in $KFP_AUTOML_STEP_ERRORS: a user mistake only a step could find becomes a
@@ -133,7 +137,7 @@ def run_pipeline(params: dict[str, Any], output_dir: Path, verbose: bool = False
                 # kfp.local's notes that resource requests and the image do not apply locally
                 warnings.filterwarnings("ignore", message=".*no effect in the current local runner")
                 warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
-                task = without_retries(training)(**params)
+                task = without_retries(pipeline or training)(**params)
         except Exception as exc:
             filt.flush()
             failures = read_reports(reports)

@@ -257,29 +257,22 @@ def export_feedback(log_dir, store, since, model, output, append_to, raw_csv):
     The table has the model's feature columns and the target column named as in
     training; `kfp-automl run --data OUTPUT --target TARGET` retrains on it.
     """
-    from kfp_automl.feedback import export as ft
-    from kfp_automl.tables.io import table_format, write_table
+    from kfp_automl.feedback.export import export
 
-    table_format(output)  # a bad output name fails before any work
-    since_ts = ft.parse_since(since)
     if store:
-        from kfp_automl.serving.postgres_store import redact
-
-        source = redact(_store_url(store, "--store"))
-        fresh = ft.store_feedback_table(store, since_ts, model)
-    else:
-        source = log_dir
-        fresh = ft.feedback_table(log_dir, since_ts, model)
-    if fresh.labelled == 0:
-        raise UserError(
-            f"no labelled predictions in {source}"
-            + (f" since {since}" if since else "")
-            + f" ({fresh.predictions} predictions without labels); send labels to POST /feedback"
-        )
-    table = ft.append_to(append_to, fresh) if append_to else fresh.table
-    write_table(table, output, raw_csv=raw_csv)
+        _store_url(store, "--store")
+    done = export(
+        output,
+        store=store,
+        log_dir=log_dir,
+        since=since,
+        model=model,
+        append_to_path=append_to,
+        raw_csv=raw_csv,
+    )
+    fresh = done.fresh
     click.echo(
-        f"wrote {len(table)} rows to {output}: {fresh.labelled} labelled predictions "
+        f"wrote {done.rows} rows to {output}: {fresh.labelled} labelled predictions "
         f"(of {fresh.predictions} logged)" + (f" appended to {append_to}" if append_to else "")
     )
     if fresh.excluded:

@@ -231,3 +231,58 @@ def append_to(original_path: str, fresh: FeedbackTable) -> pd.DataFrame:
     if len(new) == 0:
         return original
     return pd.concat([original, new], ignore_index=True)
+
+
+@dataclass
+class Exported:
+    """What `export` wrote: the table's rows and what they came from."""
+
+    rows: int
+    fresh: FeedbackTable
+    source: str  # where the predictions were read (a store URL without its password)
+
+
+def export(
+    output: str,
+    *,
+    store: str = "",
+    log_dir: str = "",
+    since: str = "",
+    model: str = "",
+    append_to_path: str = "",
+    raw_csv: bool = False,
+    min_labels: int = 1,
+) -> Exported:
+    """Write the training table of labelled predictions (from the shared `store` URL, else
+    `log_dir`) to `output`, appended to `append_to_path` when given. UserError when fewer
+    than `min_labels` predictions are labelled: nothing is written then."""
+    from kfp_automl.serving.postgres_store import redact
+    from kfp_automl.tables.io import table_format, write_table
+
+    table_format(output)  # a bad output name fails before any work
+    since_ts = parse_since(since)
+    if store:
+        if not store.startswith(("postgresql://", "postgres://")):
+            raise UserError("the store must be a postgresql://USER:PASSWORD@HOST:5432/DB URL")
+        source = redact(store)
+        fresh = store_feedback_table(store, since_ts, model)
+    else:
+        source = log_dir
+        fresh = feedback_table(log_dir, since_ts, model)
+    needed = max(1, min_labels)
+    if fresh.labelled < needed:
+        found = (
+            f"{fresh.labelled} labelled predictions"
+            if fresh.labelled
+            else "no labelled predictions"
+        )
+        raise UserError(
+            f"{found} in {source}"
+            + (f" since {since}" if since else "")
+            + f" ({fresh.predictions} logged)"
+            + (f", fewer than the {needed} asked for" if needed > 1 else "")
+            + "; send labels to POST /feedback"
+        )
+    table = append_to(append_to_path, fresh) if append_to_path else fresh.table
+    write_table(table, output, raw_csv=raw_csv)
+    return Exported(len(table), fresh, source)

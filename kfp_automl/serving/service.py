@@ -287,7 +287,7 @@ class RequestGuard:
             return await _refuse_feedback(send, plog, 400, str(exc), "bad_json")
         rate: LabelRate | None = _state.get("label_rate")
         wait = rate.take(caller, len(items)) if rate is not None else 0.0
-        if wait:
+        if wait and rate is not None:
             problem = (
                 f"caller {caller!r} sends labels faster than {rate.per_s:g} a second to this "
                 f"server; send again in {math.ceil(wait)} s"

@@ -89,9 +89,7 @@ def test_two_replicas_share_one_join_one_window_and_survive_the_database(
         labels_of_a = [{"id": x["id"], "label": x["prediction"]} for x in right]
         labels_of_b = [{"id": x["id"], "label": _other(x)} for x in wrong]
         with ThreadPoolExecutor(2) as pool:
-            answers = list(
-                pool.map(lambda job: _label(*job), [(b, labels_of_a), (a, labels_of_b)])
-            )
+            answers = list(pool.map(lambda job: _label(*job), [(b, labels_of_a), (a, labels_of_b)]))
         for r in answers:
             assert r.status_code == 200 and r.json()["matched"] == 30, r.text[:300]
         # the same id labelled again on either replica: the first label stands
@@ -131,8 +129,9 @@ def test_two_replicas_share_one_join_one_window_and_survive_the_database(
             during = {a: _predict(a, 20), b: _predict(b, 20)}
             for base in (a, b):
                 _wait(
-                    lambda base=base: httpx.get(f"{base}/status", timeout=10).json()["status"]
-                    == "degraded",
+                    lambda base=base: (
+                        httpx.get(f"{base}/status", timeout=10).json()["status"] == "degraded"
+                    ),
                     20,
                     f"{base} to say degraded",
                 )
@@ -144,8 +143,7 @@ def test_two_replicas_share_one_join_one_window_and_survive_the_database(
             postgres.start()
         for base in (a, b):
             _wait(
-                lambda base=base: httpx.get(f"{base}/status", timeout=10).json()["status"]
-                == "ok",
+                lambda base=base: httpx.get(f"{base}/status", timeout=10).json()["status"] == "ok",
                 30,
                 f"{base} to write its backlog",
             )

@@ -1,6 +1,6 @@
 """The prediction and label store every replica shares, against a real PostgreSQL server
 (tests/support/postgres.py), in process: two PredictionLogs with their own directories are
-two replicas. (Two real `bentoml serve` replicas: tests/integration/test_shared_feedback.py.)"""
+two replicas. (Two real `bentoml serve` replicas: tests/adversarial/test_shared_store_servers.py.)"""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""The export-feedback step: labelled production predictions as a training table."""

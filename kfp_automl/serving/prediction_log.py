@@ -772,10 +772,10 @@ class PredictionLog:
 
     def status(self) -> dict[str, Any]:
         """This worker's view of the log for GET /status: "degraded" while a part cannot be
-        written (predictions still flow; store rows wait in the backlog)."""
+        written or rows wait for the store (predictions still flow meanwhile)."""
         failing = sorted(k for k, ok in self._ok.items() if not ok)
         return {
-            "status": "degraded" if failing else "ok",
+            "status": "degraded" if failing or self._unwritten_n else "ok",
             "mode": self.settings.mode,
             "store": "postgresql" if self.settings.shared else "sqlite",
             "replica": self.replica,

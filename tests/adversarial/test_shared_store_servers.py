@@ -2,7 +2,8 @@
 AUTOML_LOG_STORE, as the prod overlay gives it from a Secret).
 
 A label joins whichever replica it reaches; both export the fleet's live quality, equal to
-the metric computed offline over the same predictions and labels, and each its own; with
+the metric computed offline over the same predictions and labels, and each its own; many
+clients labelling the same ids on both leave exactly one label per id; with
 the database stopped mid-traffic predictions keep flowing, /status says degraded, and once
 it is back the backlog is written and the outage's predictions take labels.
 """
@@ -123,6 +124,31 @@ def test_two_replicas_share_one_join_one_window_and_survive_the_database(
         )
         assert rows == [("a", 30, 30), ("b", 30, 30)]
 
+        # many clients labelling the same fresh ids on both replicas, with differing labels:
+        # exactly one label per id, and every answer says which
+        contested = _predict(a, 25) + _predict(b, 25)
+        classes = sorted(contested[0]["probabilities"])
+        jobs = [
+            (
+                base,
+                [{"id": x["id"], "label": classes[(k + j) % 2]} for j, x in enumerate(contested)],
+            )
+            for k in range(8)
+            for base in (a, b)
+        ]
+        with ThreadPoolExecutor(8) as pool:
+            reports = [r.json() for r in pool.map(lambda job: _label(*job), jobs)]
+        assert sum(r["matched"] for r in reports) == 50
+        assert sum(r["duplicate"] for r in reports) == 50 * (len(jobs) - 1)
+        ids = tuple(x["id"] for x in contested)
+        labelled = postgres.sql(
+            "SELECT count(*), count(label) FROM automl_predictions WHERE id IN ("
+            + ",".join(f"'{i}'" for i in ids)
+            + ")",
+            store_url,
+        )
+        assert labelled == [(50, 50)]
+
         # the database goes away mid-traffic: predictions keep flowing, status degraded
         postgres.stop("immediate")
         try:
@@ -131,23 +157,25 @@ def test_two_replicas_share_one_join_one_window_and_survive_the_database(
                 _wait(
                     lambda base=base: (
                         httpx.get(f"{base}/status", timeout=10).json()["status"] == "degraded"
+                        and _metric(base, "automl_prediction_log_backlog") == 20
                     ),
                     20,
-                    f"{base} to say degraded",
+                    f"{base} to say degraded with its 20 rows waiting",
                 )
                 assert httpx.get(f"{base}/readyz", timeout=10).status_code == 200
-                assert _metric(base, "automl_prediction_log_backlog") == 20
             r = _label(a, [{"id": during[a][0]["id"], "label": during[a][0]["prediction"]}])
             assert r.status_code == 503 and postgres.password not in r.text, r.text[:300]
         finally:
             postgres.start()
         for base in (a, b):
             _wait(
-                lambda base=base: httpx.get(f"{base}/status", timeout=10).json()["status"] == "ok",
+                lambda base=base: (
+                    httpx.get(f"{base}/status", timeout=10).json()["status"] == "ok"
+                    and _metric(base, "automl_prediction_log_backlog") == 0
+                ),
                 30,
                 f"{base} to write its backlog",
             )
-            assert _metric(base, "automl_prediction_log_backlog") == 0
             dropped = _metric(base, "automl_prediction_log_dropped_total", reason="store_down")
             assert not dropped
         # the outage's predictions are in the store and take labels on the other replica
@@ -155,4 +183,4 @@ def test_two_replicas_share_one_join_one_window_and_survive_the_database(
         r = _label(b, outage)
         assert r.status_code == 200 and r.json()["matched"] == 20, r.text[:300]
         total = postgres.sql("SELECT count(*) FROM automl_predictions", store_url)
-        assert total == [(100,)]
+        assert total == [(150,)]

@@ -93,8 +93,9 @@ class Postgres:
             return cur.fetchall() if cur.description else []
 
 
-def start_postgres() -> Postgres:
-    """initdb a new cluster in a fresh directory and start it on a free port."""
+def start_postgres(durable: bool = False) -> Postgres:
+    """initdb a new cluster in a fresh directory and start it on a free port (`durable`:
+    with fsync, as a production server runs, for benchmarks)."""
     binaries = bin_dir()
     if binaries is None:
         raise RuntimeError(
@@ -123,7 +124,9 @@ def start_postgres() -> Postgres:
     pwfile.unlink()
     with open(data / "postgresql.conf", "a") as fh:
         # a test server: small, and no fsync (the tests kill it, they do not pull the plug)
-        fh.write("fsync = off\nshared_buffers = 32MB\nmax_connections = 60\n")
+        fh.write("shared_buffers = 32MB\nmax_connections = 60\n")
+        if not durable:
+            fh.write("fsync = off\n")
     server.start()
     import psycopg
 

@@ -145,7 +145,7 @@ def test_evaluate_uses_requested_metric(binary_model):
 def test_multiclass_has_confusion_but_no_roc():
     model = _fit("multiclass")
     test = synthetic_frame(120, "multiclass", seed=15)
-    ev = evaluate(model, test, schema_for("multiclass"))
+    ev = evaluate(model, test, schema_for("multiclass"), n_bootstrap=50)
     assert ev.metric == "f1_macro"
     assert "f1" not in ev.metrics and {"roc_auc", "pr_auc", "brier"} <= set(ev.metrics)
     assert 0 <= ev.metrics["brier"] <= 2
@@ -508,7 +508,7 @@ def test_report_multiclass_has_every_section():
     model = _fit("multiclass", family="random_forest")
     schema = _schema("multiclass")
     test = synthetic_frame(150, "multiclass", seed=28)
-    ev = evaluate(model, test, schema)
+    ev = evaluate(model, test, schema, n_bootstrap=50)
     diag = diagnose(model, ev, test, schema, synthetic_frame(300, "multiclass", seed=29))
     page = render_report(ev, schema, None, _info(family="random_forest"), diag)
     parsed = _check_page(page, "classification")
@@ -522,7 +522,7 @@ def test_report_regression_has_every_section():
     model = _fit("regression", family="random_forest")
     schema = _schema("regression")
     test = synthetic_frame(120, "regression", seed=30)
-    ev = evaluate(model, test, schema)
+    ev = evaluate(model, test, schema, n_bootstrap=50)
     diag = diagnose(model, ev, test, schema, synthetic_frame(300, "regression", seed=31))
     page = render_report(ev, schema, pd.DataFrame(), _info(), diag)
     parsed = _check_page(page, "regression")

@@ -113,7 +113,7 @@ def test_a_label_joins_on_the_replica_it_reaches_and_nothing_is_on_the_pods_disk
 
 def test_a_label_for_a_prediction_another_replica_still_holds_waits_for_it(tmp_path, store_url):
     a, _ = _replica(tmp_path, store_url, "a")
-    b, reg_b = _replica(tmp_path, store_url, "b", label_grace_s=3.0)
+    b, reg_b = _replica(tmp_path, store_url, "b", label_grace_s=1.5)
     _submit(a, ["late"])  # answered by a, not yet written by its log thread
     later = threading.Timer(0.6, a.flush)
     later.start()
@@ -122,12 +122,12 @@ def test_a_label_for_a_prediction_another_replica_still_holds_waits_for_it(tmp_p
     waited = time.monotonic() - started
     later.join()
     assert (status, report["matched"]) == (200, 1)
-    assert 0.5 < waited < 3.0
+    assert 0.5 < waited < 1.5
     # an id nobody made is answered unknown_id once the grace is over
     started = time.monotonic()
     status, report = b.feedback(_labels(["never"]), OPEN)
     assert (status, report["unknown_id"]) == (422, 1)
-    assert 2.9 < time.monotonic() - started < 6
+    assert 1.4 < time.monotonic() - started < 4.5
     assert _value(reg_b, "automl_feedback_labels_total", outcome="unknown_id") == 1
     a.close()
     b.close()
@@ -286,7 +286,7 @@ def test_an_unreachable_store_is_a_one_line_error_without_its_password(tmp_path)
     with pytest.raises(UserError) as err:
         store_feedback_table(url)
     assert "s3cret" not in str(err.value) and "\n" not in str(err.value)
-    store = PostgresStore(url, "m", "r")
+    store = PostgresStore(url, "m", "r", timeout_s=0.5)
     with pytest.raises(StoreUnavailable) as down:
         store.add([(OPEN, "i", "m", "v1", 1.0, "1", None, None)])
     assert "s3cret" not in str(down.value)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-
 # Session fixtures that cost a pipeline run: the tests that use them share one worker of
 # `pytest -n 2 --dist loadgroup`, so the run happens once.
 _SHARED_RUNS = ("pipeline_run",)

@@ -109,6 +109,7 @@ def training(
     boolean_columns: str = "",
     time_column: str = "",
     group_column: str = "",
+    drop_duplicates: bool = False,
     valid_fraction: float = 0.15,
     test_fraction: float = 0.15,
     search_algorithm: str = "tpe",
@@ -163,6 +164,9 @@ def training(
         boolean_columns: Columns to treat as true/false (comma-separated, or a JSON array).
         time_column: Time-ordered split on this column (empty: random, stratified for classification).
         group_column: Split so one value of this column never spans train and test.
+        drop_duplicates: Drop exact repeats of a row (the data report counts them); by default
+            they are kept as observations (distinct records that look the same), each set of
+            identical rows on one side of every split and validation fold.
         valid_fraction: Share of the rows held out to compare trials (the holdout of large
             tables; folded into cross-validation on small ones).
         test_fraction: Share of the rows held out for the final evaluation and the gate.
@@ -199,6 +203,7 @@ def training(
         boolean_columns=boolean_columns,
         time_column=time_column,
         group_column=group_column,
+        drop_duplicates=drop_duplicates,
         valid_fraction=valid_fraction,
         test_fraction=test_fraction,
         data_version=versions.outputs["data_version"],

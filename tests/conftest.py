@@ -24,6 +24,9 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("xdist_group"):
             continue
         shared = next((f for f in _SHARED_RUNS if f in item.fixturenames), None)
+        if shared is None and item.module.__name__.startswith("tests.component."):
+            # the searches count trials within a time budget: one Ray search at a time
+            shared = "search"
         item.add_marker(pytest.mark.xdist_group(shared or item.module.__name__))
 
 

@@ -32,6 +32,7 @@ def prepare_data(
     boolean_columns: str = "",
     time_column: str = "",
     group_column: str = "",
+    drop_duplicates: bool = False,
     data_version: str = "",
 ):
     """Validate a table, infer the task and column roles, clean it, split it, and report on it.
@@ -59,6 +60,8 @@ def prepare_data(
         boolean_columns: Comma-separated columns to treat as true/false.
         time_column: Split by time on this column (the latest rows are the test rows).
         group_column: Split so that one value of this column never spans two splits.
+        drop_duplicates: Drop exact repeats of a row; by default they are kept as observations,
+            each set of identical rows on one side of every split and validation fold.
         data_version: The version of `data` the fingerprint step read (ETag, generation or
             SHA-256): part of KFP's cache key, so a changed table is never a cache hit.
             Recorded on the split datasets.
@@ -78,6 +81,7 @@ def prepare_data(
             boolean=parse_list(boolean_columns),
             time_column=time_column,
             group_column=group_column,
+            drop_duplicates=drop_duplicates,
         )
         result = run(
             data=data,

@@ -29,6 +29,7 @@ from kfp_automl.components.prepare.roles import (
 from kfp_automl.components.prepare.splitting import split
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
+from kfp_automl.tables.repeats import repeat_keys
 
 __all__ = [
     "Checked",
@@ -65,6 +66,9 @@ class Options:
     schema_file: str = ""
     time_column: str = ""
     group_column: str = ""
+    # exact repeats of a row are observations (distinct records that look the same) and are
+    # kept, each set of identical rows on one side of every split; True drops them instead
+    drop_duplicates: bool = False
 
     def overrides(self) -> Overrides:
         from_file = load_schema_file(self.schema_file) if self.schema_file else Overrides()
@@ -334,7 +338,23 @@ def _clean(df: pd.DataFrame, target: str, task: str, options: Options) -> _Clean
         )
     duplicated = data.duplicated()
     n_duplicates = int(duplicated.sum())
-    if n_duplicates:
+    if n_duplicates and not options.drop_duplicates:
+        if len(data) - n_duplicates < MIN_ROWS:  # the splits are drawn over distinct rows
+            raise UserError(
+                f"only {len(data) - n_duplicates} distinct rows have a value for target "
+                f"{target!r} ({n_duplicates} rows repeat them exactly); at least {MIN_ROWS} "
+                "are needed"
+            )
+        decisions.append(
+            _decision(
+                "(all)",
+                "kept repeated rows",
+                f"{n_duplicates} rows repeat an earlier row exactly: kept as observations, each "
+                "set of identical rows on one side of every split and validation fold "
+                "(drop_duplicates drops them)",
+            )
+        )
+    elif n_duplicates:
         data = data.loc[~duplicated]
         decisions.append(_decision("(all)", "dropped rows", f"{n_duplicates} exact duplicate rows"))
         if len(data) < MIN_ROWS:
@@ -412,6 +432,7 @@ def check(
         test_fraction,
         options.time_column,
         options.group_column,
+        keys=repeat_keys(cleaned.data.drop(columns=[target])),
     )
     return Checked(cleaned.task, cleaned.data[target])
 
@@ -524,6 +545,7 @@ def prepare(
             "input": n_input,
             "missing_target": cleaned.n_missing_target,
             "duplicates": n_duplicates,
+            "duplicates_dropped": bool(options.drop_duplicates and n_duplicates),
             "train": len(train),
             "valid": len(valid),
             "test": len(test),

@@ -115,7 +115,12 @@ def render_html(schema: Schema, train: pd.DataFrame, profile: Profile) -> str:
                 ("target", schema.target),
                 ("rows read", rows["input"]),
                 ("rows without a target (dropped)", rows["missing_target"]),
-                ("exact duplicate rows (dropped)", rows.get("duplicates", 0)),
+                (
+                    "exact repeats of a row (dropped)"
+                    if rows.get("duplicates_dropped")
+                    else "exact repeats of a row (kept, each set on one side of every split)",
+                    rows.get("duplicates", 0),
+                ),
                 (
                     "train / valid / test rows",
                     f"{rows['train']} / {rows['valid']} / {rows['test']}",
@@ -213,7 +218,8 @@ def render_markdown(schema: Schema) -> str:
         f"# Data: {schema.target} ({schema.task})",
         "",
         f"- rows read: {rows['input']}; without a target: {rows['missing_target']}; "
-        f"duplicates: {rows.get('duplicates', 0)}",
+        f"exact repeats of a row: {rows.get('duplicates', 0)} "
+        f"({'dropped' if rows.get('duplicates_dropped') else 'kept'})",
         f"- train / valid / test: {rows['train']} / {rows['valid']} / {rows['test']} "
         f"({schema.split.get('strategy', 'random')} split)",
         f"- features: {len(schema.features)}; dropped: {len(schema.dropped)}",

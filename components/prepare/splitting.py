@@ -8,6 +8,7 @@ from pandas.api import types as ptypes
 from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
 
 from kfp_automl.errors import UserError
+from kfp_automl.tables.repeats import first_positions, repeat_keys
 
 
 def _check_fractions(valid_fraction: float, test_fraction: float) -> None:
@@ -88,6 +89,36 @@ def group_split(
     return rest.iloc[train_idx], rest.iloc[valid_idx], df.iloc[test_idx]
 
 
+def _keeping_repeats_together(
+    df: pd.DataFrame,
+    target: str,
+    task: str,
+    seed: int,
+    valid_fraction: float,
+    test_fraction: float,
+    keys: np.ndarray | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """A random split of the distinct inputs; every row with the same feature values goes where
+    the first goes, so no input is in one split and its exact copy in another (a model would
+    be scored on inputs it was fitted on). Grouped by the inputs, not the whole rows: one input
+    seen with both labels must not have its labels split apart (the model would be scored
+    against the label it never saw for it). `keys`: which distinct input each row has
+    (default: of `df`'s columns but the target)."""
+    keys = repeat_keys(df.drop(columns=[target])) if keys is None else keys
+    first = first_positions(keys)
+    n_distinct = len(first)
+    if n_distinct == len(df):
+        return random_split(df, target, task, seed, valid_fraction, test_fraction)
+    distinct = df.iloc[first].reset_index(drop=True)  # row j is distinct row j
+    side = np.empty(n_distinct, dtype=np.int8)
+    for i, part in enumerate(
+        random_split(distinct, target, task, seed, valid_fraction, test_fraction)
+    ):
+        side[part.index.to_numpy()] = i
+    row_side = side[keys]
+    return tuple(df.iloc[np.flatnonzero(row_side == i)] for i in range(3))  # type: ignore[return-value]
+
+
 def split(
     df: pd.DataFrame,
     target: str,
@@ -97,8 +128,13 @@ def split(
     test_fraction: float = 0.15,
     time_column: str = "",
     group_column: str = "",
+    keys: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Train/valid/test rows (index reset); checks every split can be trained and scored."""
+    """Train/valid/test rows (index reset); checks every split can be trained and scored.
+
+    A random split keeps rows with identical inputs together: `keys` says which distinct
+    input each row has (repeats.repeat_keys of the feature columns; default: of `df`'s columns
+    but the target)."""
     _check_fractions(valid_fraction, test_fraction)
     if time_column and group_column:
         raise UserError("--time-column and --group-column cannot be combined; choose one")
@@ -112,7 +148,9 @@ def split(
     elif group_column:
         parts = group_split(df, group_column, target, task, seed, valid_fraction, test_fraction)
     else:
-        parts = random_split(df, target, task, seed, valid_fraction, test_fraction)
+        parts = _keeping_repeats_together(
+            df, target, task, seed, valid_fraction, test_fraction, keys
+        )
     train, valid, test = (p.reset_index(drop=True) for p in parts)
     for name, part in (("train", train), ("valid", valid), ("test", test)):
         if len(part) == 0:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
+from kfp_automl.tables.repeats import first_positions, repeat_keys
 
 CV_MAX_ROWS = 10_000  # train+valid rows up to which trials cross-validate
 CV_REPEAT_MAX_ROWS = 2_000  # ... and up to which the folds are repeated
@@ -87,12 +88,27 @@ def plan(
     if repeats is None:
         repeats = REPEATS if len(data) <= CV_REPEAT_MAX_ROWS else 1
     classification = schema.task == "classification"
-    k = max(2, min(folds, int(y.value_counts().min()))) if classification else min(folds, len(data))
+    # rows with identical inputs stay in one fold: folds are drawn over the distinct inputs,
+    # and every repeat follows (else a trial is scored on inputs it was fitted on)
+    keys = repeat_keys(X)
+    first = first_positions(keys)
+    n_distinct = len(first)
+    y_fold = y.iloc[first] if n_distinct < len(data) else y
+    k = (
+        max(2, min(folds, int(y_fold.value_counts().min())))
+        if classification
+        else min(folds, len(y_fold))
+    )
     splits = []
     for r in range(max(1, repeats)):  # each repeat a different shuffle, stratified alike
         kind = StratifiedKFold if classification else KFold
         splitter = kind(n_splits=k, shuffle=True, random_state=seed + r)
-        splits += [(tr, va) for tr, va in splitter.split(X, y)]
+        if n_distinct == len(data):
+            splits += [(tr, va) for tr, va in splitter.split(X, y)]
+            continue
+        for _, va_distinct in splitter.split(np.zeros(n_distinct), y_fold):
+            held = np.isin(keys, va_distinct)
+            splits.append((np.flatnonzero(~held), np.flatnonzero(held)))
     return Plan("cv", X, y, splits, max(1, repeats))
 
 

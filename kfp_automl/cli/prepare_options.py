@@ -45,6 +45,7 @@ def prepare_params(flags: dict[str, Any]):
         schema_file=flags.pop("schema_file", "") or "",
         time_column=flags.get("param_time_column") or "",
         group_column=flags.get("param_group_column") or "",
+        drop_duplicates=bool(flags.get("param_drop_duplicates")),
     )
     merged = options.overrides().roles  # reads and checks the schema file
     lists: dict[str, list[str]] = {}

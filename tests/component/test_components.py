@@ -53,7 +53,7 @@ def _run_chain(tmp: Path, data: str, target: str, task: str = "auto", metric: st
         leaderboard=arts["leaderboard"],
         search_report=arts["search_report"],
         metric=metric,
-        time_budget_s=60,
+        time_budget_s=180,  # max_trials ends it; the budget is room for a loaded machine
         max_trials=6,
     )
     return arts
@@ -252,7 +252,7 @@ def test_search_puts_the_data_in_ray_once(monkeypatch, small_churn_csv):
         prepared.schema,
         resolve_metric("", "classification", 2),
         select_families(""),
-        time_budget_s=60,
+        time_budget_s=180,  # max_trials ends it; the budget is room for a loaded machine
         max_trials=6,
     )
     statuses = result.leaderboard["status"]

@@ -128,7 +128,7 @@ print("META " + json.dumps(run(**paths, **args).to_metadata()), flush=True)
 def _driver(files, tmp: Path, env=None, **kwargs) -> subprocess.Popen:
     args = {
         "files": [*files, str(tmp / "model"), str(tmp / "leaderboard.csv")],
-        "time_budget_s": 60,
+        "time_budget_s": 180,  # max_trials ends a search; room for a loaded machine
         "max_trials": 6,
         **kwargs,
     }

@@ -115,12 +115,29 @@ def test_bad_schema_file(tmp_path, content, match):
         prepare(messy(), "churn", options=Options(schema_file=str(tmp_path / "none.yaml")))
 
 
-def test_duplicates_and_missing_targets_are_dropped_and_counted():
+def test_repeated_rows_are_kept_on_one_side_and_missing_targets_dropped():
+    df = messy()
+    df = pd.concat([df, df.iloc[:25], df.iloc[:10]], ignore_index=True)  # 35 repeats
+    df.loc[[100, 101, 102], "churn"] = None
+    p = prepare(df, "churn")
+    s = p.schema.to_dict()
+    assert s["rows"]["duplicates"] == 35 and s["rows"]["missing_target"] == 3
+    assert not s["rows"]["duplicates_dropped"]
+    assert s["rows"]["train"] + s["rows"]["valid"] + s["rows"]["test"] == len(df) - 3
+    # a row and its copies are in one split only: never scored on a copy of a training row
+    sides = [set(map(tuple, part.astype(str).to_numpy())) for part in (p.train, p.valid, p.test)]
+    assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    kept = next(d for d in s["decisions"] if d["action"] == "kept repeated rows")
+    assert "35 rows repeat an earlier row" in kept["reason"]
+
+
+def test_drop_duplicates_drops_repeats_and_counts_them():
     df = messy()
     df = pd.concat([df, df.iloc[:25]], ignore_index=True)
     df.loc[[100, 101, 102], "churn"] = None
-    s = prepare(df, "churn").schema.to_dict()
+    s = prepare(df, "churn", options=Options(drop_duplicates=True)).schema.to_dict()
     assert s["rows"]["duplicates"] == 25 and s["rows"]["missing_target"] == 3
+    assert s["rows"]["duplicates_dropped"] == 1
     assert s["rows"]["train"] + s["rows"]["valid"] + s["rows"]["test"] == len(df) - 28
 
 

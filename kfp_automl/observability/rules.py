@@ -312,13 +312,16 @@ def _service_alerts(
     ]
 
 
+def _evaluation_bound(goal: str, name: str) -> str:
+    """The primary metric's evaluation-time `name` bound (ci_low, ci_high) per model, version
+    and metric."""
+    selector = f'primary="true", goal="{goal}", bound="{name}"'
+    return f"max by (model, version, metric) ({n.EVALUATION_METRIC}{{{selector}}})"
+
+
 def _quality_alert(min_labels: int) -> dict[str, Any]:
     mvm = "model, version, metric"
     live = f"max by ({mvm}) ({n.LIVE_METRIC})"
-
-    def bound(goal: str, name: str) -> str:
-        selector = f'primary="true", goal="{goal}", bound="{name}"'
-        return f"max by ({mvm}) ({n.EVALUATION_METRIC}{{{selector}}})"
 
     return {
         "alert": "AutomlQualityBelowEvaluation",
@@ -326,11 +329,11 @@ def _quality_alert(min_labels: int) -> dict[str, Any]:
             (
                 {live}
               < on ({mvm})
-                {bound("max", "ci_low")}
+                {_evaluation_bound("max", "ci_low")}
             or
                 {live}
               > on ({mvm})
-                {bound("min", "ci_high")}
+                {_evaluation_bound("min", "ci_high")}
             )
             and on (model, version)
             (max by (model, version) ({n.LIVE_WINDOW_LABELS}) >= {min_labels})
@@ -354,21 +357,17 @@ def _replica_quality_alert(min_labels: int) -> dict[str, Any]:
     mvm, each = "model, version, metric", "model, version, metric, instance, pod"
     live = f"max by ({each}) ({n.LIVE_REPLICA_METRIC})"
 
-    def bound(goal: str, name: str) -> str:
-        selector = f'primary="true", goal="{goal}", bound="{name}"'
-        return f"max by ({mvm}) ({n.EVALUATION_METRIC}{{{selector}}})"
-
     return {
         "alert": "AutomlReplicaQualityBelowEvaluation",
         "expr": _expr(f"""
             (
                 {live}
               < on ({mvm}) group_left
-                {bound("max", "ci_low")}
+                {_evaluation_bound("max", "ci_low")}
             or
                 {live}
               > on ({mvm}) group_left
-                {bound("min", "ci_high")}
+                {_evaluation_bound("min", "ci_high")}
             )
             and on (model, version, instance, pod)
             (max by (model, version, instance, pod) ({n.LIVE_REPLICA_WINDOW_LABELS}) >= {min_labels})

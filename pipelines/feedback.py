@@ -35,7 +35,7 @@ def feedback_retrain(
     task: str = "auto",
     metric: str = "",
     families: str = "",
-    time_budget_s: int = 60,
+    time_budget_s: int = 120,
     max_trials: int = 0,
     seed: int = 42,
     ray_address: str = "",

@@ -49,6 +49,7 @@ class ConsoleFilter(io.TextIOBase):
         self.log, self.console, self.verbose = log, console, verbose
         self._partial = ""
         self._step_started: dict[str, float] = {}
+        self.took: dict[str, float] = {}  # step -> seconds, as the console shows them
         self.failed_step: str | None = None
 
     def writable(self) -> bool:
@@ -81,6 +82,7 @@ class ConsoleFilter(io.TextIOBase):
         elif (m := _FINISHED.search(line)) is not None:
             step = STEP_NAMES.get(m.group(1), m.group(1))
             took = time.monotonic() - self._step_started.get(step, time.monotonic())
+            self.took[step] = round(self.took.get(step, 0.0) + took, 1)
             status = m.group(2).lower()
             if status != "success":
                 self.failed_step = step
@@ -155,7 +157,7 @@ def run_pipeline(
                 )
                 what = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             raise PipelineFailed(f"step {step} failed: {what} (full log: {log_path})") from None
-    return _summarise(task.outputs, params, output_dir, time.monotonic() - started)
+    return _summarise(task.outputs, params, output_dir, time.monotonic() - started, filt.took)
 
 
 def without_retries(pipeline):
@@ -189,7 +191,11 @@ def _environ(name: str, value: str):
 
 
 def _summarise(
-    outputs: dict[str, Any], params: dict[str, Any], output_dir: Path, elapsed: float
+    outputs: dict[str, Any],
+    params: dict[str, Any],
+    output_dir: Path,
+    elapsed: float,
+    step_s: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     model, metrics, bento = outputs["model"], outputs["metrics"], outputs["bento"]
     schema = Schema.read(outputs["schema"].path)
@@ -240,6 +246,10 @@ def _summarise(
         "champion_before": decision.champion_version,
         "pipeline_run_dir": str(Path(model.path).parent.parent.resolve()),
         "elapsed_s": round(elapsed, 1),
+        "time_budget_s": params.get("time_budget_s"),  # the whole run's
+        "search_s": info.search_s,
+        "refit_s": info.refit_s,
+        "step_s": dict(step_s or {}),
     }
     write_json(output_dir / "summary.json", summary)
     return summary

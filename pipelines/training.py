@@ -89,7 +89,7 @@ def training(
     task: str = "auto",
     metric: str = "",
     families: str = "",
-    time_budget_s: int = 60,
+    time_budget_s: int = 120,
     max_trials: int = 0,
     seed: int = 42,
     ray_address: str = "",
@@ -134,7 +134,9 @@ def training(
         metric: Metric to optimise; empty picks the task's default.
         families: Comma-separated model families to search (linear, random_forest, extra_trees,
             hist_gb, lightgbm); empty searches all.
-        time_budget_s: Wall-clock seconds of the search (Ray's start included).
+        time_budget_s: Wall-clock seconds of the whole run: the search (Ray's start included)
+            and the refit get what prepare spent and the steps after them need (about 28 s)
+            leave, at least 10 s or a quarter of the budget.
         max_trials: Trial cap (0: only the time budget stops the search).
         seed: Seed for the split, the search and the models.
         ray_address: Ray cluster for the search: its Jobs API, http(s)://HEAD:8265 (on KubeRay

@@ -79,7 +79,7 @@ def test_pipeline_wiring_and_defaults():
         "tune-models",
     }
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert params["time_budget_s"]["defaultValue"] == 60
+    assert params["time_budget_s"]["defaultValue"] == 120
     assert params["data"]["defaultValue"] == ""  # no data path baked in at compile time
     assert params["deploy_namespace"]["defaultValue"] == ""  # local runs deploy nothing
     assert params["deploy_manifests"]["defaultValue"] == ""  # the copy in the image

@@ -115,8 +115,12 @@ def diagnose(
     train_valid: pd.DataFrame | None = None,
     slice_column: str = "",
     seed: int = 0,
+    fit_s: float = 0.0,
 ) -> Diagnostics:
-    """Permutation importance, partial dependence (top features), learning curve and slices."""
+    """Permutation importance, partial dependence (top features), learning curve and slices.
+
+    `fit_s`: what refitting the model on train+valid took (tune records it; 0: unknown): a
+    model slower to fit than the learning curve's allowance gets no curve."""
     target = schema.target
     X = test.drop(columns=[target])
     metric = diagnostic_metric(ev)
@@ -140,7 +144,7 @@ def diagnose(
         slices = SliceReport(
             metric=metric.name, skipped="no categorical feature with two or more categories"
         )
-    learning = learning_curve(model, train_valid, target, ev.task, metric, seed)
+    learning = learning_curve(model, train_valid, target, ev.task, metric, seed, fit_s=fit_s)
     return Diagnostics(
         importance=importance,
         dependence=dependence,
@@ -213,7 +217,9 @@ def run(
     # permutation importance, partial dependence and the learning curve call sklearn many
     # thousand times with arguments of our own making: no need to check each call's
     with sklearn.config_context(skip_parameter_validation=True):
-        diag = diagnose(model, ev, test, schema, train_valid, slice_column, seed)
+        diag = diagnose(
+            model, ev, test, schema, train_valid, slice_column, seed, fit_s=model_info.refit_s
+        )
     board = (
         pd.read_csv(leaderboard_path)
         if leaderboard_path and Path(leaderboard_path).exists()

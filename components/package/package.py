@@ -105,10 +105,26 @@ def package(
     archive_path = Path(archive_path)
     archive_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=archive_path.parent, prefix=".export-") as tmp:
-        written = bentoml.export_bento(bento.tag, str(Path(tmp) / "bento.bento"))
+        # BentoML's own .bento export is xz at preset 6: 15 s for a 20 MB forest. The same
+        # layout at preset 0 (what `bentoml import` reads, as .bento) takes a tenth of that
+        # for about 15 % more bytes.
+        folder = bentoml.export_bento(bento.tag, str(Path(tmp) / "bento"), output_format="folder")
+        written = Path(tmp) / "bento.bento"
+        write_archive(Path(folder), written)
         digest = sha256_file(written)
         os.replace(written, archive_path)
     return Packaged(str(stored.tag), str(bento.tag), archive_path, digest)
+
+
+ARCHIVE_PRESET = 0  # xz preset of the .bento archive
+
+
+def write_archive(folder: Path, path: Path, preset: int = ARCHIVE_PRESET) -> None:
+    """`folder`'s files as a .bento archive: an xz tar with `./` paths, as BentoML writes it."""
+    import tarfile
+
+    with tarfile.open(path, "w:xz", preset=preset) as tar:
+        tar.add(folder, arcname=".")
 
 
 def repackage(ref: str, archive_path: str | Path, name: str = "") -> Packaged:

@@ -66,8 +66,11 @@ def prepare_data(
             SHA-256): part of KFP's cache key, so a changed table is never a cache hit.
             Recorded on the split datasets.
     """
+    import time
+
     from kfp_automl.progress import reported
 
+    started = time.monotonic()
     with reported("prepare"):
         from kfp_automl.components.prepare.prepare import Options, run
         from kfp_automl.components.prepare.roles import parse_list
@@ -107,6 +110,8 @@ def prepare_data(
                 "task": result.task,
                 "target": result.target,
                 "data_fingerprint": result.data_fingerprint,
+                # the run's budget is the whole run's: tune gives the search what is left
+                "elapsed_s": round(time.monotonic() - started, 2),
             }
         )
         data_report.metadata["warnings"] = len(result.warnings)

@@ -16,7 +16,7 @@ def tune_models(
     search_report: Output[HTML],
     metric: str = "",
     families: str = "",
-    time_budget_s: int = 60,
+    time_budget_s: int = 120,
     max_trials: int = 0,
     seed: int = 42,
     ray_address: str = "",
@@ -39,7 +39,9 @@ def tune_models(
         search_report: Score over time per family, the best configuration, the history (HTML).
         metric: Metric to optimise; empty picks the task's default.
         families: Comma-separated model families; empty searches all.
-        time_budget_s: Wall-clock budget of the search in seconds.
+        time_budget_s: Wall-clock budget of the whole run in seconds: the search and the
+            refit get what prepare spent (the schema's `elapsed_s`) and the steps after them
+            need (about 28 s) leave, at least 10 s or a quarter of it.
         max_trials: Stop after this many trials (0: only the time budget stops it).
         seed: Seed for the search and the models.
         ray_address: A Ray cluster's Jobs API, http(s)://HEAD:8265: the search runs there as a
@@ -82,6 +84,7 @@ def tune_models(
             ensemble=ensemble,
             storage_path=storage,
             report_path=search_report.path,
+            spent_s=float(schema.metadata.get("elapsed_s", 0.0) or 0.0),
         )
         model.metadata.update(info.to_metadata())
         leaderboard.metadata.update({"metric": info.metric, "n_trials": info.n_trials})

@@ -384,12 +384,23 @@ def run_search(
     use_ensemble: bool = True,
     storage_path: str = "",
     max_failures: int = 2,
+    reserve_refit: bool = False,
 ) -> SearchResult:
-    """Search families x hyperparameters with Ray Tune; return the leaderboard and the winner."""
+    """Search families x hyperparameters with Ray Tune; return the leaderboard and the winner.
+
+    `reserve_refit`: the refit of the winner on train+valid comes out of `time_budget_s`
+    too; the search ends early by what the finished trials' fit times say it will cost.
+    """
     import ray
     from ray import tune
 
-    from kfp_automl.components.tune.budget import BudgetStopper, grace_for
+    from kfp_automl.components.tune.budget import (
+        ENSEMBLE_MEMBERS,
+        REFIT_SHARE,
+        BudgetStopper,
+        RefitReserve,
+        grace_for,
+    )
 
     check_algorithm(algorithm)
     check_address(ray_address)
@@ -436,7 +447,16 @@ def run_search(
         budget_left = max(1.0, time_budget_s - (time.monotonic() - started))
         callback = _callback(metric, time_budget_s, started, preds_dir, mirror=mirror)
         grace_s = grace_for(time_budget_s)
-        stopper = BudgetStopper(time.monotonic() + budget_left, grace_s)
+        reserve = None
+        if reserve_refit:
+            fitted = sum(len(fit_rows) for fit_rows, _ in plan.splits)
+            reserve = RefitReserve(
+                metric.greater_is_better,
+                rows_ratio=len(plan.X) / max(1, fitted),
+                members=ENSEMBLE_MEMBERS if use_ensemble else 1,
+                cap_s=REFIT_SHARE * budget_left,
+            )
+        stopper = BudgetStopper(time.monotonic() + budget_left, grace_s, reserve=reserve)
         exp_path = f"{storage.rstrip('/')}/{EXPERIMENT}"
         # Per-trial result files are off (see TUNE_DISABLE_AUTO_CALLBACK_LOGGERS), so a restore
         # and the ResultGrid warn for every trial that they cannot read them; the metrics come

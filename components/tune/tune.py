@@ -64,8 +64,12 @@ def run(
     ensemble: bool = True,
     storage_path: str = "",
     report_path: str = "",
+    spent_s: float = 0.0,
 ) -> ModelInfo:
     """Search, refit the winner on train+valid, save it, the leaderboard (CSV) and the report.
+
+    `time_budget_s` is the whole run's, `spent_s` of it spent before this step: the search
+    and the refit get what the steps around them leave (budget.split_budget).
 
     `ray_address`: empty starts a private Ray; a GCS address (HOST:PORT) joins a cluster that
     has a node on this host; a Ray Jobs API URL (http(s)://HEAD:8265) runs all of this on
@@ -73,8 +77,11 @@ def run(
     is on. Returns what the model's artifact says about it: digest, family, params, scores,
     trials.
     """
+    import time
+
     from kfp_automl.components.tune import report, submit
     from kfp_automl.components.tune import warm_start as ws
+    from kfp_automl.components.tune.budget import split_budget
 
     schema = Schema.read(schema_path)
     chosen = resolve_metric(metric, schema.task, schema.n_classes)
@@ -92,6 +99,7 @@ def run(
             cv_folds=cv_folds,
             early_stopping=early_stopping,
             ensemble=ensemble,
+            spent_s=spent_s,
         )
         return submit.run_as_job(
             ray_address,
@@ -119,13 +127,15 @@ def run(
         say("tune", f"warm start: {len(seeds)} configurations from {warm_start}")
         for why in skipped:
             say("tune", f"warm start skips {why}")
+    budget = split_budget(time_budget_s, spent_s)
+    say("tune", budget.describe())
     result = run_search(
         train,
         valid,
         schema,
         chosen,
         selected,
-        time_budget_s=time_budget_s,
+        time_budget_s=budget.search_s,
         max_trials=max_trials,
         seed=seed,
         ray_address=ray_address,
@@ -136,6 +146,7 @@ def run(
         warm_start=seeds,
         use_ensemble=ensemble,
         storage_path=storage_path,
+        reserve_refit=True,
     )
     board = result.leaderboard
     with atomic_path(leaderboard_path) as tmp:
@@ -159,7 +170,10 @@ def run(
         "tune",
         f"{n_ok} trials finished; best {family} {chosen.name}={score:.4f}; refitting on train+valid",
     )
+    refit_started = time.perf_counter()
     model = refit_best(train, valid, schema, result.best_config, seed, result.ensemble)
+    refit_s = time.perf_counter() - refit_started
+    say("tune", f"refitted in {refit_s:.1f}s; the search took {result.elapsed_s:.0f}s")
     Path(model_dir).mkdir(parents=True, exist_ok=True)
     sha256 = save_model(model, model_dir)
     return ModelInfo(
@@ -175,4 +189,5 @@ def run(
         n_restored=result.n_restored,
         n_retried=result.n_retried,
         search_s=round(result.elapsed_s, 2),
+        refit_s=round(refit_s, 2),
     )

@@ -101,7 +101,7 @@ def run(output, verbose, **kw):
         parse_root(params["registry_root"])
     click.echo(
         f"{checked.task} on {target!r}: {len(df)} rows, {df.shape[1] - 1} columns; "
-        f"metric {chosen.name}; search budget {params['time_budget_s']}s"
+        f"metric {chosen.name}; time budget {params['time_budget_s']}s for the whole run"
     )
     if data != str(DEFAULT_DATASET) and "://" not in data:
         data = str(Path(data).resolve())
@@ -109,8 +109,21 @@ def run(output, verbose, **kw):
     s = run_pipeline(params, out, verbose=verbose)
     click.echo("")
     click.echo(
-        f"done in {_fmt_seconds(s['elapsed_s'])}: {s['task']} on {s['target']!r}, {s['n_trials']} trials"
+        f"done in {_fmt_seconds(s['elapsed_s'])} (budget {s['time_budget_s']}s): "
+        f"{s['task']} on {s['target']!r}, {s['n_trials']} trials"
     )
+    if s.get("step_s"):
+        steps = ", ".join(
+            f"{step} {seconds:.0f}s"
+            + (
+                f" (search {s['search_s']:.0f}s, refit {s['refit_s']:.0f}s)"
+                if step == "tune"
+                else ""
+            )
+            for step, seconds in s["step_s"].items()
+            if seconds >= 0.5
+        )
+        click.echo(f"  time         {steps}")
     click.echo(
         f"  best model   {s['best_model']}  {s['metric']}: validation {s['cv_score']:.4f}, test {s['test_score']:.4f}"
     )

@@ -33,6 +33,7 @@ class ModelInfo:
     n_restored: int = 0
     n_retried: int = 0
     search_s: float = 0.0
+    refit_s: float = 0.0  # fitting the shipped model on train+valid (0: not recorded)
 
     def to_metadata(self) -> dict[str, Any]:
         """Artifact (and BentoML model) metadata: no None values, which BentoML refuses."""
@@ -68,6 +69,7 @@ class ModelInfo:
             n_restored=_int(m.get("n_restored", 0)),
             n_retried=_int(m.get("n_retried", 0)),
             search_s=float(m.get("search_s", 0.0)),
+            refit_s=float(m.get("refit_s", 0.0)),
         )
 
 

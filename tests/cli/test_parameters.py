@@ -148,5 +148,5 @@ def test_flags_become_pipeline_arguments():
 def test_run_shows_the_pipelines_defaults_and_the_cluster_commands_send_only_what_is_given():
     run = {p.name: p for p in cli.commands["run"].params}
     submit = {p.name: p for p in cli.commands["submit"].params}
-    assert run["param_time_budget_s"].default == 60 and run["param_task"].default == "auto"
+    assert run["param_time_budget_s"].default == 120 and run["param_task"].default == "auto"
     assert submit["param_time_budget_s"].default is None and submit["param_task"].default is None

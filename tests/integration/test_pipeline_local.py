@@ -61,6 +61,22 @@ def test_summary_has_every_field(pipeline_run):
     assert len(pd.read_csv(s["leaderboard_csv"])) <= 8
 
 
+def test_the_budget_is_the_whole_runs_and_the_run_says_where_it_went(pipeline_run):
+    import re
+
+    _, s, stdout = pipeline_run
+    assert s["time_budget_s"] == 40
+    # tune gave the search what prepare (its elapsed time, from the schema's metadata) and
+    # the steps after the search leave
+    plan = re.search(r"run budget 40s: (\d+)s spent before the search, about (\d+)s kept", stdout)
+    assert plan is not None, stdout
+    spent, after = int(plan.group(1)), int(plan.group(2))
+    assert spent <= s["step_s"]["prepare"] + 1 and after > 0
+    assert {"prepare", "tune", "evaluate", "package", "gate"} <= set(s["step_s"])
+    assert 0 < s["refit_s"] < s["step_s"]["tune"] and 0 < s["search_s"] < s["step_s"]["tune"]
+    assert "(budget 40s)" in stdout and re.search(r"time +fingerprint \d+s, prepare", stdout)
+
+
 def test_first_model_becomes_champion_and_a_second_run_is_gated(
     pipeline_run, small_churn_csv, tmp_path
 ):

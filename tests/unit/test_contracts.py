@@ -155,6 +155,7 @@ def test_model_info_survives_kfp_metadata_with_integers_intact():
         valid_score=0.84,
         n_trials=74,
         search_s=61.5,
+        refit_s=3.25,
     )
     back = ModelInfo.from_metadata(_kfp_metadata(info.to_metadata()))
     assert back == info

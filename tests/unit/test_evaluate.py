@@ -318,6 +318,56 @@ def test_learning_curve_skipped_with_reason():
     assert lc.skipped == "no training rows were given to evaluate"
 
 
+class TickingClock:
+    """Each reading one second after the one before: every size of the curve 'takes' 1 s."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_learning_curve_leaves_out_the_sizes_past_its_allowance():
+    model = _fit("classification")
+    data = synthetic_frame(600, "classification", seed=25)
+    metric = METRICS["roc_auc"]
+    full = learning_curve(model, data, "target", "classification", metric, allowance_s=1e9)
+    assert len(full.sizes) == len(FRACTIONS) and full.note == ""
+    # 1 s a size on a clock read 3 times a size: the third size would end past 10 s
+    boxed = learning_curve(
+        model, data, "target", "classification", metric, allowance_s=10, clock=TickingClock()
+    )
+    assert boxed.sizes == full.sizes[:3] and boxed.cv_mean == full.cv_mean[:3]
+    assert boxed.note == f"sizes {full.sizes[3]:,} left out: past the 10s allowance"
+    only_one = learning_curve(
+        model, data, "target", "classification", metric, allowance_s=0.5, clock=TickingClock()
+    )
+    assert only_one.sizes == [] and only_one.skipped.startswith(
+        f"only its smallest size ({full.sizes[0]:,} rows, 3 fits in 1.0s) fitted within"
+    )
+
+
+def test_a_model_slower_to_fit_than_the_allowance_gets_no_curve(binary_model):
+    data = synthetic_frame(400, "classification", seed=26)
+    lc = learning_curve(
+        binary_model, data, "target", "classification", METRICS["roc_auc"], fit_s=40
+    )
+    assert lc.sizes == [] and lc.skipped == (
+        "the model took 40s to fit on 400 rows, more than the curve's 6s allowance"
+    )
+
+
+def test_diagnose_passes_the_refit_time_to_the_curve(binary_model):
+    test = synthetic_frame(200, "classification", seed=27)
+    schema = _schema("classification")
+    ev = evaluate(binary_model, test, schema)
+    train_valid = synthetic_frame(300, "classification", seed=28)
+    diag = diagnose(binary_model, ev, test, schema, train_valid, fit_s=60)
+    assert "took 60s to fit" in diag.learning.skipped
+
+
 def test_learning_curve_for_regression_reports_losses_as_they_are():
     model = _fit("regression", family="random_forest")
     data = synthetic_frame(300, "regression", seed=24)

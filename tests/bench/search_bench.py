@@ -54,7 +54,7 @@ def _test_score(metric, model, test, target) -> float:
     return score(metric, model, test.drop(columns=[target]), test[target])
 
 
-def run_ours(prepared, metric, budget: int) -> dict:
+def run_ours(prepared, metric, budget: int, use_portfolio: bool = True) -> dict:
     from kfp_automl.components.tune.families import select_families
     from kfp_automl.components.tune.search import refit_best, run_search
 
@@ -68,6 +68,7 @@ def run_ours(prepared, metric, budget: int) -> dict:
         select_families(""),
         time_budget_s=budget,
         seed=0,
+        use_portfolio=use_portfolio,
     )
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     driver_cpu = sum(
@@ -81,7 +82,7 @@ def run_ours(prepared, metric, budget: int) -> dict:
     cores = len(os.sched_getaffinity(0))
     ok = board[board["status"] == "ok"]
     return {
-        "test": _test_score(metric, model, prepared.test, prepared.schema["target"]),
+        "test": _test_score(metric, model, prepared.test, prepared.schema.target),
         "wall_s": wall,
         "model": "ensemble" if result.ensemble else result.best_config["family"],
         "trials": len(board),
@@ -108,9 +109,9 @@ def run_flaml(prepared, metric, budget: int) -> dict:
     import pandas as pd
     from flaml import AutoML
 
-    target = prepared.schema["target"]
+    target = prepared.schema.target
     train = pd.concat([prepared.train, prepared.valid], ignore_index=True)
-    features = [f["name"] for f in prepared.schema["features"]]
+    features = prepared.schema.names
     automl = AutoML()
     started = time.monotonic()
     with warnings.catch_warnings():
@@ -118,7 +119,7 @@ def run_flaml(prepared, metric, budget: int) -> dict:
         automl.fit(
             X_train=_categoricals(train[features]),
             y_train=train[target],
-            task="classification" if prepared.schema["task"] == "classification" else "regression",
+            task="classification" if prepared.schema.task == "classification" else "regression",
             metric=FLAML_METRICS[metric.name],
             time_budget=budget,
             seed=0,
@@ -127,7 +128,7 @@ def run_flaml(prepared, metric, budget: int) -> dict:
         )
     wall = time.monotonic() - started
 
-    classes = automl.classes_ if prepared.schema["task"] == "classification" else []
+    classes = automl.classes_ if prepared.schema.task == "classification" else []
 
     class Wrapped:  # score() asks for predict/predict_proba and classes_ on our column set
         classes_ = classes
@@ -150,7 +151,7 @@ def run_default(prepared, metric) -> dict:
 
     from kfp_automl.components.tune.families import build_model
 
-    target = prepared.schema["target"]
+    target = prepared.schema.target
     train = pd.concat([prepared.train, prepared.valid], ignore_index=True)
     model = build_model(prepared.schema, {"family": "hist_gb"}, seed=0)
     # our preprocessing, then HistGradientBoosting with sklearn's own defaults
@@ -181,8 +182,8 @@ def main(out: Path) -> str:
     for budget in budgets:
         for name in names:
             prepared = prepare(load(name), TABLES[name], seed=0)
-            n_classes = len(prepared.schema.get("classes", []))
-            metric = resolve_metric("", prepared.schema["task"], n_classes)
+            n_classes = prepared.schema.n_classes
+            metric = resolve_metric("", prepared.schema.task, n_classes)
             print(f"search bench: {name} ({metric.name}), budget {budget}s", flush=True)
             ours = run_ours(prepared, metric, budget)
             flaml = run_flaml(prepared, metric, budget)
@@ -205,8 +206,8 @@ def main(out: Path) -> str:
     efficiency = []
     for name in [n for n in os.environ.get("BENCH_SEARCH_EFFICIENCY", EFFICIENCY).split(",") if n]:
         prepared = prepare(load(name), TABLES[name], seed=0)
-        n_classes = len(prepared.schema.get("classes", []))
-        metric = resolve_metric("", prepared.schema["task"], n_classes)
+        n_classes = prepared.schema.n_classes
+        metric = resolve_metric("", prepared.schema.task, n_classes)
         print(f"search bench: efficiency on {name}, {EFFICIENCY_S}s search", flush=True)
         efficiency.append({"table": name, "rows": len(prepared.train) + len(prepared.valid),
                            **run_ours(prepared, metric, EFFICIENCY_S)})  # fmt: skip
@@ -216,6 +217,49 @@ def main(out: Path) -> str:
     )
     table = _markdown(rows) + "\n\n" + _efficiency_markdown(efficiency)
     (out / "search.md").write_text(table + "\n")
+    print(table)
+    return table
+
+
+def portfolio_main(out: Path) -> str:
+    """Our search with the portfolio and without it (each family's starting point first), the
+    two runs of a table back to back, at BENCH_PORTFOLIO_BUDGET seconds of search."""
+    from kfp_automl.components.prepare.prepare import prepare
+    from kfp_automl.runtime.metrics import resolve_metric
+
+    budget = int(os.environ.get("BENCH_PORTFOLIO_BUDGET", "60"))
+    names = os.environ.get("BENCH_SEARCH_TABLES", ",".join(TABLES)).split(",")
+    rows = []
+    for name in names:
+        prepared = prepare(load(name), TABLES[name], seed=0)
+        metric = resolve_metric("", prepared.schema.task, prepared.schema.n_classes)
+        runs = {}
+        for label, on in (("on", True), ("off", False)):
+            print(f"portfolio bench: {name} ({metric.name}), {budget}s, portfolio {label}")
+            runs[label] = run_ours(prepared, metric, budget, use_portfolio=on)
+        rows.append({"table": name, "metric": metric.name, "greater": metric.greater_is_better,
+                     **runs})  # fmt: skip
+        print(json.dumps(rows[-1], default=str), flush=True)
+    lines = [
+        f"| table ({budget} s search) | metric | portfolio on | off | on / off | trials on | "
+        "trials off | model on | model off |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    wins = losses = 0
+    for r in rows:
+        on, off = r["on"]["test"], r["off"]["test"]
+        ratio = on / off if r["greater"] else off / on  # > 1: the portfolio helps
+        wins += ratio > 1.002
+        losses += ratio < 0.998
+        lines.append(
+            f"| {r['table']} | {r['metric']} | {on:.4f} | {off:.4f} | {ratio:.3f} | "
+            f"{r['on']['trials']} | {r['off']['trials']} | {r['on']['model']} | "
+            f"{r['off']['model']} |"
+        )
+    lines.append(f"| better / worse (beyond 0.2%) | | {wins} / {losses} | | | | | | |")
+    table = "\n".join(lines)
+    (out / "portfolio.json").write_text(json.dumps(rows, indent=2, default=str))
+    (out / "portfolio.md").write_text(table + "\n")
     print(table)
     return table
 

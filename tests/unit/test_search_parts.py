@@ -397,3 +397,21 @@ def test_state_filesystem_puts_minio_on_the_configured_endpoint(monkeypatch):
     assert state_filesystem("/tmp/state") == ("/tmp/state", None)
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     assert state_filesystem("s3://b/k") == ("s3://b/k", None)  # AWS itself: Ray's own choice
+
+
+def test_search_time_use_splits_the_cpu_time_into_fitting_preprocessing_and_the_rest():
+    from kfp_automl.components.tune.search import SearchResult
+
+    board = pd.DataFrame(
+        {
+            "family": ["linear", "hist_gb", "hist_gb"],
+            "fit_time_s": [2.0, 8.0, 2.0],  # includes preprocessing
+            "prep_time_s": [1.0, 0.5, 0.5],
+        }
+    )
+    result = SearchResult(board, {"family": "linear"}, 0.8, 10.0, "cv", ray_start_s=1.5, cpus=2)
+    use = result.time_use()
+    assert use == pytest.approx({"fit": 0.5, "prep": 0.1, "other": 0.4})
+    line = result.describe_time()
+    assert line.startswith("3 trials in 10s (18 a minute) on 2 CPUs: 50% fitting")
+    assert "10% preprocessing, 40% other (Ray's start 1.5s" in line

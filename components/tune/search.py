@@ -15,6 +15,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from kfp_automl.components.tune.families import (
     initial_configs,
 )
 from kfp_automl.components.tune.ray_private import replace_run_settings
-from kfp_automl.components.tune.trial import MAX_STEP, STEPS, train_fn
+from kfp_automl.components.tune.trial import MAX_STEP, STEPS, prep_cache_bytes, train_fn
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
 from kfp_automl.progress import say
@@ -447,6 +448,7 @@ def run_search(
 
     check_algorithm(algorithm)
     check_address(ray_address)
+    prep_cache_bytes()  # a bad KFP_AUTOML_PREP_CACHE_MB fails here, not in every trial
     task = schema.task
     started, started_now = time.monotonic(), time.time()  # before Ray starts: its cost counts
     plan = validation.plan(train, valid, schema, validation_kind, cv_folds, seed)
@@ -468,6 +470,7 @@ def run_search(
             metric_name=metric.name,
             seed=seed,
             keep=keep,
+            plan_id=uuid.uuid4().hex,  # trials on one worker share the splits' preprocessing
         )
         n_rows = len(train)
         storage, storage_fs = state_filesystem(storage_path or local_dir.name)

@@ -10,18 +10,93 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 import warnings
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from kfp_automl.components.tune.families import FAMILIES, Family, build_model, family_params
+from kfp_automl.components.tune.families import (
+    FAMILIES,
+    PREPROCESSING,
+    Family,
+    build_model,
+    family_params,
+)
 from kfp_automl.contracts.schema import Schema
+from kfp_automl.errors import UserError
 from kfp_automl.runtime.metrics import METRICS
 
 STEPS = (1, 3, 9)  # budget steps: a step s runs s/9 of the family's rounds or trees
 MAX_STEP = STEPS[-1]
+# Transformed splits kept per trial process: at most 256 MiB by default (4 trials on a worker
+# pod of 8 GiB: 1 GiB), KFP_AUTOML_PREP_CACHE_MB sets it, 0 turns the cache off.
+PREP_CACHE_ENV = "KFP_AUTOML_PREP_CACHE_MB"
+
+
+def prep_cache_bytes() -> int:
+    value = os.environ.get(PREP_CACHE_ENV, "256")
+    try:
+        mib = float(value)
+    except ValueError:
+        mib = -1.0
+    if not mib >= 0:  # also nan
+        raise UserError(f"{PREP_CACHE_ENV} must be a number of MiB (0 turns it off), got {value!r}")
+    return int(mib * 1024 * 1024)
+
+
+class PrepCache:
+    """Transformed splits kept in a trial worker between trials (Tune reuses the worker).
+
+    The preprocessing depends only on the split, the seed and two searched choices (category
+    encoding, numeric scaling), so trials that share them share one fit of it. An entry is
+    (fitted-rows matrix, scored-rows matrix), least recently used out first; an entry larger
+    than a quarter of the limit is not kept. A new search (a new plan id) empties it.
+    """
+
+    def __init__(self, limit_bytes: int | None = None):
+        self.limit = prep_cache_bytes() if limit_bytes is None else limit_bytes
+        self.entries: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
+        self.size = 0
+        self.plan = ""
+        self.hits = self.misses = 0
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def nbytes(matrix: Any) -> int:
+        if hasattr(matrix, "indptr"):  # scipy sparse
+            return int(matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes)
+        return int(getattr(matrix, "nbytes", 0))
+
+    def get(self, plan: str, key: tuple, make: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+        if not plan or self.limit <= 0:
+            return make()
+        with self.lock:
+            if plan != self.plan:
+                self.entries.clear()
+                self.size, self.plan = 0, plan
+            hit = self.entries.get(key)
+            if hit is not None:
+                self.entries.move_to_end(key)
+                self.hits += 1
+                return hit
+        value = make()
+        size = sum(self.nbytes(m) for m in value)
+        with self.lock:
+            self.misses += 1
+            if plan == self.plan and size <= self.limit // 4 and key not in self.entries:
+                self.entries[key] = value
+                self.size += size
+                while self.size > self.limit:
+                    _, old = self.entries.popitem(last=False)
+                    self.size -= sum(self.nbytes(m) for m in old)
+        return value
+
+
+PREP_CACHE = PrepCache()
 
 
 def budgets(family: Family, params: dict[str, Any]) -> list[tuple[int, int | None]]:
@@ -78,8 +153,13 @@ def train_fn(
     metric_name: str,
     seed: int,
     keep: np.ndarray,
+    plan_id: str = "",
 ) -> None:
-    """Fit `config` on each split's fit rows, score the split's score rows, report per budget."""
+    """Fit `config` on each split's fit rows, score the split's score rows, report per budget.
+
+    `plan_id` names the search's data and splits: with it, a split's preprocessing is fitted
+    once per worker for each choice of encoding and scaling (PREP_CACHE), not once per trial.
+    """
     from ray import tune
 
     X, y, splits = data
@@ -88,18 +168,22 @@ def train_fn(
     family = FAMILIES[config["family"]]
     classes = np.unique(y.to_numpy()) if task == "classification" else np.array([])
     started = time.perf_counter()
+    params = {**family.initial, **family_params(config)}
+    choices = tuple(params.get(k) for k in PREPROCESSING)
     folds = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence chatter from linear models
-        for fit_rows, score_rows in splits:
+        for i, (fit_rows, score_rows) in enumerate(splits):
             pipe = build_model(schema, config, seed)
             pre, est = pipe[:-1], pipe[-1]
             y_fit = y.iloc[fit_rows].to_numpy()
-            Xt_fit = pre.fit_transform(X.iloc[fit_rows], y_fit)
-            Xt_score = pre.transform(X.iloc[score_rows])
+
+            def transform(pre=pre, fit_rows=fit_rows, score_rows=score_rows, y_fit=y_fit):
+                return pre.fit_transform(X.iloc[fit_rows], y_fit), pre.transform(X.iloc[score_rows])
+
+            Xt_fit, Xt_score = PREP_CACHE.get(plan_id, (i, seed, *choices), transform)
             folds.append((est, Xt_fit, y_fit, Xt_score, y.iloc[score_rows].to_numpy()))
         prep_s = time.perf_counter() - started  # building and fitting the preprocessing
-        params = {**family.initial, **family_params(config)}
         where = node_info()
         for step, rounds in budgets(family, params):
             outputs, scores = [], []

@@ -74,7 +74,9 @@ def test_the_budget_is_the_whole_runs_and_the_run_says_where_it_went(pipeline_ru
     assert spent <= s["step_s"]["prepare"] + 1 and after > 0
     assert {"prepare", "tune", "evaluate", "package", "gate"} <= set(s["step_s"])
     assert 0 < s["refit_s"] < s["step_s"]["tune"] and 0 < s["search_s"] < s["step_s"]["tune"]
-    assert "(budget 40s)" in stdout and re.search(r"time +fingerprint \d+s, prepare", stdout)
+    # steps under half a second (often the fingerprint) are left out of the time line
+    line = r"time +(fingerprint \d+s, )?prepare \d+s, tune \d+s \(search \d+s, refit \d+s\)"
+    assert "(budget 40s)" in stdout and re.search(line, stdout), stdout
 
 
 def test_first_model_becomes_champion_and_a_second_run_is_gated(

@@ -429,8 +429,8 @@ def run_search(
 ) -> SearchResult:
     """Search families x hyperparameters with Ray Tune; return the leaderboard and the winner.
 
-    `use_portfolio`: TPE and random search start from the portfolio (portfolio.py); off, from
-    each family's cheap starting configuration.
+    `use_portfolio`: TPE and random search try the portfolio (portfolio.py) after each
+    family's cheap starting configuration; off, the starting configurations alone.
 
     `reserve_refit`: the refit of the winner on train+valid comes out of `time_budget_s`
     too; the search ends early by what the finished trials' fit times say it will cost.
@@ -534,8 +534,9 @@ def run_search(
             samples = max_trials if max_trials > 0 else -1
             if n_points is not None:
                 samples = min(n_points, max_trials) if max_trials > 0 else n_points
+            # the first points past the starting ones are the portfolio's (first_points)
             n_front = (
-                len(portfolio.configs(families, n_rows, task, has_categorical(schema)))
+                len(first_points(families, n_rows, task, has_categorical(schema))) - len(families)
                 if use_portfolio and algorithm != "grid"
                 else 0
             )

@@ -58,12 +58,18 @@ class PrepCache:
     """
 
     def __init__(self, limit_bytes: int | None = None):
-        self.limit = prep_cache_bytes() if limit_bytes is None else limit_bytes
+        self._limit = limit_bytes  # None: KFP_AUTOML_PREP_CACHE_MB, read at the first use
         self.entries: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
         self.size = 0
         self.plan = ""
         self.hits = self.misses = 0
         self.lock = threading.Lock()
+
+    @property
+    def limit(self) -> int:
+        if self._limit is None:
+            self._limit = prep_cache_bytes()
+        return self._limit
 
     @staticmethod
     def nbytes(matrix: Any) -> int:

@@ -71,15 +71,45 @@ class Family:
     scalings: tuple[str, ...] = ()  # searched numeric scalings (linear models only)
 
 
+IMBALANCED_SHARE = 0.2  # a classification target whose rarest class is rarer than this
+WEIGHTINGS = ("none", "balanced")  # class weights searched for imbalanced targets
+
+
+def imbalanced(y, task: str) -> bool:
+    """True when `y` is a classification target whose rarest class holds under
+    IMBALANCED_SHARE of the rows: then class weights are part of every family's space."""
+    if task != "classification" or len(y) == 0:
+        return False
+    import pandas as pd
+
+    shares = pd.Series(y).value_counts(normalize=True)
+    return len(shares) > 1 and float(shares.min()) < IMBALANCED_SHARE
+
+
+def _weights(p: dict[str, Any]) -> str | None:
+    """The estimator's class_weight from the searched choice ("none" is no weighting)."""
+    value = p.get("class_weight", "none")
+    return None if value == "none" else value
+
+
 PREPROCESSING = ("encoding", "scaling")  # parameter names that configure preprocessing
+# parameters a family searches on some data and not on other (categories, an imbalanced target)
+CONDITIONAL = (*PREPROCESSING, "class_weight")
 
 
 def domains(
-    family: Family, n_rows: int, task: str, has_categorical: bool = True
+    family: Family,
+    n_rows: int,
+    task: str,
+    has_categorical: bool = True,
+    imbalanced: bool = False,
 ) -> dict[str, Domain]:
     """The family's searched parameters: its estimator's space plus the preprocessing choices
-    that matter for it (category encoding only when the data has categorical columns)."""
+    that matter for it (category encoding only when the data has categorical columns), and
+    class weights when the classification target is imbalanced (`imbalanced`)."""
     out = dict(family.space(n_rows, task))
+    if imbalanced and task == "classification":
+        out["class_weight"] = Choice(WEIGHTINGS)
     if has_categorical and len(family.encodings) > 1:
         out["encoding"] = Choice(family.encodings)
     if len(family.scalings) > 1:
@@ -93,7 +123,9 @@ def has_categorical(schema: Schema) -> bool:
 
 def _linear(task, p, seed):
     if task == "classification":
-        return LogisticRegression(C=p["C"], max_iter=2000, random_state=seed)
+        return LogisticRegression(
+            C=p["C"], max_iter=2000, class_weight=_weights(p), random_state=seed
+        )
     return Ridge(alpha=p["alpha"], random_state=seed)
 
 
@@ -113,8 +145,10 @@ def _forest_space(n_rows, task):
 
 def _forest(cls_clf, cls_reg):
     def make(task, p, seed):
+        weights = {"class_weight": _weights(p)} if task == "classification" else {}
         cls = cls_clf if task == "classification" else cls_reg
         return cls(
+            **weights,
             n_estimators=p["n_estimators"],
             min_samples_leaf=p["min_samples_leaf"],
             max_features=p["max_features"],
@@ -141,7 +175,9 @@ def _hgb(task, p, seed):
         if task == "classification"
         else HistGradientBoostingRegressor
     )
+    weights = {"class_weight": _weights(p)} if task == "classification" else {}
     return cls(
+        **weights,
         learning_rate=p["learning_rate"],
         max_iter=p["max_iter"],
         max_leaf_nodes=p["max_leaf_nodes"],
@@ -178,7 +214,9 @@ def _lgbm(task, p, seed):
     import lightgbm  # imported only when the family is used
 
     cls = lightgbm.LGBMClassifier if task == "classification" else lightgbm.LGBMRegressor
+    weights = {"class_weight": _weights(p)} if task == "classification" else {}
     return cls(
+        **weights,
         **{k: p[k] for k in LGBM_INITIAL},
         subsample_freq=1 if p["subsample"] < 1.0 else 0,
         n_jobs=1,
@@ -193,7 +231,13 @@ FAMILIES: dict[str, Family] = {
         Family(
             "linear",
             _linear_space,
-            {"C": 1.0, "alpha": 1.0, "encoding": "auto", "scaling": "standard"},
+            {
+                "C": 1.0,
+                "alpha": 1.0,
+                "encoding": "auto",
+                "scaling": "standard",
+                "class_weight": "none",
+            },
             _linear,
             encodings=("auto", "onehot", "target"),  # ordinal codes mean nothing to a line
             scalings=("standard", "quantile"),
@@ -201,14 +245,26 @@ FAMILIES: dict[str, Family] = {
         Family(
             "random_forest",
             _forest_space,
-            {"n_estimators": 50, "min_samples_leaf": 2, "max_features": 0.5, "encoding": "auto"},
+            {
+                "n_estimators": 50,
+                "min_samples_leaf": 2,
+                "max_features": 0.5,
+                "encoding": "auto",
+                "class_weight": "none",
+            },
             _forest(RandomForestClassifier, RandomForestRegressor),
             "n_estimators",
         ),
         Family(
             "extra_trees",
             _forest_space,
-            {"n_estimators": 50, "min_samples_leaf": 2, "max_features": 0.5, "encoding": "auto"},
+            {
+                "n_estimators": 50,
+                "min_samples_leaf": 2,
+                "max_features": 0.5,
+                "encoding": "auto",
+                "class_weight": "none",
+            },
             _forest(ExtraTreesClassifier, ExtraTreesRegressor),
             "n_estimators",
         ),
@@ -222,12 +278,17 @@ FAMILIES: dict[str, Family] = {
                 "min_samples_leaf": 20,
                 "l2_regularization": 1e-6,
                 "encoding": "auto",
+                "class_weight": "none",
             },
             _hgb,
             "max_iter",
         ),
         Family(
-            "lightgbm", _lgbm_space, {**LGBM_INITIAL, "encoding": "auto"}, _lgbm, "n_estimators"
+            "lightgbm",
+            _lgbm_space,
+            {**LGBM_INITIAL, "encoding": "auto", "class_weight": "none"},
+            _lgbm,
+            "n_estimators",
         ),
     ]
 }
@@ -256,10 +317,15 @@ def flat_config(family: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def fits_space(
-    family: Family, params: dict[str, Any], n_rows: int, task: str, has_categorical: bool = True
+    family: Family,
+    params: dict[str, Any],
+    n_rows: int,
+    task: str,
+    has_categorical: bool = True,
+    imbalanced: bool = False,
 ) -> bool:
     """True when `params` are exactly the family's searched parameters, each inside its domain."""
-    space = domains(family, n_rows, task, has_categorical)
+    space = domains(family, n_rows, task, has_categorical, imbalanced)
     if set(params) != set(space):
         return False
     for name, dom in space.items():
@@ -298,6 +364,7 @@ def grid(
     task: str,
     points_per_axis: int = 3,
     has_categorical: bool = True,
+    imbalanced: bool = False,
 ) -> list[dict[str, Any]]:
     """Every family's grid (`points_per_axis` values per numeric axis), as flat configs.
 
@@ -308,7 +375,7 @@ def grid(
 
     per_family = []
     for f in families:
-        space = domains(f, n_rows, task, has_categorical)
+        space = domains(f, n_rows, task, has_categorical, imbalanced)
         names = list(space)
         axes = [_grid_values(space[n], points_per_axis) for n in names]
         configs = [
@@ -316,7 +383,7 @@ def grid(
             for combo in itertools.product(*axes)
         ]
         per_family.append(configs)
-    ordered = initial_configs(families, n_rows, task, has_categorical)
+    ordered = initial_configs(families, n_rows, task, has_categorical, imbalanced)
     seen = {tuple(sorted(c.items())) for c in ordered}
     for round_ in itertools.zip_longest(*per_family):
         for c in round_:
@@ -328,11 +395,18 @@ def grid(
 
 
 def initial_configs(
-    families: list[Family], n_rows: int, task: str, has_categorical: bool = True
+    families: list[Family],
+    n_rows: int,
+    task: str,
+    has_categorical: bool = True,
+    imbalanced: bool = False,
 ) -> list[dict[str, Any]]:
     """Each family's cheap starting point, restricted to the parameters its space searches."""
     return [
-        flat_config(f.name, {k: f.initial[k] for k in domains(f, n_rows, task, has_categorical)})
+        flat_config(
+            f.name,
+            {k: f.initial[k] for k in domains(f, n_rows, task, has_categorical, imbalanced)},
+        )
         for f in families
     ]
 
@@ -348,16 +422,22 @@ class SearchSpace:
     n_rows: int
     task: str
     has_categorical: bool = True
+    imbalanced: bool = False
 
     def __call__(self, trial) -> None:
-        suggest(trial, self.families, self.n_rows, self.task, self.has_categorical)
+        suggest(trial, self.families, self.n_rows, self.task, self.has_categorical, self.imbalanced)
 
 
 def suggest(
-    trial, families: tuple[str, ...], n_rows: int, task: str, has_categorical: bool = True
+    trial,
+    families: tuple[str, ...],
+    n_rows: int,
+    task: str,
+    has_categorical: bool = True,
+    imbalanced: bool = False,
 ) -> None:
     name = trial.suggest_categorical("family", list(families))
-    for param, dom in domains(FAMILIES[name], n_rows, task, has_categorical).items():
+    for param, dom in domains(FAMILIES[name], n_rows, task, has_categorical, imbalanced).items():
         key = f"{name}.{param}"
         if isinstance(dom, Float):
             trial.suggest_float(key, dom.low, dom.high, log=dom.log)

@@ -37,11 +37,16 @@ def document() -> dict[str, Any]:
 
 
 def fit_to_space(
-    family: Family, params: dict[str, Any], n_rows: int, task: str, has_categorical: bool = True
+    family: Family,
+    params: dict[str, Any],
+    n_rows: int,
+    task: str,
+    has_categorical: bool = True,
+    imbalanced: bool = False,
 ) -> dict[str, Any] | None:
     """`params` made to fit the family's space for this run, or None when they cannot."""
     out: dict[str, Any] = {}
-    for name, dom in domains(family, n_rows, task, has_categorical).items():
+    for name, dom in domains(family, n_rows, task, has_categorical, imbalanced).items():
         value = params.get(name, family.initial.get(name))
         if isinstance(dom, Choice):
             if value not in dom.options:
@@ -53,11 +58,15 @@ def fit_to_space(
         else:
             value = float(min(dom.high, max(dom.low, value)))
         out[name] = value
-    return out if fits_space(family, out, n_rows, task, has_categorical) else None
+    return out if fits_space(family, out, n_rows, task, has_categorical, imbalanced) else None
 
 
 def configs(
-    families: list[Family], n_rows: int, task: str, has_categorical: bool = True
+    families: list[Family],
+    n_rows: int,
+    task: str,
+    has_categorical: bool = True,
+    imbalanced: bool = False,
 ) -> list[dict[str, Any]]:
     """The task's portfolio for the searched `families`, in order, as flat search configs."""
     by_name = {f.name: f for f in families}
@@ -66,7 +75,7 @@ def configs(
         family = by_name.get(entry["family"])
         if family is None:
             continue
-        params = fit_to_space(family, entry["params"], n_rows, task, has_categorical)
+        params = fit_to_space(family, entry["params"], n_rows, task, has_categorical, imbalanced)
         if params is None:
             continue
         config = flat_config(family.name, params)

@@ -32,6 +32,7 @@ from kfp_automl.components.tune.families import (
     flat_config,
     grid,
     has_categorical,
+    imbalanced,
     initial_configs,
 )
 from kfp_automl.components.tune.ray_private import replace_run_settings
@@ -239,15 +240,18 @@ def _searcher(
     seed: int,
     categorical: bool = True,
     use_portfolio: bool = True,
+    imbalanced: bool = False,
 ):
     """(search algorithm, number of samples or None for unbounded) for `algorithm`."""
     from optuna.samplers import RandomSampler, TPESampler
     from ray.tune.search.optuna import OptunaSearch
 
-    starts = [c for c in first_points(families, n_rows, task, categorical, use_portfolio)
+    starts = [c for c in first_points(families, n_rows, task, categorical, use_portfolio, imbalanced)
               if c not in seeds]  # fmt: skip
     if algorithm == "grid":
-        grid_points = grid(families, n_rows, task, has_categorical=categorical)
+        grid_points = grid(
+            families, n_rows, task, has_categorical=categorical, imbalanced=imbalanced
+        )
         points = [c for c in grid_points if c not in seeds]
         points = seeds + points
         return _grid_searcher(points, metric), len(points)
@@ -257,7 +261,7 @@ def _searcher(
         else RandomSampler(seed=seed)
     )
     searcher = OptunaSearch(
-        space=SearchSpace(tuple(f.name for f in families), n_rows, task, categorical),
+        space=SearchSpace(tuple(f.name for f in families), n_rows, task, categorical, imbalanced),
         metric="score",
         mode=metric.mode,
         points_to_evaluate=seeds + starts,
@@ -272,12 +276,15 @@ def first_points(
     task: str,
     categorical: bool = True,
     use_portfolio: bool = True,
+    imbalanced: bool = False,
 ) -> list[dict[str, Any]]:
     """What TPE and random search try first: each family's cheap starting configuration (a
     first wave that finishes fast and spans every family), then the portfolio's entries for
     these families, in order."""
-    cheap = initial_configs(families, n_rows, task, categorical)
-    front = portfolio.configs(families, n_rows, task, categorical) if use_portfolio else []
+    cheap = initial_configs(families, n_rows, task, categorical, imbalanced)
+    front = (
+        portfolio.configs(families, n_rows, task, categorical, imbalanced) if use_portfolio else []
+    )
     return cheap + [c for c in front if c not in cheap]
 
 
@@ -473,6 +480,7 @@ def run_search(
             plan_id=uuid.uuid4().hex,  # trials on one worker share the splits' preprocessing
         )
         n_rows = len(train)
+        weighted = imbalanced(train[schema.target], task)  # class weights join the space
         storage, storage_fs = state_filesystem(storage_path or local_dir.name)
         mirror = None
         if "://" in storage or storage_fs is not None:
@@ -530,13 +538,15 @@ def run_search(
                 seed,
                 has_categorical(schema),
                 use_portfolio,
+                weighted,
             )
             samples = max_trials if max_trials > 0 else -1
             if n_points is not None:
                 samples = min(n_points, max_trials) if max_trials > 0 else n_points
             # the first points past the starting ones are the portfolio's (first_points)
             n_front = (
-                len(first_points(families, n_rows, task, has_categorical(schema))) - len(families)
+                len(first_points(families, n_rows, task, has_categorical(schema), True, weighted))
+                - len(families)
                 if use_portfolio and algorithm != "grid"
                 else 0
             )

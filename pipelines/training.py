@@ -133,7 +133,7 @@ def training(
         task: auto, classification or regression.
         metric: Metric to optimise; empty picks the task's default.
         families: Comma-separated model families to search (linear, random_forest, extra_trees,
-            hist_gb, lightgbm); empty searches all.
+            hist_gb, lightgbm, catboost); empty searches all.
         time_budget_s: Wall-clock seconds of the whole run: the search (Ray's start included)
             and the refit get what prepare spent and the steps after them need (about 28 s)
             leave, at least 10 s or a quarter of the budget.

@@ -65,6 +65,7 @@ RUNTIME_PACKAGES = [
     "pyarrow",
     "prometheus-client",
     "lightgbm",  # a model of the lightgbm family unpickles only with it
+    "catboost",  # ... and one of the catboost family with it
     # the shared label store (serving/postgres_store.py, with AUTOML_LOG_STORE)
     "psycopg",
     "psycopg-binary",

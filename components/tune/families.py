@@ -225,6 +225,45 @@ def _lgbm(task, p, seed):
     )
 
 
+def _catboost_space(n_rows, task):
+    return {
+        "iterations": Int(50, 1000 if n_rows < 50_000 else 500, log=True),
+        "learning_rate": Float(0.01, 0.3, log=True),
+        "depth": Int(3, 8),
+        "l2_leaf_reg": Float(0.5, 30.0, log=True),
+        "random_strength": Float(1e-3, 10.0, log=True),
+    }
+
+
+CATBOOST_INITIAL = {
+    "iterations": 150,
+    "learning_rate": 0.1,
+    "depth": 6,
+    "l2_leaf_reg": 3.0,
+    "random_strength": 1.0,
+}
+
+
+def _catboost(task, p, seed):
+    import catboost  # imported only when the family is used
+
+    from kfp_automl.runtime.catboost_model import CatBoostClassifier
+
+    cls = CatBoostClassifier if task == "classification" else catboost.CatBoostRegressor
+    weights = {}
+    if task == "classification" and _weights(p) == "balanced":
+        weights = {"auto_class_weights": "Balanced"}
+    return cls(
+        **weights,
+        **{k: p[k] for k in CATBOOST_INITIAL},
+        thread_count=1,
+        random_seed=seed,
+        verbose=0,
+        # no catboost_info/ training logs in the working directory (a read-only pod, a package)
+        allow_writing_files=False,
+    )
+
+
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
@@ -289,6 +328,13 @@ FAMILIES: dict[str, Family] = {
             {**LGBM_INITIAL, "encoding": "auto", "class_weight": "none"},
             _lgbm,
             "n_estimators",
+        ),
+        Family(
+            "catboost",
+            _catboost_space,
+            {**CATBOOST_INITIAL, "encoding": "auto", "class_weight": "none"},
+            _catboost,
+            "iterations",
         ),
     ]
 }

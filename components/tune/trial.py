@@ -120,10 +120,25 @@ def budgets(family: Family, params: dict[str, Any]) -> list[tuple[int, int | Non
     return out
 
 
-def grow(est: Any, family: Family, X, y, rounds: int | None) -> None:
-    """Fit `est`, continuing from what it already has when the family is iterative."""
+def grow(est: Any, family: Family, X, y, rounds: int | None) -> Any:
+    """Fit `est` to `rounds`, continuing from what it already has when the family is iterative.
+
+    Returns the fitted estimator: `est` itself, or for CatBoost (whose fitted models take no new
+    parameters) a new one that continues from it.
+    """
     if rounds is None:
         est.fit(X, y)
+    elif family.name == "catboost":
+        done = est.tree_count_ if est.is_fitted() else 0
+        if not done:
+            est.set_params(iterations=rounds)
+            est.fit(X, y)
+            return est
+        from sklearn.base import clone
+
+        more = clone(est).set_params(iterations=rounds - done)
+        more.fit(X, y, init_model=est)
+        return more
     elif family.name == "lightgbm":
         previous = est.booster_ if hasattr(est, "booster_") else None
         done = previous.current_iteration() if previous is not None else 0
@@ -132,6 +147,7 @@ def grow(est: Any, family: Family, X, y, rounds: int | None) -> None:
     else:
         est.set_params(warm_start=True, **{family.budget_param: rounds})
         est.fit(X, y)
+    return est
 
 
 def predict_output(est: Any, X, task: str, classes: np.ndarray):
@@ -193,8 +209,9 @@ def train_fn(
         where = node_info()
         for step, rounds in budgets(family, params):
             outputs, scores = [], []
-            for est, Xt_fit, y_fit, Xt_score, y_score in folds:
-                grow(est, family, Xt_fit, y_fit, rounds)
+            for i, (est, Xt_fit, y_fit, Xt_score, y_score) in enumerate(folds):
+                est = grow(est, family, Xt_fit, y_fit, rounds)
+                folds[i] = (est, Xt_fit, y_fit, Xt_score, y_score)
                 pred, proba = predict_output(est, Xt_score, task, classes)
                 outputs.append(proba if proba is not None else pred)
                 scores.append(float(metric.fn(y_score, pred, proba, list(classes))))

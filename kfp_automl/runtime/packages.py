@@ -11,7 +11,7 @@ A mismatch is any difference between the recorded and the installed version stri
 as the package's metadata reports them), or a recorded package that is not installed.
 Exact, not the same major.minor: scikit-learn supports a pickle only with the version that
 wrote it (it warns on any other, patch releases included), patch releases of scikit-learn,
-LightGBM and SciPy fix numerical bugs and so change predictions, and the Bento pins exact
+LightGBM, CatBoost and SciPy fix numerical bugs and so change predictions, and the Bento pins exact
 versions, so the serving image of the release that trained the model always matches.
 A model whose metadata records no versions (packaged before they were recorded) is not
 checked.
@@ -28,7 +28,7 @@ RECORD_KEY = "runtime_packages"  # in the BentoML model's metadata: {package: ve
 
 # What unpickling the model and its predictions depend on (scipy: scikit-learn's estimators
 # and transformers hold and call it).
-MODEL_PACKAGES = ("scikit-learn", "numpy", "scipy", "pandas", "joblib", "lightgbm")
+MODEL_PACKAGES = ("scikit-learn", "numpy", "scipy", "pandas", "joblib", "lightgbm", "catboost")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ How it is built (the zero-shot portfolio of TabRepo and AutoGluon, on a small sc
 The fitted scores are committed beside this script (portfolio-scores.json.gz): a
 test rebuilds portfolio.json from them and checks it is the committed one, so a
 change to the selection is a change of this script. Delete the file to refit
-(a table missing from it is fitted, the others are kept).
+(a table missing from it is fitted, the others are kept; on a table already in it,
+only candidates it lacks are fitted, e.g. those of a family added since).
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ def load(name: str):
     return df.reset_index(drop=True), target
 
 
-def evaluate(name: str) -> dict[str, Any]:
-    """{task, metric, scores: {config key: [loss, fit_s]}} for every candidate on table `name`."""
+def evaluate(name: str, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """{task, metric, scores: {config key: [loss, fit_s]}} for every candidate on table `name`
+    whose key is not in `skip` (the ones already scored)."""
     import pandas as pd
 
     from kfp_automl.components.prepare.prepare import prepare
@@ -146,6 +148,8 @@ def evaluate(name: str) -> dict[str, Any]:
     Xh, yh = held.drop(columns=[target]), held[target]
     scores = {}
     for config in candidates(schema.task):
+        if key(config) in skip:
+            continue
         started = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -263,11 +267,22 @@ def main() -> None:
     from joblib import Parallel, delayed
 
     results = {t: r for t, r in read_scores().items() if t in TABLES}
-    todo = [t for t in TABLES if t not in results]
+    # a table not scored yet, or one missing candidates (a family added since): fit what is missing
+    wanted = {task: {key(c) for c in candidates(task)} for task in TASKS}
+    todo = [
+        t
+        for t in TABLES
+        if t not in results or not wanted[results[t]["task"]] <= set(results[t]["scores"])
+    ]
     jobs = int(os.environ.get("BUILD_PORTFOLIO_JOBS", str(len(os.sched_getaffinity(0)))))
     started = time.monotonic()
-    fitted = Parallel(n_jobs=jobs, return_as="generator")(delayed(evaluate)(t) for t in todo)
+    skips = [frozenset(results[t]["scores"]) if t in results else frozenset() for t in todo]
+    fitted = Parallel(n_jobs=jobs, return_as="generator")(
+        delayed(evaluate)(t, skip) for t, skip in zip(todo, skips, strict=True)
+    )
     for name, result in zip(todo, fitted, strict=True):
+        if name in results:  # keep what was scored, add the new candidates
+            result = {**result, "scores": {**results[name]["scores"], **result["scores"]}}
         results[name] = result
         write_scores(results)
     write_scores(results)

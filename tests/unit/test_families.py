@@ -66,7 +66,7 @@ def test_every_family_fits_and_predicts(family, task):
     model.fit(X, y)
     new = _unseen(X.head(20))
     pred = model.predict(new)
-    assert len(pred) == 20
+    assert np.shape(pred) == (20,)  # one answer per row, as scikit-learn's estimators give
     if task == "regression":
         assert np.isfinite(pred.astype(float)).all()
         assert not hasattr(model, "predict_proba")
@@ -75,8 +75,23 @@ def test_every_family_fits_and_predicts(family, task):
         proba = model.predict_proba(new)
         assert proba.shape == (20, y.nunique())
         np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+        # the answer is the most probable class (serving and the evaluation assume it)
+        assert (pred == model.classes_[np.argmax(proba, axis=1)]).all()
         # well above chance on its own training data: the features are really used
         assert (model.predict(X) == y).mean() > 0.6
+
+
+def test_catboost_writes_nothing_where_it_runs(tmp_path, monkeypatch):
+    """CatBoost writes training logs (catboost_info/) into the working directory unless told
+    not to: a pod's read-only filesystem or a user's folder must not get them."""
+    monkeypatch.chdir(tmp_path)
+    df = synthetic_frame(200, "multiclass", seed=1)
+    model = build_model(schema_for("multiclass"), {"family": "catboost"}, seed=0)
+    model.fit(df.drop(columns=["target"]), df["target"])
+    again = pickle.loads(pickle.dumps(model))
+    X = df.drop(columns=["target"]).head(5)
+    np.testing.assert_array_equal(again.predict_proba(X), model.predict_proba(X))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_build_model_uses_config_params_over_initial():

@@ -118,7 +118,7 @@ def test_budgets_grow_to_the_full_rounds():
     assert budgets(FAMILIES["linear"], {"C": 1.0}) == [(MAX_STEP, None)]
 
 
-@pytest.mark.parametrize("family", ["hist_gb", "random_forest", "lightgbm"])
+@pytest.mark.parametrize("family", ["hist_gb", "random_forest", "lightgbm", "catboost"])
 def test_grown_model_matches_one_fitted_at_full_budget(family):
     """Growing a model in budget steps ends where fitting the full budget at once does."""
     df = synthetic_frame(300, "classification", seed=2)
@@ -131,7 +131,7 @@ def test_grown_model_matches_one_fitted_at_full_budget(family):
     Xt = pipe[:-1].fit_transform(X, y)
     est = pipe[-1]
     for _, rounds in budgets(fam, params):
-        grow(est, fam, Xt, y, rounds)
+        est = grow(est, fam, Xt, y, rounds)
     once = build_model(schema, config, seed=0)
     once.fit(X, y)
     classes = np.unique(y)
@@ -329,8 +329,13 @@ def test_class_weights_are_searched_for_an_imbalanced_target_only(name):
         assert fits_space(family, family_params(c), 1000, "classification", imbalanced=True)
     balanced = flat_config(name, {**family_params(start), "class_weight": "balanced"})
     est = build_model(schema_for("classification"), balanced)[-1]
-    assert est.get_params()["class_weight"] == "balanced"
-    assert build_model(schema_for("classification"), start)[-1].get_params()["class_weight"] is None
+    plain = build_model(schema_for("classification"), start)[-1]
+    if name == "catboost":  # CatBoost names it auto_class_weights
+        assert est.get_params()["auto_class_weights"] == "Balanced"
+        assert "auto_class_weights" not in plain.get_params()
+    else:
+        assert est.get_params()["class_weight"] == "balanced"
+        assert plain.get_params()["class_weight"] is None
 
 
 def test_balanced_weights_raise_recall_of_the_rare_class():

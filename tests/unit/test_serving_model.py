@@ -32,7 +32,7 @@ from tests.support.frames import schema_for, synthetic_frame
 
 from .test_preprocess import _mixed
 
-ALL_FAMILIES = ("linear", "random_forest", "extra_trees", "hist_gb", "lightgbm")
+ALL_FAMILIES = tuple(FAMILIES)
 
 
 def _records(X: pd.DataFrame) -> list[dict]:

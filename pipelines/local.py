@@ -218,6 +218,9 @@ def _summarise(
         "best_model": info.family,
         "best_params": info.params,
         "cv_score": info.valid_score,
+        # a binary classifier's tuned decision threshold on P(threshold_class); None: argmax
+        "decision_threshold": info.decision_threshold,
+        "threshold_class": info.threshold_class,
         "test_score": test_metrics[metric],
         "test_metrics": test_metrics,
         "test_intervals": intervals,

@@ -117,6 +117,7 @@ def training(
     early_stopping: bool = True,
     warm_start: str = "",
     ensemble: bool = True,
+    tune_threshold: bool = True,
     search_state_root: str = "",
     prepare_cpu: str = "2",
     prepare_memory: str = "6Gi",
@@ -177,6 +178,9 @@ def training(
         early_stopping: ASHA early stopping for iterative families (rounds, trees).
         warm_start: A previous run's leaderboard CSV (path or URL) that seeds the search.
         ensemble: Ship a greedy ensemble of the top trials when it beats the best on validation.
+        tune_threshold: For a binary target and f1, balanced_accuracy or f1_macro, tune the
+            decision threshold on the chosen model's out-of-fold predictions (kept when it
+            beats the most probable class).
         search_state_root: Where the tune step keeps its resumable state (a retry resumes it);
             empty: beside the tune task's outputs under the pipeline root; "none": a temporary
             folder.
@@ -225,6 +229,7 @@ def training(
         early_stopping=early_stopping,
         warm_start=warm_start,
         ensemble=ensemble,
+        tune_threshold=tune_threshold,
         search_state_root=search_state_root,
         warm_start_version=versions.outputs["warm_start_version"],
     ).set_display_name("tune")

@@ -136,6 +136,9 @@ def model_card(
             "validation_score": _num(model_info.valid_score),
             "n_trials": model_info.n_trials,
             "sha256": model_info.sha256,
+            # a binary classifier's tuned threshold on P(threshold_class); None: argmax
+            "decision_threshold": model_info.decision_threshold,
+            "threshold_class": model_info.threshold_class,
         },
         "data": {
             "fingerprint": schema.data_fingerprint,
@@ -171,6 +174,14 @@ def model_card_markdown(card: dict[str, Any]) -> str:
         f"- model file sha256: `{m['sha256'] or 'n/a'}`",
         f"- tuned for {m['tuned_metric'] or e['primary_metric']} "
         f"over {m['n_trials']} trials; validation score {m['validation_score']}",
+        *(
+            [
+                f"- decision threshold: {m['threshold_class']} when its probability is at least "
+                f"{m['decision_threshold']:.3f} (tuned on out-of-fold predictions)"
+            ]
+            if m.get("decision_threshold") is not None
+            else []
+        ),
         "",
         "## Data",
         "",

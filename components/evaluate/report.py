@@ -72,6 +72,16 @@ def _model(ev: Evaluation, info: ModelInfo) -> list[str]:
         f"<li>parameters: <code>{esc(params)}</code></li>",
         f"<li>validation {esc(info.metric or ev.metric)}: {valid}</li>",
         f"<li>trials: {info.n_trials}</li>",
+        *(
+            [
+                f"<li>decision threshold: answers <b>{esc(info.threshold_class)}</b> when its "
+                f"probability is at least {info.decision_threshold:.3f} (tuned on the search's "
+                f"out-of-fold predictions: {esc(info.metric)} {info.threshold_score:.4f} there; "
+                "the holdout figures below use it)</li>"
+            ]
+            if info.decision_threshold is not None
+            else []
+        ),
         "</ul>",
     ]
 

@@ -44,9 +44,11 @@ def schema_differences(champion: Schema, new: Schema) -> list[str]:
 
 def _scores(model: Any, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, list]:
     """(predictions, probabilities, classes), asking a classifier once, as serving does."""
+    from kfp_automl.runtime.threshold import labels
+
     classes = list(getattr(model, "classes_", []))
     proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
-    pred = np.asarray(classes)[proba.argmax(axis=1)] if proba is not None else model.predict(X)
+    pred = labels(model, proba, classes) if proba is not None else model.predict(X)
     return pred, proba, classes
 
 

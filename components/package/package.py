@@ -218,6 +218,7 @@ def run(
             "family": model_info.family,
             "metric": model_info.metric,
             "valid_score": model_info.valid_score,
+            "decision_threshold": model_info.decision_threshold,
             "test_metrics": {
                 k: v
                 for k, v in (test_metrics or {}).items()

@@ -25,6 +25,7 @@ def tune_models(
     early_stopping: bool = True,
     warm_start: str = "",
     ensemble: bool = True,
+    tune_threshold: bool = True,
     search_state_root: str = "",
     warm_start_version: str = "",
 ):
@@ -53,6 +54,9 @@ def tune_models(
         early_stopping: ASHA early stopping of iterative families' trials.
         warm_start: A previous leaderboard CSV (path or URL) whose best configurations go first.
         ensemble: Ship a greedy ensemble of the top trials when it beats the best single one.
+        tune_threshold: For a binary target and f1, balanced_accuracy or f1_macro, tune the
+            decision threshold on the chosen model's out-of-fold predictions (kept when it
+            beats the most probable class).
         search_state_root: Where the search keeps its state (a path, s3://, minio:// or gs://
             URL); a retry of the task (same output URIs) resumes it. Empty: beside this task's
             outputs under the pipeline root; "none": a temporary folder (not with a Jobs URL).
@@ -82,6 +86,7 @@ def tune_models(
             early_stopping=early_stopping,
             warm_start=warm_start,
             ensemble=ensemble,
+            tune_threshold=tune_threshold,
             storage_path=storage,
             report_path=search_report.path,
             spent_s=float(schema.metadata.get("elapsed_s", 0.0) or 0.0),

@@ -41,6 +41,8 @@ from kfp_automl.contracts.schema import Schema
 from kfp_automl.errors import UserError
 from kfp_automl.progress import say
 from kfp_automl.runtime.metrics import Metric
+from kfp_automl.runtime.threshold import Tuned, with_threshold
+from kfp_automl.runtime.threshold import tune as tune_threshold
 
 # Ray Tune writes CSV/JSON/TensorBoard logs per trial unless told not to;
 # they cost seconds per trial on 2 cores and nothing here reads them.
@@ -67,6 +69,7 @@ class SearchResult:
     n_retried: int = 0
     ray_start_s: float = 0.0  # starting (or joining) Ray, inside elapsed_s
     cpus: int = 1  # trials run at once
+    threshold: Tuned | None = None  # a binary classifier's tuned decision threshold
 
     def time_use(self) -> dict[str, float]:
         """Where the search's CPU time went, as shares of its wall clock x `cpus`: model fits
@@ -433,8 +436,13 @@ def run_search(
     max_failures: int = 2,
     reserve_refit: bool = False,
     use_portfolio: bool = True,
+    tune_decision_threshold: bool = True,
 ) -> SearchResult:
     """Search families x hyperparameters with Ray Tune; return the leaderboard and the winner.
+
+    `tune_decision_threshold`: for a binary target and a metric of labels that weighs the
+    classes (f1, balanced accuracy, macro f1), the chosen model's decision threshold is tuned
+    on its out-of-fold predictions (runtime/threshold.py) and kept when it beats 0.5.
 
     `use_portfolio`: TPE and random search try the portfolio (portfolio.py) after each
     family's cheap starting configuration; off, the starting configurations alone.
@@ -614,15 +622,24 @@ def run_search(
         cpus=concurrency,
     )
     local_dir.cleanup()
+    classes = np.unique(plan.y.to_numpy()) if task == "classification" else np.array([])
+    chosen = preds.get(str(best["trial_id"]))  # the chosen model's predictions on those rows
     if use_ensemble:
-        classes = np.unique(plan.y.to_numpy()) if task == "classification" else np.array([])
-        _select_ensemble(result, preds, eval_y[keep], metric, classes)
+        chosen = _select_ensemble(result, preds, eval_y[keep], metric, classes, chosen)
+    if tune_decision_threshold and chosen is not None and len(classes) == 2:
+        result.threshold = tune_threshold(eval_y[keep], chosen, metric, classes)
+        if result.threshold is not None:
+            say("tune", result.threshold.describe(metric.name))
     return result
 
 
-def _select_ensemble(result: SearchResult, preds, y, metric: Metric, classes) -> None:
+def _select_ensemble(
+    result: SearchResult, preds, y, metric: Metric, classes, best: np.ndarray | None = None
+) -> np.ndarray | None:
     """Caruana selection over the kept predictions of finished trials (classes: the trials'
-    probability columns, every class of train+valid; empty for regression)."""
+    probability columns, every class of train+valid; empty for regression). Returns the
+    chosen model's predictions on those rows: the ensemble's weighted average when it is
+    kept, else `best` (the best single trial's)."""
     ok = result.leaderboard[result.leaderboard["status"] == "ok"]
     configs = {
         r.trial_id: flat_config(r.family, json.loads(r.params))
@@ -632,7 +649,7 @@ def _select_ensemble(result: SearchResult, preds, y, metric: Metric, classes) ->
     preds = {tid: p for tid, p in preds.items() if tid in configs}
     selection = ensemble.select(preds, y, metric, classes)
     if selection is None:
-        return
+        return best
     result.best_single_pooled = selection.best_single
     if selection.improves:
         result.ensemble = [(configs[tid], w) for tid, w in selection.members]
@@ -643,8 +660,19 @@ def _select_ensemble(result: SearchResult, preds, y, metric: Metric, classes) ->
             f"ensemble of {members}: {metric.name}={selection.score:.4f} on the validation rows "
             f"vs {selection.best_single:.4f} for the best single model",
         )
+        weights = np.array([w for _, w in selection.members], dtype=float)
+        stacked = np.stack([preds[t].astype(float) for t, _ in selection.members])
+        return np.tensordot(weights / weights.sum(), stacked, axes=1)
+    if len(selection.members) > 1:
+        say(
+            "tune",
+            f"the best ensemble of the top trials ({metric.name}={selection.score:.4f}) gains "
+            f"{selection.gain:.2%} over the best single model ({selection.best_single:.4f}), "
+            f"under the {ensemble.MIN_GAIN:.2%} an ensemble's serving cost needs; keeping it",
+        )
     else:
         say("tune", "no ensemble of the top trials beats the best single model; keeping it")
+    return best
 
 
 def _first_line(error: BaseException) -> str:
@@ -723,8 +751,10 @@ def refit_best(
     config: dict[str, Any],
     seed: int,
     members: list[tuple[dict[str, Any], int]] | None = None,
+    threshold: Tuned | None = None,
 ):
-    """Fit the best configuration (or the ensemble `members`) on train+valid: the shipped model."""
+    """Fit the best configuration (or the ensemble `members`) on train+valid: the shipped model
+    (answering with the tuned decision `threshold`, when there is one)."""
     import warnings
 
     data = pd.concat([train, valid], ignore_index=True)
@@ -733,6 +763,7 @@ def refit_best(
         model = ensemble.build(schema.task, [(build_model(schema, c, seed), w) for c, w in members])
     else:
         model = build_model(schema, config, seed)
+    model = with_threshold(model, threshold)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(X, y)

@@ -67,6 +67,7 @@ def run(
     early_stopping: bool = True,
     warm_start: str = "",
     ensemble: bool = True,
+    tune_threshold: bool = True,
     storage_path: str = "",
     report_path: str = "",
     spent_s: float = 0.0,
@@ -104,6 +105,7 @@ def run(
             cv_folds=cv_folds,
             early_stopping=early_stopping,
             ensemble=ensemble,
+            tune_threshold=tune_threshold,
             spent_s=spent_s,
         )
         return submit.run_as_job(
@@ -153,6 +155,7 @@ def run(
         use_ensemble=ensemble,
         storage_path=storage_path,
         reserve_refit=True,
+        tune_decision_threshold=tune_threshold,
     )
     board = result.leaderboard
     with atomic_path(leaderboard_path) as tmp:
@@ -178,7 +181,9 @@ def run(
         f"{n_ok} trials finished; best {family} {chosen.name}={score:.4f}; refitting on train+valid",
     )
     refit_started = time.perf_counter()
-    model = refit_best(train, valid, schema, result.best_config, seed, result.ensemble)
+    model = refit_best(
+        train, valid, schema, result.best_config, seed, result.ensemble, result.threshold
+    )
     refit_s = time.perf_counter() - refit_started
     say("tune", f"refitted in {refit_s:.1f}s; the search took {result.elapsed_s:.0f}s")
     Path(model_dir).mkdir(parents=True, exist_ok=True)
@@ -197,4 +202,16 @@ def run(
         n_retried=result.n_retried,
         search_s=round(result.elapsed_s, 2),
         refit_s=round(refit_s, 2),
+        **threshold_info(result.threshold),
     )
+
+
+def threshold_info(tuned) -> dict[str, Any]:
+    """ModelInfo's fields for a tuned decision threshold (none without one)."""
+    if tuned is None:
+        return {}
+    return {
+        "decision_threshold": round(tuned.threshold, 6),
+        "threshold_class": str(tuned.pos_label),
+        "threshold_score": tuned.score,
+    }

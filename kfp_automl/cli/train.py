@@ -127,6 +127,11 @@ def run(output, verbose, **kw):
     click.echo(
         f"  best model   {s['best_model']}  {s['metric']}: validation {s['cv_score']:.4f}, test {s['test_score']:.4f}"
     )
+    if s.get("decision_threshold") is not None:
+        click.echo(
+            f"  threshold    {s['threshold_class']} at probability >= "
+            f"{s['decision_threshold']:.3f} (tuned on out-of-fold predictions; the test score uses it)"
+        )
     click.echo(f"  leaderboard  {s['leaderboard_csv']}")
     click.echo(f"  report       {s['report_html']}")
     click.echo(f"  data report  {s['data_report_html']}")

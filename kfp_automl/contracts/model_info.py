@@ -34,6 +34,11 @@ class ModelInfo:
     n_retried: int = 0
     search_s: float = 0.0
     refit_s: float = 0.0  # fitting the shipped model on train+valid (0: not recorded)
+    # a binary classifier answering its positive class at or above this probability (None:
+    # the most probable class), the class, and the metric there on the rows it was tuned on
+    decision_threshold: float | None = None
+    threshold_class: str | None = None
+    threshold_score: float | None = None
 
     def to_metadata(self) -> dict[str, Any]:
         """Artifact (and BentoML model) metadata: no None values, which BentoML refuses."""
@@ -56,6 +61,7 @@ class ModelInfo:
             except ValueError as exc:
                 raise ContractError(f"model metadata: 'params' is not JSON: {exc}") from None
         best = m.get("best_single_score")
+        threshold, threshold_score = m.get("decision_threshold"), m.get("threshold_score")
         return cls(
             sha256=m["sha256"],
             family=m["family"],
@@ -70,6 +76,9 @@ class ModelInfo:
             n_retried=_int(m.get("n_retried", 0)),
             search_s=float(m.get("search_s", 0.0)),
             refit_s=float(m.get("refit_s", 0.0)),
+            decision_threshold=None if threshold is None else float(threshold),
+            threshold_class=None if m.get("threshold_class") is None else str(m["threshold_class"]),
+            threshold_score=None if threshold_score is None else float(threshold_score),
         )
 
 

@@ -257,17 +257,23 @@ class _Member:
 class ServingModel:
     """The fitted model, answering as it does with less fixed cost per batch (see above).
 
-    Wraps a Pipeline or a VotingClassifier/VotingRegressor of Pipelines; the
-    ensemble's weighted average is computed as sklearn computes it. `memo_max_bytes`:
+    Wraps a Pipeline or a VotingClassifier/VotingRegressor of Pipelines (either inside a
+    FixedThresholdClassifier, whose threshold it answers with); the ensemble's weighted
+    average is computed as sklearn computes it. `memo_max_bytes`:
     what its category memos may hold together (default MEMO_MAX_BYTES).
     """
 
     def __init__(self, model: Any, schema: Schema, memo_max_bytes: int | None = None):
         from sklearn.ensemble import VotingClassifier, VotingRegressor
 
+        from kfp_automl.runtime.threshold import inner, threshold_of
+
         roles = {f.name: f.role for f in schema.features}
         shared: dict[bytes, _Preprocessor] = {}
         self.model = model
+        # a tuned decision threshold (FixedThresholdClassifier) around the fitted model
+        self.decision_threshold = threshold_of(model)
+        model = inner(model)
         # one budget for every memo: a worker serves one model, so this bounds the worker
         self.budget = _MemoBudget(MEMO_MAX_BYTES if memo_max_bytes is None else memo_max_bytes)
         if isinstance(model, VotingClassifier | VotingRegressor):
@@ -308,7 +314,9 @@ class ServingModel:
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         if self.is_classifier:  # what predict_frame answers for a classifier
-            return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+            from kfp_automl.runtime.threshold import labels
+
+            return labels(self, self.predict_proba(X))
         preds = self._each(X, "predict")
         if not self.ensemble:
             return preds[0]

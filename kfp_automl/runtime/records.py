@@ -343,14 +343,17 @@ def records_to_frame(
 def predict_frame(model: Any, X: pd.DataFrame) -> pd.DataFrame:
     """Predictions (and one proba_<class> column per class for classifiers).
 
-    A classifier is asked once, for probabilities; the prediction is the most
-    probable class, which is what its own predict() returns.
+    A classifier is asked once, for probabilities; the prediction is what its own
+    predict() returns: the most probable class, or with a tuned decision threshold the
+    positive class at or above it (runtime/threshold.py).
     """
+    from kfp_automl.runtime.threshold import labels
+
     if not hasattr(model, "predict_proba"):
         return pd.DataFrame({"prediction": model.predict(X)}, index=X.index)
     proba = model.predict_proba(X)
     classes = model.classes_
-    out = {"prediction": classes[np.argmax(proba, axis=1)]}
+    out = {"prediction": labels(model, proba, classes)}
     for j, cls in enumerate(classes):
         out[f"proba_{cls}"] = proba[:, j]
     return pd.DataFrame(out, index=X.index)

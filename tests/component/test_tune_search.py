@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
@@ -36,7 +37,7 @@ def _search(prepared, **kwargs):
         prepared.train,
         prepared.valid,
         prepared.schema,
-        resolve_metric("", "classification", 2),
+        resolve_metric(kwargs.pop("metric", ""), "classification", 2),
         select_families(kwargs.pop("families", "linear,hist_gb,lightgbm")),
         **{**defaults, **kwargs},
     )
@@ -76,6 +77,29 @@ def test_a_budget_shorter_than_rays_start_still_ends_with_a_model(prepared, caps
     ok = result.leaderboard[result.leaderboard["status"] == "ok"]
     assert len(ok) >= 1 and result.best_config["family"] == "random_forest"
     assert "waiting up to 30s more for the first one" in capsys.readouterr().out
+
+
+def test_f1_ships_a_decision_threshold_tuned_on_out_of_fold_predictions(prepared):
+    """For f1 on a binary target the chosen model's threshold is tuned on its out-of-fold
+    predictions; the refitted model answers with it (and without tuning, argmax)."""
+    from kfp_automl.components.tune.search import refit_best
+    from kfp_automl.runtime.threshold import threshold_of
+
+    kwargs = dict(metric="f1", families="linear", max_trials=3, use_ensemble=False)
+    tuned = _search(prepared, **kwargs)
+    t = tuned.threshold
+    positive = sorted(prepared.train["churn"].unique())[1]
+    assert t is not None and t.pos_label == positive and 0 < t.threshold < 1
+    assert t.score > t.at_half  # on the rows it was tuned on
+    model = refit_best(
+        prepared.train, prepared.valid, prepared.schema, tuned.best_config, 42, None, t
+    )
+    assert threshold_of(model) == (t.threshold, positive)
+    X = prepared.test.drop(columns=["churn"])
+    proba = model.predict_proba(X)[:, 1]
+    expected = np.where(proba >= t.threshold, positive, model.classes_[0])
+    np.testing.assert_array_equal(model.predict(X), expected)
+    assert _search(prepared, tune_decision_threshold=False, **kwargs).threshold is None
 
 
 def test_warm_start_configs_run_first(prepared):

@@ -4,6 +4,7 @@ earlier releases wrote, and refuses a malformed or newer file with a message nam
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,30 @@ def test_model_info_survives_kfp_metadata_with_integers_intact():
     assert back == info
     assert isinstance(back.n_trials, int) and back.params[0]["params"]["n_estimators"] == 300
     assert type(back.params[0]["params"]["n_estimators"]) is int  # the JSON string kept it
+
+
+def test_model_info_keeps_a_tuned_decision_threshold_and_its_class():
+    info = ModelInfo(
+        sha256="b" * 64,
+        family="linear",
+        params={"C": 1.0},
+        metric="f1",
+        greater_is_better=True,
+        valid_score=0.61,
+        decision_threshold=0.297,
+        threshold_class="1",  # a numeric class travels as text
+        threshold_score=0.64,
+    )
+    back = ModelInfo.from_metadata(_kfp_metadata(info.to_metadata()))
+    assert back == info
+    plain = ModelInfo.from_metadata(
+        _kfp_metadata({**info.to_metadata(), "decision_threshold": None})
+    )
+    assert plain.decision_threshold is None
+    no_threshold = replace(
+        info, decision_threshold=None, threshold_class=None, threshold_score=None
+    )
+    assert "decision_threshold" not in no_threshold.to_metadata()  # BentoML refuses None
 
 
 def test_model_info_refuses_what_tune_did_not_write():

@@ -628,6 +628,20 @@ def test_render_report_escapes_html(binary_eval):
 # --- summary and model card ------------------------------------------------------
 
 
+def test_the_report_and_the_model_card_say_which_threshold_answers(binary_diag):
+    ev, diag, _ = binary_diag
+    schema = Schema.from_dict(_schema_json("classification"))
+    info = _info(decision_threshold=0.297, threshold_class="yes", threshold_score=0.64)
+    card = model_card(ev, schema, info, diag)
+    assert card["model"]["decision_threshold"] == 0.297
+    assert card["model"]["threshold_class"] == "yes"
+    assert "decision threshold: yes when its probability is at least 0.297" in (
+        model_card_markdown(card)
+    )
+    page = render_report(ev, Schema.from_dict(_report_schema()), None, info)
+    assert "answers <b>yes</b> when its probability is at least 0.297" in page
+
+
 def test_model_card_fields(binary_diag):
     ev, diag, _ = binary_diag
     raw = _schema_json("classification")
@@ -652,6 +666,8 @@ def test_model_card_fields(binary_diag):
         "validation_score": 0.9123,
         "n_trials": 2,
         "sha256": "a" * 64,
+        "decision_threshold": None,  # roc_auc: the most probable class
+        "threshold_class": None,
     }
     e = card["evaluation"]
     assert e["holdout_rows"] == 200 and e["primary_metric"] == "roc_auc"

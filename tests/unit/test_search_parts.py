@@ -478,3 +478,17 @@ def test_search_time_use_splits_the_cpu_time_into_fitting_preprocessing_and_the_
     line = result.describe_time()
     assert line.startswith("3 trials in 10s (18 a minute) on 2 CPUs: 50% fitting")
     assert "10% preprocessing, 40% other (Ray's start 1.5s" in line
+
+
+def test_ensemble_not_kept_for_a_gain_below_the_minimum():
+    """A blend that beats the best single trial by less than MIN_GAIN of its score costs its
+    members' serving time for noise: the best single trial is kept."""
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=2000)
+    shared = rng.normal(scale=1.0, size=2000)
+    # two trials whose errors are mostly shared, each with a sliver of its own: averaging
+    # them helps, but by less than MIN_GAIN
+    preds = {t: y + shared + rng.normal(scale=0.03, size=2000) for t in ("a", "b")}
+    sel = ensemble.select(preds, y, METRICS["rmse"], np.array([]))
+    assert sel.score < sel.best_single  # the blend is better on the rows ...
+    assert 0 < sel.gain < ensemble.MIN_GAIN and not sel.improves  # ... by too little

@@ -3,7 +3,8 @@
 Both models score the same holdout rows. The challenger must beat the champion
 by at least `min_improvement` on the primary metric, and a paired bootstrap over
 those rows must show the gain is not noise (the share of resamples in which the
-challenger is not better by the margin stays under `alpha`). No champion yet
+challenger is not better by the margin stays under `alpha`). Holdout rows whose inputs
+the champion was fitted on (registry/training_rows.py) are left out of both scores. No champion yet
 means deploy; a champion whose schema differs from the new data means refuse, and so does a
 champion whose archive the registry records no digest for (it is not imported unchecked).
 """
@@ -18,6 +19,7 @@ import pandas as pd
 
 from kfp_automl.contracts.decision import GateDecision
 from kfp_automl.contracts.schema import Schema
+from kfp_automl.errors import UserError
 from kfp_automl.runtime.metrics import Metric, resolve_metric
 from kfp_automl.runtime.records import coerce_frame
 
@@ -72,8 +74,15 @@ def decide(
     n_bootstrap: int = 500,
     alpha: float = 0.05,
     seed: int = 0,
+    champion_rows: np.ndarray | None = None,
+    rows_note: str = "",
 ) -> GateDecision:
-    """Compare `challenger` with `champion` (model, schema, version) on the holdout `test`."""
+    """Compare `challenger` with `champion` (model, schema, version) on the holdout `test`.
+
+    `champion_rows`: the hashes of the inputs the champion was fitted on
+    (registry/training_rows.py); holdout rows among them are left out of the comparison.
+    `rows_note`: why they are not known, said in the reason when a champion is compared.
+    """
     m = resolve_metric(metric, schema.task, schema.n_classes)
     y = test[schema.target].to_numpy()
     chal = _scores(challenger, test.drop(columns=[schema.target]))
@@ -93,15 +102,40 @@ def decide(
             problems=tuple(problems),
             **base,
         )
-    champ = _scores(champ_model, coerce_frame(test, champ_schema))
-    champ_score = _metric_on(m, y, *champ)
+    where = f" on all {len(test)} holdout rows" + (f" ({rows_note})" if rows_note else "")
+    if champion_rows is not None:
+        from kfp_automl.registry.training_rows import seen
+
+        fitted = seen(test, champ_schema, champion_rows)
+        base["left_out_rows"] = left_out = int(fitted.sum())
+        if left_out:
+            test, y = test[~fitted], y[~fitted]
+            if len(test):
+                chal = _scores(challenger, test.drop(columns=[schema.target]))
+                base["challenger_score"] = chal_score = _metric_on(m, y, *chal)
+            where = (
+                f" on the {len(test)} holdout rows the champion was not fitted on ({left_out} of "
+                f"{len(test) + left_out} left out: it learned from their inputs)"
+            )
+    base["compared_rows"] = len(test)
     sign = 1.0 if m.greater_is_better else -1.0
-    improvement = sign * (chal_score - champ_score)
-    base.update(champion_score=champ_score, improvement=improvement)
+    if len(test):  # (with none left, the challenger's score stays its whole holdout's)
+        champ = _scores(champ_model, coerce_frame(test, champ_schema))
+        champ_score = _metric_on(m, y, *champ)
+        improvement = sign * (chal_score - champ_score)
+        base.update(champion_score=champ_score, improvement=improvement)
     if len(test) < MIN_ROWS:
+        few = (
+            f"only {len(test)} holdout rows are left to compare once the "
+            f"{base['left_out_rows']} the champion was fitted on are left out"
+            if base.get("left_out_rows")
+            else f"the holdout has {len(test)} rows"
+        )
         return GateDecision(
             False,
-            f"the holdout has {len(test)} rows, too few (< {MIN_ROWS}) to tell a real gain from noise",
+            f"{few}, too few (< {MIN_ROWS}) to tell a real gain from noise; the gate refuses "
+            "(promote by hand with `kfp-automl promote` if the new model should replace the "
+            "champion)",
             **base,
         )
     import sklearn
@@ -124,7 +158,7 @@ def decide(
         else None
     )
     base.update(p_value=p_value, improvement_ci=ci)
-    gain = f"{m.name} {chal_score:.4f} vs champion {champ_version} {champ_score:.4f}"
+    gain = f"{m.name} {chal_score:.4f} vs champion {champ_version} {champ_score:.4f}{where}"
     if improvement < min_improvement:
         return GateDecision(False, f"not better by the required {min_improvement}: {gain}", **base)
     if p_value >= alpha:
@@ -153,6 +187,30 @@ def unverified_champion(decision: GateDecision, champion: str, why: str) -> Gate
     )
 
 
+def champion_rows(entry: dict[str, Any]) -> tuple[np.ndarray | None, str]:
+    """(the hashes of the inputs the champion was fitted on, or None; why they are not known).
+
+    A registry entry without them (registered before they were recorded) or a file that is
+    gone compares on every holdout row, and the reason says so; a file whose digest is not
+    the registry's raises UnverifiedArchive: nothing then replaces the champion automatically.
+    """
+    from kfp_automl.registry import training_rows
+    from kfp_automl.registry.store import UnverifiedArchive
+
+    uri, digest = entry.get("training_rows_uri"), entry.get("training_rows_sha256")
+    if not uri or not digest:
+        return (
+            None,
+            "the registry records no training rows for the champion, so some of them may be ones it was fitted on",
+        )
+    try:
+        return training_rows.read(str(uri), str(digest)), ""
+    except training_rows.RowsMissing as exc:
+        return None, f"{exc}, so some of them may be ones the champion was fitted on"
+    except UserError as exc:
+        raise UnverifiedArchive(f"the champion's training rows are not trusted: {exc}") from None
+
+
 def run(
     *,
     model_dir: str,
@@ -177,10 +235,12 @@ def run(
     entry = Registry(registry_root or None).champion(name)
     champion = None
     unverified = ""
+    rows, rows_note = None, ""
     if entry is not None:
         try:
             model, champ_schema, _ = load_registered_model(name, entry)
             champion = (model, champ_schema, entry["version"])
+            rows, rows_note = champion_rows(entry)
         except UnverifiedArchive as exc:
             unverified = str(exc)
     decision = decide(
@@ -191,6 +251,8 @@ def run(
         champion,
         min_improvement,
         n_bootstrap,
+        champion_rows=rows,
+        rows_note=rows_note,
     )
     if unverified and entry is not None:
         decision = unverified_champion(decision, f"{name}:{entry['version']}", unverified)

@@ -58,6 +58,7 @@ def package_model(
             report_path=report.path,
             registry_root=registry_root,
             bento_uri=bento.uri,
+            model_uri=model.uri,
         )
         bento.metadata.update(
             {

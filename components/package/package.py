@@ -21,6 +21,7 @@ from kfp_automl.contracts.profile import Bins, Profile
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.files import write_json
 from kfp_automl.registry.registry import model_name_for
+from kfp_automl.registry.training_rows import ROWS_FILE
 from kfp_automl.runtime.model_file import MODEL_FILE, load_model, sha256_file
 from kfp_automl.runtime.packages import RECORD_KEY
 from kfp_automl.serving.files import (
@@ -185,6 +186,7 @@ def run(
     report_path: str = "",
     registry_root: str = "",
     bento_uri: str = "",
+    model_uri: str = "",
 ) -> Packaged:
     """Package the tuned model (hash from `model_info`) into a Bento archive at `archive_path`.
 
@@ -192,6 +194,9 @@ def run(
     archive lives (`bento_uri`, the artifact's URI under the pipeline root; default the archive
     path) and the archive's SHA-256 (`bento_sha256`), so a gate in another pod can fetch it
     when it is the champion, and anything that imports it can check it is this archive.
+    With them go where the hashes of the model's training inputs are (`training_rows_uri`,
+    under `model_uri`, the model artifact's URI; default `model_dir`) and their digest: the
+    gate of a later run leaves the rows this model learned from out of its comparison.
     """
     from kfp_automl.progress import say
     from kfp_automl.registry.registry import Registry
@@ -228,6 +233,14 @@ def run(
             "bento_uri": bento_uri or str(archive_path),
             "bento_sha256": packaged.sha256,
             "data_fingerprint": schema.data_fingerprint,
+            **(
+                {
+                    "training_rows_uri": f"{(model_uri or str(model_dir)).rstrip('/')}/{ROWS_FILE}",
+                    "training_rows_sha256": model_info.rows_sha256,
+                }
+                if model_info.rows_sha256
+                else {}
+            ),
         },
     )
     say(

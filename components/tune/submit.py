@@ -35,6 +35,7 @@ from kfp_automl.components.tune.exchange import ERRORS, INFO, INPUTS, OUTPUTS, S
 from kfp_automl.contracts.model_info import ModelInfo
 from kfp_automl.errors import UserError
 from kfp_automl.progress import say
+from kfp_automl.registry.training_rows import ROWS_FILE
 from kfp_automl.runtime.model_file import MODEL_FILE, sha256_file
 
 SCHEMES = ("http://", "https://")
@@ -311,6 +312,12 @@ def _take_outputs(
             raise RuntimeError(
                 f"the model of Ray job {sid} in {ex.url} has sha256 {actual[:12]}..., the job "
                 f"recorded {info.sha256[:12]}...; not taking it"
+            )
+        rows = Path(tmp) / ROWS_FILE
+        if info.rows_sha256 and (not rows.exists() or sha256_file(rows) != info.rows_sha256):
+            raise RuntimeError(
+                f"the training-row hashes of Ray job {sid} in {ex.url} are missing or not the "
+                "ones the job recorded; not taking the model"
             )
         for name in names:
             (target / name).parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from kfp_automl.contracts.model_info import ModelInfo
 from kfp_automl.contracts.schema import Schema
 from kfp_automl.files import atomic_path
 from kfp_automl.progress import say
+from kfp_automl.registry import training_rows
 from kfp_automl.runtime.metrics import resolve_metric
 from kfp_automl.runtime.model_file import save_model
 
@@ -188,6 +189,9 @@ def run(
     say("tune", f"refitted in {refit_s:.1f}s; the search took {result.elapsed_s:.0f}s")
     Path(model_dir).mkdir(parents=True, exist_ok=True)
     sha256 = save_model(model, model_dir)
+    # the inputs it learned from, for the gate of a later run (registry/training_rows.py)
+    fitted_on = pd.concat([train, valid], ignore_index=True)
+    rows_sha256 = training_rows.write(training_rows.input_keys(fitted_on, schema), model_dir)
     return ModelInfo(
         sha256=sha256,
         family=family,
@@ -202,6 +206,7 @@ def run(
         n_retried=result.n_retried,
         search_s=round(result.elapsed_s, 2),
         refit_s=round(refit_s, 2),
+        rows_sha256=rows_sha256,
         **threshold_info(result.threshold),
     )
 

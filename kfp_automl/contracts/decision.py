@@ -34,6 +34,8 @@ class GateDecision:
     )
     min_improvement: float = 0.0
     problems: tuple[str, ...] = ()
+    compared_rows: int | None = None  # holdout rows both models were scored on
+    left_out_rows: int = 0  # holdout rows left out: the champion was fitted on their inputs
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -67,6 +69,8 @@ class GateDecision:
             p_value=None if d.get("p_value") is None else float(d["p_value"]),
             min_improvement=float(d.get("min_improvement") or 0.0),
             problems=tuple(str(p) for p in d.get("problems") or []),
+            compared_rows=None if d.get("compared_rows") is None else int(d["compared_rows"]),
+            left_out_rows=int(d.get("left_out_rows") or 0),
         )
 
     @classmethod

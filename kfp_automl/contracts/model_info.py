@@ -39,6 +39,9 @@ class ModelInfo:
     decision_threshold: float | None = None
     threshold_class: str | None = None
     threshold_score: float | None = None
+    # the SHA-256 of training_rows.npy beside the model (registry/training_rows.py): the hashes
+    # of the inputs the model was fitted on, which the gate keeps out of a comparison
+    rows_sha256: str | None = None
 
     def to_metadata(self) -> dict[str, Any]:
         """Artifact (and BentoML model) metadata: no None values, which BentoML refuses."""
@@ -79,6 +82,7 @@ class ModelInfo:
             decision_threshold=None if threshold is None else float(threshold),
             threshold_class=None if m.get("threshold_class") is None else str(m["threshold_class"]),
             threshold_score=None if threshold_score is None else float(threshold_score),
+            rows_sha256=None if m.get("rows_sha256") is None else str(m["rows_sha256"]),
         )
 
 

@@ -25,6 +25,7 @@ import pytest
 
 from kfp_automl.components.prepare.prepare import prepare
 from kfp_automl.components.tune.submit import submission_prefix
+from kfp_automl.registry.training_rows import ROWS_FILE
 from kfp_automl.runtime.model_file import MODEL_FILE, sha256_file
 from kfp_automl.tables.io import read_table, write_parquet
 from tests.support.ray_cluster import ray_cluster
@@ -288,6 +289,8 @@ def test_a_search_as_a_ray_job_survives_a_lost_pod_and_a_lost_driver(
     assert len(json.loads(meta["params"])) >= 2
     assert meta["valid_score"] > meta["best_single_score"]
     assert sha256_file(tmp_path / "pod2" / "model" / MODEL_FILE) == meta["sha256"]
+    # the hashes of its training inputs came back from the cluster with it, as recorded
+    assert sha256_file(tmp_path / "pod2" / "model" / ROWS_FILE) == meta["rows_sha256"]
     assert "Search history" in (tmp_path / "pod2" / "search_report.html").read_text()
     assert "ensemble of" in out  # the job's progress lines are in the step's log
     assert "warm start: 2 configurations" in out  # the leaderboard the step read, in the job

@@ -109,6 +109,12 @@ def test_first_model_becomes_champion_and_a_second_run_is_gated(
         assert "step promote" not in proc.stdout
     decision = json.loads(next(out.glob("pipeline_root/*/gate-model/decision")).read_text())
     assert decision["champion_version"] == v1 and decision["p_value"] is not None
+    # the same table and seed split alike: the champion was fitted on none of today's holdout,
+    # as the hashes of its training inputs (beside its model artifact) tell the gate
+    entry = next(v for v in registry.versions(name) if v["version"] == v1)
+    assert Path(entry["training_rows_uri"]).is_file() and len(entry["training_rows_sha256"]) == 64
+    assert decision["left_out_rows"] == 0 and decision["compared_rows"] > 0
+    assert f"on all {decision['compared_rows']} holdout rows" in decision["reason"]
 
 
 def test_a_run_without_deploy_namespace_contacts_no_cluster(pipeline_run, run_api):

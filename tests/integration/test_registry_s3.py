@@ -411,3 +411,27 @@ def test_read_table_from_kfp_minio_url(s3):
     df = read_table(f"minio://{bucket}/data/churn.csv")
     assert df.to_dict("list") == {"age": [31, 45], "plan": ["basic", "premium"],
                                   "churn": ["no", "yes"]}  # fmt: skip
+
+
+def test_the_gate_reads_a_champions_training_rows_from_the_store(s3, tmp_path):
+    """On a cluster the hashes live beside the model artifact under the pipeline root
+    (minio://): read through the same store, digest-checked; a deleted file is a note."""
+    import numpy as np
+
+    from kfp_automl.components.gate.gate import champion_rows
+    from kfp_automl.registry import training_rows
+
+    bucket, client = s3
+    keys = np.array([3, 7, 11], dtype=np.uint64)
+    digest = training_rows.write(keys, tmp_path)
+    key = "v2/artifacts/run/tune-models/model/training_rows.npy"
+    client.put_object(
+        Bucket=bucket, Key=key, Body=(tmp_path / training_rows.ROWS_FILE).read_bytes()
+    )
+    entry = {"training_rows_uri": f"minio://{bucket}/{key}", "training_rows_sha256": digest}
+    rows, note = champion_rows(entry)
+    np.testing.assert_array_equal(rows, keys)
+    assert note == ""
+    client.delete_object(Bucket=bucket, Key=key)
+    rows, note = champion_rows(entry)
+    assert rows is None and "gone" in note

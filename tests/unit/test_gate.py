@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from sklearn.dummy import DummyClassifier
 
@@ -70,3 +71,60 @@ def test_a_tiny_holdout_cannot_justify_a_replacement(churn):
     p, good, _ = churn
     d = decide(good, p.test.head(20), p.schema, champion=(churn[2], p.schema, "old"))
     assert not d.deploy and "too few" in d.reason
+
+
+# --- rows the champion was fitted on -------------------------------------------------------
+
+
+def test_holdout_rows_the_champion_was_fitted_on_are_left_out(churn):
+    """A champion fitted on half of today's holdout (yesterday's split of a table that has
+    grown) scores well there for having learned those rows; the gate compares on the rest."""
+    from kfp_automl.registry.training_rows import input_keys
+
+    p, good, _ = churn
+    seen_half = p.test.iloc[: len(p.test) // 2]
+    fitted_on = pd.concat([p.train, seen_half], ignore_index=True)
+    forest = build_model(p.schema, flat_config("random_forest", FAMILIES["random_forest"].initial))
+    champion = forest.fit(fitted_on.drop(columns="churn"), fitted_on["churn"])
+    blind = decide(good, p.test, p.schema, champion=(champion, p.schema, "old"))
+    fair = decide(
+        good,
+        p.test,
+        p.schema,
+        champion=(champion, p.schema, "old"),
+        champion_rows=input_keys(fitted_on, p.schema),
+    )
+    assert blind.left_out_rows == 0 and blind.compared_rows == len(p.test)
+    assert fair.left_out_rows == len(seen_half)
+    assert fair.compared_rows == len(p.test) - len(seen_half)
+    # scored where it learned the answers, the champion looked better than it is
+    assert blind.champion_score > fair.champion_score + 0.02
+    assert f"{len(seen_half)} of {len(p.test)} left out" in fair.reason
+    # the challenger is scored on the same rows as the champion
+    X_rest = p.test.iloc[len(seen_half) :]
+    from kfp_automl.runtime.metrics import METRICS, score
+
+    expected = score(METRICS["roc_auc"], good, X_rest.drop(columns="churn"), X_rest["churn"])
+    assert fair.challenger_score == pytest.approx(expected)
+
+
+def test_a_champion_fitted_on_every_holdout_row_cannot_be_compared(churn):
+    from kfp_automl.registry.training_rows import input_keys
+
+    p, good, weak = churn
+    everything = pd.concat([p.train, p.test], ignore_index=True)
+    d = decide(
+        good,
+        p.test,
+        p.schema,
+        champion=(weak, p.schema, "old"),
+        champion_rows=input_keys(everything, p.schema),
+    )
+    assert not d.deploy and d.compared_rows == 0 and d.left_out_rows == len(p.test)
+    assert "only 0 holdout rows are left to compare" in d.reason and "too few" in d.reason
+
+
+def test_without_the_champions_rows_the_reason_says_every_row_was_compared(churn):
+    p, good, weak = churn
+    d = decide(good, p.test, p.schema, champion=(weak, p.schema, "old"), rows_note="none recorded")
+    assert d.deploy and f"on all {len(p.test)} holdout rows (none recorded)" in d.reason
